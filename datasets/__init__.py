@@ -1,0 +1,1 @@
+"""Video re-ID datasets: official layouts, synthetic data, prepared frame stores, samplers."""

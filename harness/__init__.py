@@ -1,0 +1,1 @@
+"""Wires models and datasets to config, Ray, MLflow, fvcore and DVC."""

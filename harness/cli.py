@@ -1,0 +1,46 @@
+"""What every `python -m harness.X` command shares: --params/--set and user-error exits."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from harness.config import DEFAULT_PARAMS, Config, ConfigError, load_config
+from models.spec import SpecError
+
+# Raised for bad input anywhere below a CLI; printed as one paragraph, exit code 2.
+USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, SpecError)
+
+
+class UserError(Exception):
+    """Bad input that is the user's to fix: printed without a traceback, exit code 2."""
+
+
+def config_parser(description: str) -> argparse.ArgumentParser:
+    """An ArgumentParser with the shared --params and --set options."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS, help="params file (default: params.yaml)")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a param, YAML-typed (repeatable), e.g. --set model.non_local=[0,2,3,0]",
+    )
+    return parser
+
+
+def load_from_args(args: argparse.Namespace) -> Config:
+    """The validated config named by --params and --set."""
+    return load_config(args.params, args.overrides)
+
+
+def run(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> None:
+    """Run a CLI entry point: user errors print one paragraph and exit 2, bugs keep their traceback."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    try:
+        code = main(argv)
+    except (*USER_ERRORS, UserError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(code or 0)

@@ -1,0 +1,141 @@
+"""torch Datasets and DataLoaders over a prepared dataset: uint8 clips out, normalised on the device.
+
+Clips leave the loaders as uint8 (T, 3, H, W): a quarter of the bytes of float32 through worker
+pipes and host-to-device copies; `normalize` turns them into ImageNet-normalised float32 where
+the model runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from datasets.errors import DatasetError
+from datasets.sampling import PKSampler, frame_sampler
+from datasets.store import FrameStore
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+TRAIN_SAMPLERS = ("chunk_random", "chunk_first", "evenly")
+EVAL_SAMPLERS = ("chunk_first", "evenly", "dense")
+
+
+def normalize(clips: torch.Tensor) -> torch.Tensor:
+    """uint8 (..., 3, H, W) pixels -> float32 (x / 255 - mean) / std per channel, on the clips' device."""
+    std = torch.tensor(IMAGENET_STD, device=clips.device).view(3, 1, 1)
+    scale = 1.0 / (255.0 * std)
+    shift = -torch.tensor(IMAGENET_MEAN, device=clips.device).view(3, 1, 1) / std
+    # In place after the one float copy: ~3x faster on CPU than a broadcasting addcmul.
+    return clips.float().mul_(scale).add_(shift)
+
+
+def load_split(directory: Path, split: str) -> pl.DataFrame:
+    """The rows of `split` ("train" or "test") of a prepared dataset; a row's position is its tracklet index."""
+    path = Path(directory) / "tracklets.parquet"
+    if not path.exists():
+        raise DatasetError(f"{path} does not exist; run `python -m datasets.prepare --out {directory} ...` first.")
+    rows = pl.read_parquet(path).filter(pl.col("split") == split)
+    if rows.height == 0:
+        raise DatasetError(f"{path} holds no {split!r} tracklets; prepare the dataset again.")
+    return rows
+
+
+def _check(name: str, allowed: tuple[str, ...], frames: int, purpose: str) -> None:
+    if name not in allowed:
+        raise DatasetError(f"frame sampler {name!r} cannot be used for {purpose}; use one of {list(allowed)}.")
+    if frames < 1:
+        raise DatasetError(f"clip length must be >= 1 frame, got {frames}.")
+
+
+class TrainClips(Dataset):
+    """Training clips: item i -> (uint8 (T, 3, H, W), label 0..num_classes-1, camera), flipped with p = 0.5.
+
+    Frames and flips come from a generator keyed by (seed, epoch, i), so they do not depend on
+    the number of loader workers; call `set_epoch` before each epoch (no persistent workers).
+    """
+
+    def __init__(
+        self, directory: Path, frames: int, sampler: str = "chunk_random", stride: int = 1, flip: bool = True,
+        seed: int = 0,
+    ) -> None:
+        _check(sampler, TRAIN_SAMPLERS, frames, "training")
+        rows = load_split(directory, "train")
+        self.store = FrameStore(directory)
+        self.frames, self.flip, self.seed, self.epoch = frames, flip, seed, 0
+        self.sample = frame_sampler(sampler, stride)
+        self.pids = np.unique(rows["pid"].to_numpy())
+        self.labels = np.searchsorted(self.pids, rows["pid"].to_numpy())
+        self.cameras = rows["camera"].to_numpy()
+        self.offsets = rows["frame_offset"].to_numpy()
+        self.lengths = rows["num_frames"].to_numpy()
+
+    @property
+    def num_classes(self) -> int:
+        """Number of training identities."""
+        return len(self.pids)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw the next items' frames and flips for `epoch`."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
+        rng = np.random.default_rng([self.seed, self.epoch, i])
+        clip = self.store.read(self.offsets[i] + self.sample(int(self.lengths[i]), self.frames, rng))
+        if self.flip and rng.random() < 0.5:
+            clip = np.ascontiguousarray(clip[..., ::-1])
+        return torch.from_numpy(clip), int(self.labels[i]), int(self.cameras[i])
+
+
+class EvalClips(Dataset):
+    """Evaluation clips: item i -> (uint8 clip, pid, camera, i) where i indexes the split's rows.
+
+    The clip is (T, 3, H, W), or for `dense` (n_clips, T, 3, H, W) with n_clips = ceil(frames / T).
+    """
+
+    def __init__(self, directory: Path, frames: int, sampler: str = "chunk_first", stride: int = 1,
+                 split: str = "test") -> None:
+        _check(sampler, EVAL_SAMPLERS, frames, "evaluation")
+        self.rows = load_split(directory, split)
+        self.store = FrameStore(directory)
+        self.frames, self.dense = frames, sampler == "dense"
+        self.sample = frame_sampler(sampler, stride)
+        self.pids = self.rows["pid"].to_numpy()
+        self.cameras = self.rows["camera"].to_numpy()
+        self.offsets = self.rows["frame_offset"].to_numpy()
+        self.lengths = self.rows["num_frames"].to_numpy()
+
+    def __len__(self) -> int:
+        return len(self.pids)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int, int]:
+        clip = self.store.read(self.offsets[i] + self.sample(int(self.lengths[i]), self.frames, None))
+        return torch.from_numpy(clip), int(self.pids[i]), int(self.cameras[i]), i
+
+
+def train_loader(
+    dataset: TrainClips, p: int, k: int, num_workers: int = 0, num_replicas: int = 1, rank: int = 0,
+) -> DataLoader:
+    """Batches of P identities x K clips for one data-parallel rank; call `set_epoch(loader, e)` each epoch."""
+    sampler = PKSampler(dataset.labels, p, k, dataset.seed, num_replicas, rank)
+    return DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers)
+
+
+def eval_loader(dataset: EvalClips, batch_size: int, num_workers: int = 0) -> DataLoader:
+    """Clips in row order; dense clips differ in length per tracklet, so they need batch_size 1."""
+    if dataset.dense and batch_size != 1:
+        raise DatasetError(f"dense evaluation yields a different number of clips per tracklet; use batch_size 1, "
+                           f"not {batch_size}.")
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+
+
+def set_epoch(loader: DataLoader, epoch: int) -> None:
+    """Point a train loader's PK sampler and dataset at `epoch`."""
+    loader.batch_sampler.set_epoch(epoch)
+    loader.dataset.set_epoch(epoch)

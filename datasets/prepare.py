@@ -1,0 +1,202 @@
+"""Raw MARS / DukeV layout -> data/prepared/<name>/: tracklets.parquet, manifest.json and the frame store.
+
+A DVC stage (python -m datasets.prepare). Frames are decoded and resized by worker processes,
+written in table order, and the whole directory appears by one rename when complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import logging
+import multiprocessing
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from importlib.metadata import version
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+from PIL import Image
+from tqdm import tqdm
+
+from datasets.atomic import atomic_directory
+from datasets.duke import read_duke
+from datasets.errors import DatasetError, run_cli
+from datasets.mars import read_mars
+from datasets.store import StoreWriter
+from datasets.tracklets import SPLITS, require_splits
+
+log = logging.getLogger(__name__)
+
+READERS = {"mars": read_mars, "duke": read_duke}
+CHUNK_FRAMES = 256  # frames per worker task: 25 MB of pixels at 256x128, written by the worker itself
+CODE_FILES = ("atomic.py", "duke.py", "mars.py", "prepare.py", "store.py", "tracklets.py")
+
+
+def prepare(
+    layout: str, root: Path, out: Path, height: int = 256, width: int = 128, workers: int = 0,
+    skip_corrupt: bool = False,
+) -> dict:
+    """Validate, index and pack the dataset at `root` into `out`; return the manifest. workers=0 decodes in-process."""
+    if layout not in READERS:
+        raise DatasetError(f"unknown dataset layout {layout!r}; use one of {sorted(READERS)}.")
+    if height < 1 or width < 1 or workers < 0:
+        raise DatasetError(
+            f"--height {height}, --width {width} and --workers {workers}: sizes must be positive pixel counts and "
+            f"workers >= 0 (0 decodes in this process)."
+        )
+    table = READERS[layout](root)
+    with atomic_directory(out) as tmp:
+        table, dropped_frames, content_hash = _pack(table, Path(root), tmp, height, width, workers, skip_corrupt)
+        dropped_tracklets = table.filter(pl.col("num_frames") == 0)["tracklet"].to_list()
+        for key in dropped_tracklets:
+            log.warning("dropped tracklet %s: all its frames are corrupt", key)
+        table = table.filter(pl.col("num_frames") > 0)
+        require_splits(table, f"{layout} root {root} after --skip-corrupt",
+                       "too many frames are corrupt; restore the images logged above from the dataset archive.")
+        manifest = _manifest(layout, table, height, width, content_hash, dropped_frames, dropped_tracklets)
+        table.write_parquet(tmp / "tracklets.parquet")
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def _pack(
+    table: pl.DataFrame, root: Path, tmp: Path, height: int, width: int, workers: int, skip_corrupt: bool,
+) -> tuple[pl.DataFrame, list[str], str]:
+    """Decode every frame into the store; return the table with offsets, the dropped frames and the input hash."""
+    paths = table["frames"].explode().to_list()
+    writer = StoreWriter(tmp, len(paths), height, width)
+    kept = np.ones(len(paths), dtype=bool)
+    digest = hashlib.blake2b(table.drop("frames").write_csv().encode(), digest_size=32)
+    dropped = []
+    with tqdm(total=len(paths), unit="frame", desc=f"prepare {tmp.name}", disable=None) as bar:
+        for start, digests, corrupt in _decoded(writer, root, paths, workers):
+            for i, reason in corrupt:
+                path = root / paths[start + i]
+                if not skip_corrupt:
+                    raise DatasetError(
+                        f"image {path} cannot be decoded ({reason}); restore it from the original dataset archive, "
+                        f"or rerun with --skip-corrupt to drop corrupt frames (logged and listed in manifest.json)."
+                    )
+                log.warning("skipped corrupt frame %s (%s)", path, reason)
+                kept[start + i] = False
+                dropped.append(paths[start + i])
+            for path, d in zip(paths[start:start + len(digests)], digests):
+                digest.update(path.encode() + b"\0" + d)
+            bar.update(len(digests))
+    writer.close(kept)
+    num_frames = table["num_frames"].to_numpy().copy()
+    if dropped:
+        # Frames of one tracklet are consecutive in `paths`, so its kept ones stay consecutive in the store.
+        owner = np.repeat(np.arange(table.height), num_frames)
+        num_frames = np.bincount(owner[kept], minlength=table.height)
+        kept_paths = [p for p, k in zip(paths, kept) if k]
+        ends = np.cumsum(num_frames)
+        table = table.with_columns(frames=pl.Series([kept_paths[e - n:e] for e, n in zip(ends, num_frames)]))
+    table = table.with_columns(
+        num_frames=pl.Series(num_frames, dtype=pl.Int64),
+        frame_offset=pl.Series(np.cumsum(num_frames) - num_frames, dtype=pl.Int64),
+    )
+    columns = ["split", "pid", "camera", "tracklet", "num_frames", "frame_offset", "is_query", "is_junk",
+               "is_distractor", "frames"]
+    return table.select(columns), dropped, digest.hexdigest()
+
+
+def _decoded(
+    writer: StoreWriter, root: Path, paths: list[str], workers: int,
+) -> Iterator[tuple[int, list[bytes], list[tuple[int, str]]]]:
+    """Decode all frames into the store; yield (first index, per-file digests, corrupt (index, reason)) per chunk."""
+    starts = range(0, len(paths), CHUNK_FRAMES)
+    if workers == 0:
+        for s in starts:
+            yield s, *_decode_chunk(writer, str(root), paths[s:s + CHUNK_FRAMES], s)
+        return
+    # forkserver: workers do not inherit the parent's threads (polars, torch) that plain fork can deadlock on.
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver")) as pool:
+        pending = deque()
+        for s in starts:
+            pending.append((s, pool.submit(_decode_chunk, writer, str(root), paths[s:s + CHUNK_FRAMES], s)))
+            if len(pending) >= 2 * workers:  # bounded, so an early error stops the work soon
+                s0, future = pending.popleft()
+                yield s0, *future.result()
+        while pending:
+            s0, future = pending.popleft()
+            yield s0, *future.result()
+
+
+def _decode_chunk(
+    writer: StoreWriter, root: str, paths: list[str], start: int,
+) -> tuple[list[bytes], list[tuple[int, str]]]:
+    """Decode and resize `paths` into store rows start.., return each file's digest and the corrupt ones."""
+    _, _, height, width = writer.shape
+    frames = np.zeros((len(paths), 3, height, width), np.uint8)
+    digests, corrupt = [], []
+    for i, path in enumerate(paths):
+        data = (Path(root) / path).read_bytes()
+        digests.append(hashlib.blake2b(data, digest_size=16).digest())
+        try:
+            image = Image.open(io.BytesIO(data)).convert("RGB")
+        except (OSError, ValueError, SyntaxError) as e:  # PIL's errors for truncated or garbled files
+            corrupt.append((i, str(e)))
+            continue
+        if image.size != (width, height):
+            image = image.resize((width, height), Image.Resampling.BILINEAR)
+        frames[i] = np.asarray(image).transpose(2, 0, 1)
+    writer.write(start, frames)
+    return digests, corrupt
+
+
+def _manifest(
+    layout: str, table: pl.DataFrame, height: int, width: int, content_hash: str,
+    dropped_frames: list[str], dropped_tracklets: list[str],
+) -> dict:
+    """Counts per split, sizes, input hash and code version; deterministic so unchanged input gives equal bytes."""
+    splits = {}
+    for split in SPLITS:
+        rows = table.filter(pl.col("split") == split)
+        splits[split] = {
+            "tracklets": rows.height,
+            "pids": rows["pid"].n_unique(),
+            "cameras": sorted(rows["camera"].unique().to_list()),
+            "frames": int(rows["num_frames"].sum()),
+            "queries": int(rows["is_query"].sum()),
+            "junk_tracklets": int(rows["is_junk"].sum()),
+            "distractor_tracklets": int(rows["is_distractor"].sum()),
+        }
+    source = hashlib.blake2b(digest_size=32)
+    for name in CODE_FILES:
+        source.update((Path(__file__).parent / name).read_bytes())
+    return {
+        "format": layout,
+        "image_size": {"height": height, "width": width},
+        "frames": int(table["num_frames"].sum()),
+        "splits": splits,
+        "content_hash": f"blake2b:{content_hash}",
+        "code_version": {"package": version("nvan-bench"), "datasets_source": f"blake2b:{source.hexdigest()}"},
+        "dropped_frames": dropped_frames,
+        "dropped_tracklets": dropped_tracklets,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI: prepare one dataset; DatasetError exits with code 2."""
+    parser = argparse.ArgumentParser(description="Pack a MARS or DukeMTMC-VideoReID layout into a frame store.")
+    parser.add_argument("--format", required=True, choices=sorted(READERS))
+    parser.add_argument("--root", required=True, type=Path, help="the dataset's root folder (official layout)")
+    parser.add_argument("--out", required=True, type=Path, help="output folder, e.g. data/prepared/mars")
+    parser.add_argument("--height", type=int, default=256, help="frame height in pixels (default 256)")
+    parser.add_argument("--width", type=int, default=128, help="frame width in pixels (default 128)")
+    parser.add_argument("--workers", type=int, default=0, help="decoding processes; 0 decodes in this process")
+    parser.add_argument("--skip-corrupt", action="store_true", help="drop undecodable frames instead of failing")
+    args = parser.parse_args(argv)
+    manifest = prepare(args.format, args.root, args.out, args.height, args.width, args.workers, args.skip_corrupt)
+    log.info("prepared %s: %d frames, %s", args.out, manifest["frames"], json.dumps(manifest["splits"]))
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

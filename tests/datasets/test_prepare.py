@@ -1,0 +1,145 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from PIL import Image
+
+import datasets.prepare as prepare_module
+from datasets.errors import DatasetError
+from datasets.prepare import prepare
+from datasets.store import FrameStore
+
+COLUMNS = {
+    "split": pl.String, "pid": pl.Int64, "camera": pl.Int64, "tracklet": pl.String, "num_frames": pl.Int64,
+    "frame_offset": pl.Int64, "is_query": pl.Boolean, "is_junk": pl.Boolean, "is_distractor": pl.Boolean,
+    "frames": pl.List(pl.String),
+}
+
+
+def _decoded(root: Path, paths: list[str], height: int, width: int) -> np.ndarray:
+    images = [Image.open(root / p).convert("RGB") for p in paths]
+    images = [im if im.size == (width, height) else im.resize((width, height), Image.Resampling.BILINEAR)
+              for im in images]
+    return np.stack([np.asarray(im).transpose(2, 0, 1) for im in images])
+
+
+@pytest.mark.parametrize("layout", ["mars", "duke"])
+def test_round_trip_equals_generated(layout: str, request: pytest.FixtureRequest):
+    root, truth = request.getfixturevalue(f"{layout}_raw")
+    out = request.getfixturevalue(f"{layout}_prepared")
+    table = pl.read_parquet(out / "tracklets.parquet")
+    assert dict(table.schema) == COLUMNS
+    assert table.drop("frame_offset").equals(truth)
+    assert table["frame_offset"].to_list() == (table["num_frames"].cum_sum() - table["num_frames"]).to_list()
+    store = FrameStore(out)
+    assert store.shape == (truth["num_frames"].sum(), 3, 64, 32)
+    expected = _decoded(root, truth["frames"].explode().to_list(), 64, 32)
+    assert np.array_equal(store.read(np.arange(len(store))), expected)
+    manifest = json.loads((out / "manifest.json").read_text())
+    for split in ("train", "test"):
+        rows = truth.filter(pl.col("split") == split)
+        assert manifest["splits"][split]["tracklets"] == rows.height
+        assert manifest["splits"][split]["pids"] == rows["pid"].n_unique()
+        assert manifest["splits"][split]["frames"] == rows["num_frames"].sum()
+        assert manifest["splits"][split]["queries"] == rows["is_query"].sum()
+    assert manifest["image_size"] == {"height": 64, "width": 32}
+
+
+def test_resizes_and_parallel_decoding_gives_identical_output(mars_raw, tmp_path: Path):
+    root, truth = mars_raw
+    serial = prepare("mars", root, tmp_path / "serial", height=32, width=16)
+    parallel = prepare("mars", root, tmp_path / "parallel", height=32, width=16, workers=2)
+    assert serial == parallel
+    frames = (tmp_path / "serial" / "frames.uint8").read_bytes()
+    assert frames == (tmp_path / "parallel" / "frames.uint8").read_bytes()
+    first = truth["frames"][0].to_list()
+    assert np.array_equal(FrameStore(tmp_path / "serial").read(np.arange(len(first))), _decoded(root, first, 32, 16))
+
+
+def test_content_hash_follows_the_images(mars_copy: Path, tmp_path: Path):
+    before = prepare("mars", mars_copy, tmp_path / "a", height=32, width=16)
+    assert prepare("mars", mars_copy, tmp_path / "a", height=32, width=16) == before  # rerun replaces, same result
+    image = sorted((mars_copy / "bbox_train").rglob("*.jpg"))[0]
+    Image.new("RGB", (32, 64), (9, 9, 9)).save(image)
+    after = prepare("mars", mars_copy, tmp_path / "a", height=32, width=16)
+    assert after["content_hash"] != before["content_hash"]
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def test_corrupt_image_is_named_and_leaves_no_output(mars_copy: Path, tmp_path: Path):
+    image = sorted((mars_copy / "bbox_test").rglob("*.jpg"))[5]
+    _truncate(image)
+    with pytest.raises(DatasetError, match=f"image {image} cannot be decoded.*--skip-corrupt"):
+        prepare("mars", mars_copy, tmp_path / "out", height=64, width=32)
+    assert list(tmp_path.iterdir()) == [tmp_path / "mars"]
+
+
+def test_skip_corrupt_drops_frames_and_empty_tracklets(mars_raw, mars_copy: Path, tmp_path: Path):
+    truth = mars_raw[1]
+    whole = truth.filter(pl.col("split") == "train")[0]  # every frame corrupt: the tracklet goes
+    part = truth.filter((pl.col("split") == "test") & (pl.col("num_frames") > 1))[0]  # one frame corrupt
+    for path in whole["frames"][0]:
+        _truncate(mars_copy / path)
+    bad = part["frames"][0][0]
+    _truncate(mars_copy / bad)
+    manifest = prepare("mars", mars_copy, tmp_path / "out", height=64, width=32, skip_corrupt=True)
+    assert manifest["dropped_frames"] == whole["frames"][0].to_list() + [bad]
+    assert manifest["dropped_tracklets"] == whole["tracklet"].to_list()
+    table = pl.read_parquet(tmp_path / "out" / "tracklets.parquet")
+    assert table.height == truth.height - 1
+    row = table.filter(pl.col("tracklet") == part["tracklet"][0])
+    assert row["num_frames"][0] == part["num_frames"][0] - 1 and bad not in row["frames"][0]
+    assert len(FrameStore(tmp_path / "out")) == table["num_frames"].sum() == manifest["frames"]
+    kept = row["frames"][0].to_list()
+    offset = row["frame_offset"][0]
+    assert np.array_equal(FrameStore(tmp_path / "out").read(offset + np.arange(len(kept))),
+                          _decoded(mars_copy, kept, 64, 32))
+
+
+def test_interrupted_run_keeps_the_previous_output(mars_raw, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    out = tmp_path / "out"
+    prepare("mars", mars_raw[0], out, height=32, width=16)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def interrupt(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(prepare_module.StoreWriter, "write", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        prepare("mars", mars_raw[0], out, height=64, width=32)
+    assert list(tmp_path.iterdir()) == [out]
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, cwd=Path(__file__).parents[2])
+
+
+def test_cli_reports_bad_input_in_one_paragraph_with_exit_code_2(tmp_path: Path):
+    result = _cli("datasets.prepare", "--format", "mars", "--root", str(tmp_path / "nowhere"),
+                  "--out", str(tmp_path / "out"))
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"error: MARS root {tmp_path / 'nowhere'}") and "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_synthesizes_and_prepares(tmp_path: Path):
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    made = _cli("datasets.synthetic", "--format", "duke", "--out", str(raw), "--identities", "4", "--cameras", "2",
+                "--tracklets-per-id", "2", "--min-frames", "2", "--max-frames", "3", "--height", "32", "--width", "16")
+    assert made.returncode == 0, made.stderr
+    done = _cli("datasets.prepare", "--format", "duke", "--root", str(raw), "--out", str(out),
+                "--height", "32", "--width", "16", "--workers", "1")
+    assert done.returncode == 0, done.stderr
+    assert json.loads((out / "manifest.json").read_text())["splits"]["train"]["pids"] == 2
+    bad = _cli("datasets.synthetic", "--format", "mars", "--out", str(raw), "--cameras", "1")
+    assert bad.returncode == 2 and bad.stderr.startswith("error: synthetic data needs")

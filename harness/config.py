@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from models.presets import PRESETS, preset_spec
-from models.spec import ModelSpec, SpecError
+from models.spec import STAGE_BLOCKS, ModelSpec, SpecError
 
 DEFAULT_PARAMS = Path("params.yaml")
 
@@ -44,8 +44,33 @@ class InputSize(Section):
             ) from None
 
 
+class SourceParams(Section):
+    """A raw dataset in its official layout (stage prepare@<name> reads it)."""
+
+    format: Literal["mars", "duke"]
+    root: Path
+
+
+class SyntheticParams(Section):
+    """A synthetic dataset written in an official layout (stage synthesize@<name>)."""
+
+    format: Literal["mars", "duke"]
+    identities: int = Field(100, ge=2)
+    cameras: int = Field(6, ge=2)
+    tracklets_per_id: int = Field(6, ge=2)
+    min_frames: int = Field(8, ge=1)
+    max_frames: int = Field(24, ge=1)
+    height: int = Field(128, ge=16)
+    width: int = Field(64, ge=8)
+    distractors: int = Field(4, ge=0)
+    junk: int = Field(4, ge=0, description="MARS only: pid -1 tracklets")
+    seed: int = 0
+
+
 class DataConfig(Section):
     dataset: str = "mars"
+    sources: dict[str, SourceParams] = {}
+    prepare_workers: int = Field(0, ge=0, description="decoding processes for prepare; 0 = in process")
     prepared_root: Path = Path("data/prepared")
     frames: int = Field(8, ge=1)
     height: int = Field(256, ge=16)
@@ -67,21 +92,22 @@ class ModelConfig(Section):
     nl_window: int | None = None
     temporal_pool_after: list[int] | None = None
 
-    @model_validator(mode="after")
-    def _buildable(self) -> ModelConfig:
-        self.spec(num_classes=1)  # SpecError is a ValueError: pydantic reports it under `model`
-        return self
+    def spec(self, num_classes: int, preset_params: PresetParams | None = None) -> ModelSpec:
+        """The ModelSpec of this section for `num_classes` identities; null fields come from `preset_params`."""
+        fields = ("non_local", "stripes", "nl_window", "temporal_pool_after")
+        overrides = {k: getattr(self, k) for k in fields if getattr(self, k) is not None}
+        if preset_params is not None:
+            overrides = {k: getattr(preset_params, k) for k in fields if getattr(preset_params, k) is not None} | overrides
+        return preset_spec(self.preset, num_classes, width=self.width, last_stride=self.last_stride, **overrides)
 
-    def spec(self, num_classes: int) -> ModelSpec:
-        """The ModelSpec this section describes, for a classifier of `num_classes` identities."""
-        overrides = {
-            k: getattr(self, k)
-            for k in ("non_local", "stripes", "nl_window", "temporal_pool_after")
-            if getattr(self, k) is not None
-        }
-        return preset_spec(
-            self.preset, num_classes, width=self.width, last_stride=self.last_stride, **overrides
-        )
+
+class PresetParams(Section):
+    """Per-preset ModelSpec overrides (params `presets.<name>`), applied where `model.*` is null."""
+
+    non_local: list[int] | None = None
+    stripes: list[int] | None = None
+    nl_window: int | None = None
+    temporal_pool_after: list[int] | None = None
 
 
 class CostConfig(Section):
@@ -94,22 +120,205 @@ class CostConfig(Section):
     repeats: int = Field(10, ge=1)
     threads: int = Field(0, ge=0, description="torch threads for latency; 0 = all cores")
     measure: bool = True
+    benchmark: bool = Field(True, description="also cost each preset as trained (model.width, data input)")
+
+
+class TrainConfig(Section):
+    epochs: int = Field(6, ge=1)
+    batch_size: int = Field(16, ge=2, description="clips per step over all workers: P identities x K tracklets")
+    k: int = Field(4, ge=1, description="tracklets per identity in a batch (K)")
+    sampler: Literal["chunk_random", "chunk_first", "evenly"] = "chunk_random"
+    stride: int = Field(1, ge=1, description="frame stride of the `evenly` sampler")
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(5e-5, ge=0)
+    momentum: float = Field(0.9, ge=0, description="sgd only")
+    scheduler: Literal["step", "cosine", "none"] = "step"
+    step_size: int = Field(50, ge=1, description="epochs between lr drops (step)")
+    gamma: float = Field(0.1, gt=0)
+    triplet_weight: float = Field(1.0, ge=0)
+    id_weight: float = Field(1.0, ge=0)
+    amp: Literal["none", "bf16", "fp16"] = "none"
+    sync_bn: bool = False
+    grad_accum: int = Field(1, ge=1, description="steps whose gradients are summed before an update")
+    imagenet_init: Path | None = None
+    loader_workers: int = Field(0, ge=0)
+    steps_per_epoch: int | None = Field(None, ge=1, description="cap on steps per epoch; null = one pass of the P x K sampler")
+    keep_checkpoints: int = Field(2, ge=1)
+    log_checkpoint: bool = False
+
+    @model_validator(mode="after")
+    def _pk(self) -> TrainConfig:
+        if self.batch_size % self.k:
+            raise ValueError(
+                f"train.batch_size = {self.batch_size} is not divisible into P identities x K = {self.k} "
+                f"tracklets; use a multiple of train.k"
+            )
+        return self
+
+    @property
+    def p(self) -> int:
+        return self.batch_size // self.k
+
+
+class EvalConfig(Section):
+    every: int = Field(2, ge=1, description="epochs between evaluations (the last epoch is always evaluated)")
+    protocols: list[Literal["mars-official", "standard"]] = ["mars-official", "standard"]
+    metric: Literal["cosine", "euclidean"] = "cosine"
+    select_by: Literal["rank1", "map"] = "map"
+    sampler: Literal["chunk_first", "dense", "evenly"] = "chunk_first"
+    batch_size: int = Field(8, ge=1, description="tracklets per inference batch")
+
+
+class RayConfig(Section):
+    address: str | None = Field(None, description="null starts a local Ray; 'auto' joins the cluster")
+    num_workers: int = Field(1, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: int = Field(1, ge=1)
+    gpus_per_worker: float = Field(1, ge=0)
+    storage_path: Path = Path("ray_results")
+    max_failures: int = Field(0, ge=0)
+    log_to_driver: bool = False
+
+
+class MlflowConfig(Section):
+    tracking_uri: str | None = Field(None, description="null: MLFLOW_TRACKING_URI, else sqlite:///<project>/mlflow.db")
+    experiment: str = Field("nvan-bench", min_length=1)
+
+
+class ReportConfig(Section):
+    out_dir: Path = Path("reports")
+    dataset: str | None = Field(None, description="null: every dataset, each in its own row of panels")
+    latest_per_label: bool = Field(True, description="keep only the newest run of each label per dataset")
+    published: bool = Field(True, description="plot the paper's MARS numbers on panels of datasets named mars")
+
+
+# Temporal-pool choices of a sweep as scalar keys (Optuna wants scalar categories).
+TEMPORAL_POOLS: dict[str, tuple[int, ...]] = {"none": (), "2": (2,), "3": (3,), "23": (2, 3)}
+
+
+def placement_blocks(name: str) -> tuple[int, int, int, int]:
+    """Non-local blocks per stage 1-4 of a named placement: 'p0230' -> (0, 2, 3, 0)."""
+    digits = name[1:] if name[:1] == "p" else ""
+    if len(digits) != 4 or not digits.isdigit() or any(
+        int(d) > n for d, n in zip(digits, STAGE_BLOCKS)
+    ):
+        raise ValueError(
+            f"placement {name!r}: expected 'p' and 4 digits, the non-local blocks of stages 1-4, each at most "
+            f"the stage's residual blocks {list(STAGE_BLOCKS)}, e.g. 'p0230' (NVAN)"
+        )
+    return tuple(int(d) for d in digits)
+
+
+def _choices(values: list | None) -> list | None:
+    if values is not None and (not values or len(set(values)) != len(values)):
+        raise ValueError(f"{values!r}: expected a non-empty list of distinct choices, or null to not search it")
+    return values
+
+
+class SearchSpace(Section):
+    """Choices per searched dimension; null keeps the trial config's value (not searched)."""
+
+    placement: list[str] | None = Field(None, description="named placements, e.g. p0230 = blocks per stage")
+    stripes: list[Annotated[int, Field(ge=0)]] | None = Field(None, description="at stages with non-local blocks; 0 = full")
+    window: list[Annotated[int, Field(ge=0)]] | None = Field(None, description="attention window, frames; 0 = whole clip")
+    temporal_pool: list[str] | None = Field(None, description="stages followed by temporal pooling: none, 2, 3, 23")
+    frames: list[Annotated[int, Field(ge=1)]] | None = Field(None, description="clip length T")
+    sampler: list[Literal["chunk_random", "chunk_first", "evenly"]] | None = None
+    stride: list[Annotated[int, Field(ge=1)]] | None = None
+    lr: list[Annotated[float, Field(gt=0)]] | None = None
+    width: list[Annotated[int, Field(ge=1)]] | None = None
+
+    @field_validator("temporal_pool", mode="before")
+    @classmethod
+    def _pool_keys(cls, values: Any) -> Any:
+        # YAML reads `23` as a number: the keys are names, so accept both.
+        return [str(v) if isinstance(v, int) else v for v in values] if isinstance(values, list) else values
+
+    @field_validator("*")
+    @classmethod
+    def _distinct(cls, values: list | None) -> list | None:
+        return _choices(values)
+
+    @field_validator("placement")
+    @classmethod
+    def _placements(cls, values: list[str] | None) -> list[str] | None:
+        for name in values or ():
+            placement_blocks(name)
+        return values
+
+    @field_validator("temporal_pool")
+    @classmethod
+    def _pools(cls, values: list[str] | None) -> list[str] | None:
+        bad = [v for v in values or () if v not in TEMPORAL_POOLS]
+        if bad:
+            raise ValueError(f"{bad} are not pool keys; choose from {list(TEMPORAL_POOLS)}")
+        return values
+
+    @model_validator(mode="after")
+    def _something(self) -> SearchSpace:
+        if not self.searched():
+            raise ValueError(f"nothing to search; list choices for at least one of {list(type(self).model_fields)}")
+        return self
+
+    def searched(self) -> dict[str, list]:
+        """The searched dimensions and their choices."""
+        return {k: v for k, v in self if v is not None}
+
+
+class SweepConfig(Section):
+    """A Ray Tune sweep: search space, search algorithm, early stopping and per-trial overrides."""
+
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+                             description="reports/sweeps/<name>, Ray experiment, MLflow parent; null = sweep-<time>")
+    search: Literal["optuna", "random", "grid"] = "optuna"
+    optuna_sampler: Literal["nsga2", "tpe"] = "nsga2"
+    metric: Literal["map", "rank1"] = "map"
+    cost_frames: int | None = Field(None, ge=1, description="frames of the costed T x 256 x 128 clip; null = the trial's T")
+    num_samples: int = Field(8, ge=1, description="trials; grid: repeats of the whole grid")
+    max_concurrent: int = Field(2, ge=1)
+    scheduler: Literal["asha", "fifo"] = "asha"
+    grace_period: int = Field(1, ge=1, description="epochs before ASHA may stop a trial")
+    reduction_factor: int = Field(2, ge=2)
+    trial: dict[str, Any] = Field(default_factory=lambda: {"eval": {"every": 1}},
+                                  description="params every trial gets (a partial params tree)")
+    space: SearchSpace = SearchSpace(placement=["p0000", "p0200", "p0230"])
 
 
 class Config(Section):
     seed: int = 0
+    synthetic: dict[str, SyntheticParams] = {}
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
+    presets: dict[Literal["baseline", "nvan", "ste_nvan"], PresetParams] = {}
     cost: CostConfig = CostConfig()
+    mlflow: MlflowConfig = MlflowConfig()
+    report: ReportConfig = ReportConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    ray: RayConfig = RayConfig()
+    sweep: SweepConfig = SweepConfig()
+
+    def spec(self, num_classes: int, preset: str | None = None) -> ModelSpec:
+        """The ModelSpec of `preset` (default model.preset): preset, then presets.<name>, then model.*."""
+        model = self.model if preset is None else self.model.model_copy(update={"preset": preset})
+        return model.spec(num_classes, self.presets.get(model.preset))
 
     @model_validator(mode="after")
     def _model_fits_input(self) -> Config:
         try:
-            self.model.spec(num_classes=1).validate_input(
-                self.data.frames, self.data.height, self.data.width
-            )
+            self.spec(num_classes=1).validate_input(self.data.frames, self.data.height, self.data.width)
         except SpecError as e:
             raise ValueError(f"model {self.model.preset!r} at data input {self.data.input.label()}: {e}")
+        if self.train.p % self.ray.num_workers:
+            raise ValueError(
+                f"train.batch_size / train.k = {self.train.p} identities per step cannot be split evenly over "
+                f"ray.num_workers = {self.ray.num_workers}; make it a multiple of the worker count"
+            )
+        if self.train.sync_bn and not self.ray.use_gpu:
+            raise ValueError("train.sync_bn needs ray.use_gpu: true (SyncBatchNorm runs on GPUs only); set it false on CPU")
+        if self.train.amp == "fp16" and not self.ray.use_gpu:
+            raise ValueError("train.amp = 'fp16' needs ray.use_gpu: true; use 'bf16' or 'none' on CPU")
         return self
 
 
@@ -171,6 +380,18 @@ def load_config(path: Path | str = DEFAULT_PARAMS, overrides: list[str] = ()) ->
         raise ConfigError(f"invalid config in {path} (after --set overrides): {problems}") from None
 
 
+def override(config: Config, overrides: dict[str, Any], source: str) -> Config:
+    """`config` with dotted-key `overrides` applied, validated; ConfigError names `source` and the key."""
+    tree = config.model_dump(mode="json")
+    for key, value in overrides.items():
+        _set_path(tree, key, value, source)
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as e:
+        problems = "; ".join(_describe(err) for err in e.errors(include_url=False))
+        raise ConfigError(f"{source}: {problems}") from None
+
+
 def flatten(config: Config) -> dict[str, Any]:
     """The config as flat 'a.b' -> value pairs (lists and paths as strings), for MLflow params."""
     out: dict[str, Any] = {}
@@ -186,4 +407,4 @@ def flatten(config: Config) -> dict[str, Any]:
     return out
 
 
-__all__ = ["Config", "ConfigError", "InputSize", "load_config", "flatten", "PRESETS"]
+__all__ = ["Config", "ConfigError", "InputSize", "load_config", "override", "flatten", "PRESETS"]

@@ -9,6 +9,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_path(target: Path | str):
     """Yield a temporary path next to `target`; rename it onto `target` only if the block succeeds."""
@@ -18,6 +24,7 @@ def atomic_path(target: Path | str):
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual mode
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):

@@ -1,0 +1,264 @@
+"""Cost of a model at an input size: parameters, MACs per part, latency and peak memory.
+
+Units: MACs are multiply-accumulates of convolutions, linear layers, matrix products and
+attention (what fvcore calls "flops"; FLOPs = 2 x MACs). Elementwise work (batch norm,
+pooling, softmax, additions) is not counted, as in the ResNet and NVAN papers. Latency is
+seconds per batch, median over repeats, of the inference model (eval mode, batch norms folded
+into the convolutions, `torch.inference_mode`); MACs are those of the unfused model.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import multiprocessing as mp
+import statistics
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from harness.cli import config_parser, load_from_args, run
+from harness.config import InputSize
+from harness.io import write_json_atomic
+from models.fuse import fuse_for_inference
+from models.presets import preset_spec
+from models.spec import ModelSpec
+from models.video_reid import build_model
+
+log = logging.getLogger("harness.cost")
+
+PARTS = ("stem", "stage1", "stage2", "stage3", "stage4", "non_local", "head")
+
+
+@dataclass(frozen=True)
+class CostReport:
+    """Cost of one spec at one input; MACs are per clip, latency and memory per batch."""
+
+    name: str
+    model_width: int
+    frames: int
+    height: int
+    width: int
+    batch: int
+    params: int
+    params_by_part: dict[str, int]
+    params_classifier: int
+    macs: int
+    macs_by_part: dict[str, int]
+    uncounted_ops: list[str]
+    latency_s: float | None = None
+    latency_threads: int | None = None
+    peak_memory_mb: float | None = None
+
+    @property
+    def gmacs(self) -> float:
+        return self.macs / 1e9
+
+    @property
+    def input_label(self) -> str:
+        return f"{self.frames}x{self.height}x{self.width}"
+
+
+def part_of(module_name: str) -> str:
+    """The cost-table part (stem, stage1..4, non_local, head) a module of VideoReIDNet belongs to."""
+    if "non_local" in module_name:
+        return "non_local"
+    for stage in (1, 2, 3, 4):
+        prefix = f"backbone.layer{stage}"
+        if module_name == prefix or module_name.startswith(prefix + "."):
+            return f"stage{stage}"
+    if module_name.startswith("backbone."):
+        return "stem"
+    return "head"
+
+
+def _shape(value) -> list[int]:
+    return value.type().sizes()
+
+
+def _matmul_macs(inputs, outputs) -> int:
+    # torch.matmul broadcasts batch dims of either operand; fvcore's stock handle assumes the
+    # left operand holds them, so count from the output shape instead: out elements x inner dim.
+    a = _shape(inputs[0])
+    return math.prod(_shape(outputs[0])) * a[-1]
+
+
+def _sdpa_macs(inputs, outputs) -> int:
+    # softmax(q k^T) v: q (..., N, d), k (..., M, d), v (..., M, dv) -> N*M*d + N*M*dv per batch.
+    q, k, v = (_shape(x) for x in inputs[:3])
+    batch = math.prod(q[:-2])
+    return batch * q[-2] * k[-2] * (q[-1] + v[-1])
+
+
+def count_macs(model: nn.Module, clips: torch.Tensor) -> tuple[int, dict[str, int], list[str]]:
+    """MACs of one eval forward on `clips` (whole batch), per part, and op names left uncounted."""
+    from fvcore.nn import FlopCountAnalysis  # slow import; only cost counting needs it
+    from fvcore.nn.jit_handles import addmm_flop_jit, conv_flop_jit, linear_flop_jit
+
+    analysis = FlopCountAnalysis(model, clips)
+    # Only MAC-bearing ops (see module docstring); fvcore's defaults also count batch norm and
+    # pooling, and its matmul/bmm handles assume the left operand holds the batch dimensions.
+    analysis.clear_op_handles()
+    analysis.set_op_handle(
+        "aten::_convolution", conv_flop_jit,
+        "aten::addmm", addmm_flop_jit,
+        "aten::linear", linear_flop_jit,
+        "aten::mm", _matmul_macs,
+        "aten::matmul", _matmul_macs,
+        "aten::bmm", _matmul_macs,
+        "aten::scaled_dot_product_attention", _sdpa_macs,
+    )
+    analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        totals = analysis.by_module()
+    by_part = dict.fromkeys(PARTS, 0)
+    for name, module in model.named_modules():
+        own = totals.get(name, 0) - sum(
+            totals.get(f"{name}.{child}" if name else child, 0) for child, _ in module.named_children()
+        )
+        by_part[part_of(name)] += own
+    return int(totals[""]), by_part, sorted(analysis.unsupported_ops())
+
+
+def macs_on_meta(spec: ModelSpec, size: InputSize, batch: int = 1) -> int:
+    """MACs per clip of `spec` at `size`, counted by torch's FlopCounterMode on the meta device (ms)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.device("meta"):
+        model = build_model(spec).eval()
+        clips = torch.empty(batch, size.frames, 3, size.height, size.width)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(clips)
+    return counter.get_total_flops() // 2 // batch  # FlopCounterMode counts 2 per MAC
+
+
+def count_params(model: nn.Module) -> tuple[int, dict[str, int], int]:
+    """Parameter count without the classifier, per part, and the classifier's count separately."""
+    by_part = dict.fromkeys(PARTS, 0)
+    classifier = 0
+    for name, p in model.named_parameters():
+        if name.startswith("classifier."):
+            classifier += p.numel()
+        else:
+            by_part[part_of(name.rpartition(".")[0])] += p.numel()
+    return sum(by_part.values()), by_part, classifier
+
+
+def _rss_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def _measure(spec: ModelSpec, size: InputSize, batch: int, warmup: int, repeats: int, threads: int):
+    """Runs in a fresh spawned process, so its peak RSS counts this model alone."""
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = fuse_for_inference(build_model(spec).eval())  # as deployed: BN folded into convs
+    clips = torch.randn(batch, size.frames, 3, size.height, size.width)
+    with torch.inference_mode():
+        rss_before = _rss_kb("VmRSS")
+        model(clips)
+        peak_kb = _rss_kb("VmHWM") - rss_before
+        for _ in range(max(warmup - 1, 0)):
+            model(clips)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            model(clips)
+            times.append(time.perf_counter() - start)
+    return statistics.median(times), torch.get_num_threads(), peak_kb / 1024
+
+
+def measure(spec: ModelSpec, size: InputSize, batch: int = 1, warmup: int = 2, repeats: int = 10,
+            threads: int = 0) -> tuple[float, int, float]:
+    """Median latency (s per batch), threads used, and peak extra memory of one forward (MB)."""
+    with mp.get_context("spawn").Pool(1) as pool:
+        return pool.apply(_measure, (spec, size, batch, warmup, repeats, threads))
+
+
+def cost_of(name: str, spec: ModelSpec, size: InputSize, batch: int = 1, measure_time: bool = True,
+            warmup: int = 2, repeats: int = 10, threads: int = 0) -> CostReport:
+    """The full CostReport of `spec` at `size` (MACs per clip; latency per batch of `batch`)."""
+    spec.validate_input(size.frames, size.height, size.width)
+    torch.manual_seed(0)
+    model = build_model(spec).eval()
+    params, params_by_part, params_classifier = count_params(model)
+    clips = torch.randn(1, size.frames, 3, size.height, size.width)
+    macs, macs_by_part, uncounted = count_macs(model, clips)
+    latency = used_threads = peak = None
+    if measure_time:
+        latency, used_threads, peak = measure(spec, size, batch, warmup, repeats, threads)
+    return CostReport(
+        name=name, model_width=spec.width, frames=size.frames, height=size.height, width=size.width, batch=batch,
+        params=params, params_by_part=params_by_part, params_classifier=params_classifier,
+        macs=macs, macs_by_part=macs_by_part, uncounted_ops=uncounted,
+        latency_s=latency, latency_threads=used_threads, peak_memory_mb=peak,
+    )
+
+
+def format_table(reports: list[CostReport]) -> str:
+    """A plain-text table: params (M), GMACs per clip by part, latency (ms) and memory (MB)."""
+    head = ["model", "width", "input TxHxW", "params M", "GMACs"] + [p for p in PARTS] + ["ms/batch", "threads", "peak MB"]
+    rows = []
+    for r in reports:
+        rows.append([
+            r.name, str(r.model_width), r.input_label, f"{r.params / 1e6:.2f}", f"{r.gmacs:.2f}",
+            *(f"{r.macs_by_part[p] / 1e9:.2f}" for p in PARTS),
+            "-" if r.latency_s is None else f"{r.latency_s * 1e3:.1f}",
+            "-" if r.latency_threads is None else str(r.latency_threads),
+            "-" if r.peak_memory_mb is None else f"{r.peak_memory_mb:.0f}",
+        ])
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
+    lines = ["  ".join(str(x).rjust(w) for x, w in zip(row, widths)) for row in [head, *rows]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    note = "GMACs per clip (1 MAC = 1 multiply-accumulate; FLOPs = 2 x MACs); parts exclude the classifier."
+    return "\n".join(lines + [note])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = config_parser("Parameters, MACs, latency and memory of the model presets.")
+    parser.add_argument("--preset", action="append", help="preset to cost (repeatable; default: cost.presets)")
+    parser.add_argument("--input", action="append",
+                        help="clip size TxHxW of the paper-width models, e.g. 8x256x128 (repeatable; default: cost.inputs)")
+    parser.add_argument("--no-measure", action="store_true", help="count params and MACs only; skip latency and memory")
+    parser.add_argument("--out", type=Path, help="write the reports as JSON here")
+    args = parser.parse_args(argv)
+    config = load_from_args(args)
+    cost = config.cost
+    inputs = [InputSize.parse(s) for s in args.input] if args.input else cost.inputs
+    presets = args.preset or cost.presets
+    # The paper's models at full width, then (cost.benchmark) the models the benchmark trains.
+    jobs = [(name, preset_spec(name, cost.num_classes, width=cost.width, last_stride=config.model.last_stride), size)
+            for size in inputs for name in presets]
+    if cost.benchmark:
+        jobs += [(name, config.spec(cost.num_classes, name), config.data.input) for name in presets]
+    reports = []
+    for name, spec, size in jobs:
+        log.info("costing %s at %s (width %d)", name, size.label(), spec.width)
+        reports.append(cost_of(
+            name, spec, size, batch=cost.batch, measure_time=cost.measure and not args.no_measure,
+            warmup=cost.warmup, repeats=cost.repeats, threads=cost.threads,
+        ))
+    print(format_table(reports))
+    if args.out:
+        payload = {
+            "units": {"macs": "multiply-accumulates per clip", "latency_s": "seconds per batch", "peak_memory_mb": "MiB"},
+            "reports": [asdict(r) | {"gmacs": r.gmacs, "input": r.input_label} for r in reports],
+        }
+        write_json_atomic(args.out, payload)
+        log.info("wrote %s", args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,125 @@
+"""Weights from files: ImageNet ResNet-50 init and the STE-NVAN authors' released checkpoints."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from models.presets import preset_spec
+from models.video_reid import VideoReIDNet, build_model
+
+# Official layout (DataParallel): module.features.backbone.<torchvision names | NL_<stage>.<j>.*>,
+# module.bottleneck.*, module.classifier.weight.
+_OFFICIAL_NL = re.compile(r"features\.backbone\.NL_(\d)\.(\d+)\.(.+)")
+_OFFICIAL_PREFIXES = {"features.backbone.": "backbone.", "bottleneck.": "bottleneck.", "classifier.": "classifier."}
+
+
+class CheckpointError(ValueError):
+    """A weights file that is missing or does not match the model it is loaded into."""
+
+
+def load_imagenet(model: VideoReIDNet, path: str | Path) -> None:
+    """Load a torchvision resnet50 state-dict file into `model.backbone` (fc.* ignored), in place."""
+    state = _read(path)
+    backbone = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    _load_strict(model.backbone, backbone, f"ImageNet file {path}", "a torchvision resnet50 state dict")
+
+
+def load_official_checkpoint(
+    source: str | Path | Mapping[str, torch.Tensor], preset: str, **overrides: object
+) -> VideoReIDNet:
+    """Build preset `preset` with the class count and width found in an official STE-NVAN checkpoint and load it.
+
+    The keys fix num_classes, width and the non-local placement; the parameter-free
+    settings (stripes, window, temporal pooling, last stride) come from the preset and
+    `overrides` (ModelSpec fields), so NVAN.pth and STE_NVAN.pth are told apart by name only.
+    """
+    name = str(source) if isinstance(source, (str, Path)) else "the given state dict"
+    state = _read(source) if isinstance(source, (str, Path)) else dict(source)
+    # DataParallel saves under "module."; a plain save lacks it.
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    for key in ("classifier.weight", "features.backbone.conv1.weight"):
+        if key not in state:
+            raise CheckpointError(
+                f"{name} has no key 'module.{key}', so it is not an STE-NVAN checkpoint "
+                f"(R50_baseline_mean.pth, NVAN.pth or STE_NVAN.pth); its first keys are {sorted(state)[:5]}"
+            )
+    found = [0, 0, 0, 0]
+    for key in state:
+        if match := _OFFICIAL_NL.fullmatch(key):
+            stage, j = int(match[1]), int(match[2])
+            if 1 <= stage <= 4:
+                found[stage - 1] = max(found[stage - 1], j + 1)
+    spec = preset_spec(
+        preset,
+        num_classes=state["classifier.weight"].shape[0],
+        width=state["features.backbone.conv1.weight"].shape[0],
+        **overrides,
+    )
+    if tuple(found) != spec.non_local:
+        raise CheckpointError(
+            f"{name} has non-local blocks {found} per stage but preset {preset!r} places "
+            f"{list(spec.non_local)}; load it with the preset it was trained as"
+        )
+    model = build_model(spec)
+    _load_strict(model, {_our_key(k): v for k, v in state.items()}, name, f"preset {preset!r}")
+    return model
+
+
+def _our_key(official: str) -> str:
+    """Official key (without 'module.') -> VideoReIDNet key; unknown keys pass through to be reported."""
+    if match := _OFFICIAL_NL.fullmatch(official):
+        return f"non_local.layer{match[1]}.{match[2]}.{match[3]}"
+    for prefix, ours in _OFFICIAL_PREFIXES.items():
+        if official.startswith(prefix):
+            return ours + official.removeprefix(prefix)
+    return official
+
+
+def _read(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensor dict saved at `path` (tensors only, no pickled code)."""
+    if not Path(path).is_file():
+        raise CheckpointError(f"checkpoint file {path} does not exist; give the path of a local .pth file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise CheckpointError(f"cannot read {path} as a PyTorch state dict: {error}") from error
+    if not isinstance(state, Mapping):
+        raise CheckpointError(f"{path} holds a {type(state).__name__}, expected a state dict (key -> tensor)")
+    return dict(state)
+
+
+def _load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], name: str, expected: str) -> None:
+    """load_state_dict(strict) with one error listing missing, unexpected and mis-shaped keys."""
+    own = module.state_dict()
+    missing = sorted(own.keys() - state.keys())
+    unexpected = sorted(state.keys() - own.keys())
+    shapes = [
+        f"{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+        for k in sorted(own.keys() & state.keys())
+        if state[k].shape != own[k].shape
+    ]
+    if missing or unexpected or shapes:
+        raise CheckpointError(
+            f"{name} does not match {expected} (width {_width(module)}): "
+            f"missing keys {_few(missing)}; unexpected keys {_few(unexpected)}; "
+            f"shape mismatches (file vs model) {_few(shapes)}. Check that the file and the "
+            f"model's preset and width belong together."
+        )
+    module.load_state_dict(state)
+
+
+def _width(module: nn.Module) -> int:
+    """Stem channels of the backbone in `module`."""
+    backbone = getattr(module, "backbone", module)
+    return backbone.conv1.out_channels
+
+
+def _few(items: list[str], limit: int = 10) -> str:
+    """At most `limit` items, then how many more."""
+    more = f" ... and {len(items) - limit} more" if len(items) > limit else ""
+    return (str(items[:limit]) + more) if items else "none"

@@ -10,11 +10,12 @@ from pathlib import Path
 
 from datasets.errors import DatasetError
 from harness.config import DEFAULT_PARAMS, Config, ConfigError, load_config
+from harness.metrics import MetricsError
 from models.checkpoints import CheckpointError
 from models.spec import SpecError
 
 # Raised for bad input anywhere below a CLI; printed as one paragraph, exit code 2.
-USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, SpecError, CheckpointError, DatasetError)
+USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, SpecError, CheckpointError, DatasetError, MetricsError)
 
 
 class UserError(Exception):

@@ -22,27 +22,10 @@ from models.fuse import fuse_for_inference
 from models.nonlocal_block import NonLocalBlock
 from models.presets import PRESETS, preset_spec
 from models.video_reid import build_model
+from reference import ExplicitNonLocal, straightforward
 
 ROUNDS = 7
 STAGE2 = (1, 512, 8, 32, 16)  # NVAN's stage-2 non-local input at T = 8, 256 x 128: (B, C, T, H, W)
-
-
-class ExplicitNonLocal(NonLocalBlock):
-    """The textbook block: materialises softmax(theta^T phi) and multiplies it by g."""
-
-    @staticmethod
-    def attention(q, k, v):
-        return torch.softmax(q @ k.transpose(-1, -2), dim=-1) @ v
-
-
-def straightforward(model: nn.Module) -> nn.Module:
-    """Same weights, default contiguous layout, explicit attention, no fusion."""
-    ref = copy.deepcopy(model)
-    ref.backbone.to(memory_format=torch.contiguous_format)
-    for m in ref.modules():
-        if isinstance(m, NonLocalBlock):
-            m.__class__ = ExplicitNonLocal
-    return ref
 
 
 def open_non_local(model: nn.Module) -> nn.Module:

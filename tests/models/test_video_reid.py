@@ -1,4 +1,3 @@
-import copy
 from dataclasses import replace
 
 import pytest
@@ -10,6 +9,7 @@ from models.presets import PRESETS, preset_spec
 from models.resnet import Bottleneck
 from models.spec import ModelSpec, SpecError
 from models.video_reid import build_model
+from reference import ExplicitNonLocal, straightforward
 
 # Width 8 and 8 x 64 x 32 clips: stage heights 16, 8, 4, 4, so STE-NVAN needs 4 stripes, not 16.
 SMALL = {"baseline": {}, "nvan": {}, "ste_nvan": {"stripes": (4, 4, 4, 4)}}
@@ -19,22 +19,6 @@ CLIP = (2, 8, 3, 64, 32)
 def small_model(name: str, **overrides) -> nn.Module:
     torch.manual_seed(0)
     return build_model(preset_spec(name, num_classes=5, width=8, **{**SMALL[name], **overrides}))
-
-
-class ExplicitNonLocal(NonLocalBlock):
-    @staticmethod
-    def attention(q, k, v):
-        return torch.softmax(q @ k.transpose(-1, -2), dim=-1) @ v
-
-
-def straightforward(model: nn.Module) -> nn.Module:
-    """The same weights in the default contiguous layout with explicit matmul-softmax-matmul attention."""
-    ref = copy.deepcopy(model)
-    ref.backbone.to(memory_format=torch.contiguous_format)
-    for m in ref.modules():
-        if isinstance(m, NonLocalBlock):
-            m.__class__ = ExplicitNonLocal
-    return ref
 
 
 def call_order(model: nn.Module, clips: torch.Tensor) -> list[str]:

@@ -1,0 +1,130 @@
+"""Features of every test tracklet, then CMC / mAP / mINP per protocol (python -m harness.evaluate)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from datasets.loaders import EvalClips, eval_loader, normalize
+from harness.checkpoint import load_model
+from harness.cli import UserError, config_parser, load_from_args, run
+from harness.config import Config
+from harness.io import atomic_path, write_json_atomic
+from harness.metrics import Scores, score_test_set
+from models.checkpoints import load_official_checkpoint
+
+log = logging.getLogger("harness.evaluate")
+
+
+@torch.inference_mode()
+def extract_features(model: nn.Module, dataset: EvalClips, batch_size: int = 8, device: str = "cpu",
+                     num_workers: int = 0, progress: bool = True) -> np.ndarray:
+    """(N, D) float32 features of every tracklet of `dataset`, in row order; dense clips are averaged."""
+    model.eval().to(device)
+    loader = eval_loader(dataset, 1 if dataset.dense else batch_size, num_workers)
+    features = []
+    for clips, _, _, _ in tqdm(loader, desc="features", unit="batch", disable=not progress, leave=False):
+        clips = normalize(clips.to(device, non_blocking=True))
+        if dataset.dense:  # (1, n_clips, T, 3, H, W): one tracklet, its clips averaged
+            features.append(model(clips[0]).mean(0, keepdim=True).float().cpu())
+        else:
+            features.append(model(clips).float().cpu())
+    return torch.cat(features).numpy()
+
+
+def score_features(features: np.ndarray, rows: pl.DataFrame, protocols: list[str], metric: str = "cosine",
+                   device: str | None = None) -> dict[str, Scores]:
+    """Scores for each protocol of test-set `features` whose rows (pid, camera, is_query) are `rows`."""
+    query_index = np.flatnonzero(rows["is_query"].to_numpy())
+    return {
+        protocol: score_test_set(features, rows["pid"].to_numpy(), rows["camera"].to_numpy(), query_index,
+                                 protocol=protocol, metric=metric, device=device)
+        for protocol in protocols
+    }
+
+
+def save_features(directory: Path, features: np.ndarray, rows: pl.DataFrame) -> None:
+    """Write features.npy and index.parquet (pid, camera, tracklet, is_query per row) to `directory`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with atomic_path(directory / "features.npy") as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, features)
+    with atomic_path(directory / "index.parquet") as tmp:
+        rows.select("pid", "camera", "tracklet", "is_query").write_parquet(tmp)
+
+
+def load_features(directory: Path) -> tuple[np.ndarray, pl.DataFrame]:
+    """Features and their index written by `save_features`."""
+    paths = directory / "features.npy", directory / "index.parquet"
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise UserError(f"saved features incomplete: {', '.join(missing)} missing; save them with "
+                        f"`python -m harness.evaluate --checkpoint ... --save-features {directory}`")
+    features, rows = np.load(paths[0]), pl.read_parquet(paths[1])
+    if len(features) != rows.height:
+        raise UserError(f"{paths[0]} holds {len(features)} features but {paths[1]} indexes {rows.height} rows; "
+                        f"save them again")
+    return features, rows
+
+
+def format_scores(scores: dict[str, Scores]) -> str:
+    """A table of rank-1/5/10/20, mAP and mINP in percent, one row per protocol."""
+    lines = [f"{'protocol':<14}{'R1':>7}{'R5':>7}{'R10':>7}{'R20':>7}{'mAP':>7}{'mINP':>7}{'queries':>9}"]
+    for name, s in scores.items():
+        values = (s.rank1, s.rank5, s.rank10, s.rank20, s.map, s.minp)
+        lines.append(f"{name:<14}" + "".join(f"{100 * v:7.2f}" for v in values) + f"{s.num_queries:9d}")
+    return "\n".join(lines)
+
+
+def _model_from_args(args, config: Config) -> nn.Module:
+    if args.official:
+        return load_official_checkpoint(args.official, args.preset or config.model.preset)
+    model, spec = load_model(args.checkpoint)
+    if args.preset:
+        expected = config.spec(spec.num_classes, args.preset)
+        if expected != spec:
+            raise UserError(f"checkpoint {args.checkpoint} holds {spec}, not preset {args.preset!r} ({expected}); "
+                            f"drop --preset or pass the matching one")
+    return model
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = config_parser("Extract test features and score them under the MARS / DukeV protocols.")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", type=Path, help="a checkpoint of harness.train (state.pt or its folder)")
+    source.add_argument("--official", type=Path, help="an official STE-NVAN checkpoint (.pth); give --preset")
+    source.add_argument("--features", type=Path, help="re-score features saved with --save-features")
+    parser.add_argument("--preset", choices=["baseline", "nvan", "ste_nvan"], help="the preset the weights must be")
+    parser.add_argument("--save-features", type=Path, help="write features.npy + index.parquet here")
+    parser.add_argument("--out", type=Path, help="write the scores as JSON here")
+    args = parser.parse_args(argv)
+    config = load_from_args(args)
+    protocols, metric = config.eval.protocols, config.eval.metric
+    if args.features:
+        features, rows = load_features(args.features)
+    else:
+        directory = config.data.prepared_root / config.data.dataset
+        dataset = EvalClips(directory, config.data.frames, config.eval.sampler)
+        model = _model_from_args(args, config)
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        log.info("extracting features of %d test tracklets on %s", len(dataset), device)
+        features = extract_features(model, dataset, config.eval.batch_size, device)
+        rows = dataset.rows
+        if args.save_features:
+            save_features(args.save_features, features, rows)
+            log.info("saved features to %s", args.save_features)
+    scores = score_features(features, rows, protocols, metric)
+    print(format_scores(scores))
+    if args.out:
+        write_json_atomic(args.out, {name: s.as_dict() | {"cmc": s.cmc.tolist()} for name, s in scores.items()})
+    return 0
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,99 @@
+"""MLflow: one run per training job or sweep trial; params, stepped metrics, artifacts, queries."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+
+from harness.cli import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_URI = f"sqlite:///{ROOT / 'mlflow.db'}"
+_BATCH = 100  # MLflow's limit of params (and tags) per log_batch call
+
+
+def tracking_uri(configured: str | None) -> str:
+    """The configured URI (params or --set), else MLFLOW_TRACKING_URI, else sqlite:///<project>/mlflow.db."""
+    return configured or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+
+
+def git_commit() -> str:
+    """HEAD's commit hash with '-dirty' when tracked files changed, or 'unknown' outside git."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def connect(uri: str, experiment: str) -> tuple[MlflowClient, str]:
+    """Check the store is reachable, create it and the experiment if needed; return (client, id).
+
+    Call this on the driver before any worker or trial starts: two processes creating a
+    fresh sqlite store at once race on its migration.
+    """
+    if uri.startswith(("http://", "https://")):
+        import requests
+
+        try:
+            requests.get(uri.rstrip("/") + "/health", timeout=5).raise_for_status()
+        except requests.RequestException as e:
+            raise UserError(
+                f"MLflow tracking server {uri} is unreachable ({type(e).__name__}); start it "
+                f"(mlflow server ...), fix mlflow.tracking_uri in params.yaml or MLFLOW_TRACKING_URI, "
+                f"or unset both to use the local sqlite store"
+            ) from None
+    elif uri.startswith("sqlite:///"):
+        db = Path(uri.removeprefix("sqlite:///"))
+        if not os.access(db.parent if db.parent.exists() else db.parent.parent, os.W_OK):
+            raise UserError(f"MLflow store {db} is not writable; choose a writable mlflow.tracking_uri")
+    client = MlflowClient(uri)
+    found = client.get_experiment_by_name(experiment)
+    return client, found.experiment_id if found else client.create_experiment(experiment)
+
+
+def start_run(client: MlflowClient, experiment_id: str, name: str, params: dict[str, Any],
+              tags: dict[str, str], parent_run_id: str | None = None) -> str:
+    """Create a run with `params` and `tags` (nested under `parent_run_id` if given); return its id."""
+    all_tags = dict(tags)
+    if parent_run_id:
+        all_tags["mlflow.parentRunId"] = parent_run_id
+    run = client.create_run(experiment_id, run_name=name, tags=all_tags)
+    log_params(client, run.info.run_id, params)
+    return run.info.run_id
+
+
+def log_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> None:
+    """Log params in batches (values as strings, None as 'null')."""
+    items = [Param(k, "null" if v is None else str(v)) for k, v in params.items()]
+    for i in range(0, len(items), _BATCH):
+        client.log_batch(run_id, params=items[i:i + _BATCH])
+
+
+def log_metrics(client: MlflowClient, run_id: str, metrics: dict[str, float], step: int | None = None) -> None:
+    """Log numeric metrics at `step` (one call); non-numeric values are skipped."""
+    now = int(time.time() * 1000)
+    items = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()
+             if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    if items:
+        client.log_batch(run_id, metrics=items)
+
+
+def set_tags(client: MlflowClient, run_id: str, tags: dict[str, str]) -> None:
+    """Set run tags in one call."""
+    client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+
+def find_run(client: MlflowClient, experiment_id: str, tag: str, value: str) -> str | None:
+    """The id of the newest run in the experiment whose tag `tag` equals `value`, if any."""
+    runs = client.search_runs([experiment_id], filter_string=f"tags.`{tag}` = '{value}'",
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0].info.run_id if runs else None

@@ -1,0 +1,372 @@
+"""The training job: a Ray Train TorchTrainer (DDP) with MLflow tracking (python -m harness.train).
+
+The driver checks inputs and resources, creates the MLflow run, starts the workers
+(`harness.train_loop.run_worker`), shows progress, and logs cost, best scores and artifacts.
+Per-epoch metrics are logged by a Ray Train callback in the controller, after every worker
+has reported and the checkpoint is persisted, so a restarted worker never logs an epoch twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import threading
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from tqdm import tqdm
+
+from harness.cli import UserError, config_parser, load_from_args, run
+from harness.config import Config, InputSize, flatten
+from harness.io import write_json_atomic
+from harness.tracking import connect, find_run, git_commit, log_metrics, set_tags, start_run, tracking_uri
+
+log = logging.getLogger("harness.train")
+
+PAPER_INPUT = InputSize(frames=8, height=256, width=128)
+RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "RAY_TRAIN_METRICS_ENABLED": "0"}
+FINAL_KEYS = ("rank1", "rank5", "rank10", "rank20", "map", "minp")
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a finished training job leaves: its MLflow run, best epoch and scores, checkpoint path."""
+
+    run_id: str
+    ray_run: str
+    best_epoch: int
+    best_scores: dict[str, dict[str, float]]
+    checkpoint: str | None
+    clips_per_s: float
+    seconds: float
+    startup_s: float
+    cost: dict[str, float]
+
+
+@contextmanager
+def ray_session(address: str | None, num_cpus: int | None = None, resources: dict[str, float] | None = None,
+                log_to_driver: bool = False):
+    """Connect to the Ray cluster at `address`, or start a local one; shut it down on exit."""
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    for key, value in RAY_ENV.items():
+        os.environ.setdefault(key, value)
+    local = address is None
+    ray.init(address=address, num_cpus=num_cpus if local else None, resources=resources if local else None,
+             include_dashboard=False, log_to_driver=log_to_driver,
+             runtime_env={"env_vars": {k: os.environ[k] for k in RAY_ENV}})
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def absolute_paths(config: Config) -> Config:
+    """`config` with its data, storage and init paths made absolute (relative to this process's cwd)."""
+    init = config.train.imagenet_init
+    return config.model_copy(update={
+        "data": config.data.model_copy(update={"prepared_root": config.data.prepared_root.resolve()}),
+        "ray": config.ray.model_copy(update={"storage_path": config.ray.storage_path.resolve()}),
+        "train": config.train.model_copy(update={"imagenet_init": init.resolve() if init else None}),
+    })
+
+
+def check_resources(config: Config) -> None:
+    """Fail fast, with the counts, when the cluster cannot host the workers (never wait on it)."""
+    import ray
+
+    have = ray.cluster_resources()
+    workers = config.ray.num_workers
+    need = {"CPU": workers * config.ray.cpus_per_worker}
+    if config.ray.use_gpu:
+        need["GPU"] = workers * config.ray.gpus_per_worker
+    short = {k: (v, have.get(k, 0)) for k, v in need.items() if v > have.get(k, 0)}
+    if short:
+        detail = ", ".join(f"{v:g} {k} needed, {h:g} in the cluster" for k, (v, h) in short.items())
+        raise UserError(
+            f"ray.num_workers = {workers} with ray.cpus_per_worker = {config.ray.cpus_per_worker}"
+            f"{f' and ray.gpus_per_worker = {config.ray.gpus_per_worker}' if config.ray.use_gpu else ''} "
+            f"does not fit: {detail}; lower the worker count or resources per worker, or add nodes"
+        )
+
+
+def check_inputs(config: Config) -> Path:
+    """The prepared dataset folder, after checking it exists and the storage path is writable."""
+    directory = config.data.prepared_root / config.data.dataset
+    if not (directory / "manifest.json").exists():
+        raise UserError(
+            f"dataset {config.data.dataset!r} is not prepared: {directory}/manifest.json is missing; run "
+            f"`dvc repro prepare@{config.data.dataset}` or `python -m datasets.prepare --format mars|duke "
+            f"--root RAW_DIR --out {directory}` first"
+        )
+    storage = config.ray.storage_path.resolve()
+    probe = storage if storage.exists() else next(p for p in storage.parents if p.exists())
+    if not os.access(probe, os.W_OK):
+        raise UserError(f"ray.storage_path {storage} is not writable ({probe} denies writing); choose another")
+    return directory
+
+
+class MlflowEpochLogger:
+    """Logs each epoch's numeric metrics (rank 0's report) to one MLflow run, from the Ray controller."""
+
+    def __init__(self, uri: str, run_id: str) -> None:
+        self.uri, self.run_id, self._client = uri, run_id, None
+
+    def after_report(self, run_context, metrics: list[dict[str, Any]], checkpoint) -> None:
+        from mlflow import MlflowClient
+
+        self._client = self._client or MlflowClient(self.uri)
+        skip = ("epoch", "checkpoint_score", "best_value", "first_step_at")
+        numbers = {k: v for k, v in metrics[0].items() if k not in skip}
+        log_metrics(self._client, self.run_id, numbers, step=int(metrics[0]["epoch"]))
+
+    def after_exception(self, run_context, worker_exceptions) -> None:
+        pass
+
+
+def _callback(uri: str, run_id: str):
+    from ray.train import UserCallback
+
+    # Mixed in at call time so that importing this module does not import Ray.
+    return type("MlflowEpochCallback", (MlflowEpochLogger, UserCallback), {})(uri, run_id)
+
+
+def _progress_bars(queue, done: threading.Event, enabled: bool) -> None:
+    bar, current = None, None
+    while not (done.is_set() and queue.empty()):
+        try:
+            epoch, step, steps, loss, clips = queue.get(timeout=0.5)
+        except Exception:  # ray.util.queue.Empty; the queue's exception types vary by version
+            continue
+        if not enabled:
+            continue
+        if epoch != current:
+            if bar:
+                bar.close()
+            bar, current = tqdm(total=steps, desc=f"epoch {epoch}", unit="step"), epoch
+        bar.n = step
+        bar.set_postfix(loss=f"{loss:.3f}", clips_s=f"{clips:.1f}", refresh=True)
+    if bar:
+        bar.close()
+
+
+def _cost_metrics(config: Config, num_classes: int) -> dict[str, float]:
+    from harness.cost import cost_of, macs_on_meta
+
+    spec = config.spec(num_classes)
+    report = cost_of(config.model.preset, spec, config.data.input, measure_time=config.cost.measure,
+                     repeats=3, warmup=1, threads=config.ray.cpus_per_worker)
+    paper = spec if _fits(spec, PAPER_INPUT) else None
+    return {
+        "cost.params_m": report.params / 1e6,
+        "cost.gmacs": report.gmacs,
+        "cost.gmacs_paper": macs_on_meta(paper, PAPER_INPUT) / 1e9 if paper else math.nan,
+        "cost.latency_ms": report.latency_s * 1e3 if report.latency_s is not None else math.nan,
+    }
+
+
+def _fits(spec, size: InputSize) -> bool:
+    from models.spec import SpecError
+
+    try:
+        spec.validate_input(size.frames, size.height, size.width)
+    except SpecError:
+        return False
+    return True
+
+
+def _artifacts(client, run_id: str, config: Config, result: TrainResult, cmc: list[float] | None,
+               checkpoint_dir: str | None) -> None:
+    import tempfile
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with tempfile.TemporaryDirectory() as folder:
+        folder = Path(folder)
+        (folder / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+        (folder / "metrics.json").write_text(json.dumps(
+            {"best_epoch": result.best_epoch, "best": result.best_scores, "clips_per_s": result.clips_per_s,
+             "seconds": result.seconds}, indent=2))
+        if cmc:
+            fig, ax = plt.subplots(figsize=(5, 3.5))
+            ranks = range(1, len(cmc) + 1)
+            ax.plot(ranks, [100 * c for c in cmc], marker=".")
+            ax.set(xlabel="rank", ylabel="matching rate (%)", ylim=(0, 100),
+                   title=f"CMC, {config.eval.protocols[0]}, best epoch {result.best_epoch}")
+            ax.grid(alpha=0.3)
+            fig.tight_layout()
+            fig.savefig(folder / "cmc.png", dpi=120)
+            plt.close(fig)
+        for file in folder.iterdir():
+            client.log_artifact(run_id, str(file))
+    if checkpoint_dir and config.train.log_checkpoint:
+        client.log_artifacts(run_id, checkpoint_dir, "checkpoint")
+
+
+def fit(config: Config, name: str | None = None, resume: str | None = None, parent_run_id: str | None = None,
+        tags: dict[str, str] | None = None, progress: bool = True, fail_at_step: int | None = None,
+        tune_callbacks: list | None = None) -> TrainResult:
+    """Train `config` on the connected Ray cluster, tracked in MLflow; return the best result.
+
+    `resume` continues the Ray run of that name (and its MLflow run). `fail_at_step` injects
+    one worker failure at that global step (tests of fault tolerance only).
+    """
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.util.queue import Queue
+
+    from datasets.loaders import TrainClips
+    from harness.train_loop import run_worker
+
+    # Workers do not run in the driver's working directory: ship absolute paths.
+    config = absolute_paths(config)
+    directory = check_inputs(config)
+    check_resources(config)
+    storage = config.ray.storage_path.resolve()
+    if resume:
+        if not (storage / resume).is_dir():
+            raise UserError(f"--resume {resume}: no run {storage / resume}; list the runs there or start a new one")
+        ray_run = resume
+    else:
+        ray_run = name or f"{config.model.preset}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    storage.mkdir(parents=True, exist_ok=True)
+
+    uri = tracking_uri(config.mlflow.tracking_uri)
+    client, experiment_id = connect(uri, config.mlflow.experiment)
+    num_classes = TrainClips(directory, config.data.frames).num_classes
+    manifest = json.loads((directory / "manifest.json").read_text())
+    run_id = find_run(client, experiment_id, "nvan.ray_run", ray_run) if resume else None
+    if run_id is not None:
+        cost = {k: v for k, v in client.get_run(run_id).data.metrics.items() if k.startswith("cost.")}
+    else:
+        spec = config.spec(num_classes)
+        params = flatten(config) | {
+            "git_commit": git_commit(), "dataset.manifest_hash": manifest.get("content_hash", "unknown"),
+            "input": config.data.input.label(),
+            **{f"spec.{k}": str(list(v)) if isinstance(v, tuple) else v for k, v in spec.__dict__.items()},
+        }
+        device = "cuda" if config.ray.use_gpu else "cpu"
+        run_tags = {"nvan.kind": "train", "nvan.label": config.model.preset, "nvan.ray_run": ray_run,
+                    "nvan.status": "running", "dataset": config.data.dataset, "preset": config.model.preset,
+                    "protocol": config.eval.protocols[0], "device": device,
+                    "dataset.synthetic": str(manifest.get("synthetic", False)).lower(),
+                    "cost.threads": str(config.ray.cpus_per_worker)} | (tags or {})
+        run_id = start_run(client, experiment_id, ray_run, params, run_tags, parent_run_id)
+        log.info("MLflow run %s (experiment %s, %s)", run_id, config.mlflow.experiment, uri)
+        cost = _cost_metrics(config, num_classes)
+        log_metrics(client, run_id, cost)
+
+    queue = Queue() if progress else None
+    loop_config = {"config": config.model_dump(mode="json"), "progress": queue, "fail_at_step": fail_at_step,
+                   "mlflow_run_id": run_id,
+                   "fail_marker": str(storage / ray_run / ".injected-failure")}
+    trainer = TorchTrainer(
+        run_worker,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(num_workers=config.ray.num_workers, use_gpu=config.ray.use_gpu,
+                                     resources_per_worker=_worker_resources(config)),
+        torch_config=TorchConfig(backend="nccl" if config.ray.use_gpu else "gloo"),
+        run_config=RunConfig(
+            name=ray_run, storage_path=str(storage),
+            failure_config=FailureConfig(max_failures=config.ray.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=config.train.keep_checkpoints,
+                                               checkpoint_score_attribute="checkpoint_score",
+                                               checkpoint_score_order="max"),
+            callbacks=[_callback(uri, run_id), *(tune_callbacks or [])],
+        ),
+    )
+    log.info("training %s on %d worker(s): run %s", config.model.preset, config.ray.num_workers, ray_run)
+    start, started_at = time.perf_counter(), time.time()
+    done, outcome = threading.Event(), {}
+
+    def target() -> None:
+        try:
+            outcome["result"] = trainer.fit()
+        except BaseException as e:  # re-raised on the driver's main thread below
+            outcome["error"] = e
+        finally:
+            done.set()
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    if queue is not None:
+        _progress_bars(queue, done, progress)
+    thread.join()
+    seconds = time.perf_counter() - start
+    if "error" in outcome:
+        set_tags(client, run_id, {"nvan.status": "failed"})
+        client.set_terminated(run_id, "FAILED")
+        if isinstance(outcome["error"], ray.train.TrainingFailedError):
+            raise UserError(f"training run {ray_run} failed: {outcome['error']}") from None
+        raise outcome["error"]
+    result = outcome["result"]
+    metrics = result.metrics or {}
+    best_scores = metrics.get("best_scores") or {}
+    train_result = TrainResult(run_id, ray_run, metrics.get("best_epoch", -1), best_scores,
+                               result.checkpoint.path if result.checkpoint else None,
+                               metrics.get("clips_per_s", math.nan), seconds,
+                               metrics.get("first_step_at", math.nan) - started_at, cost)
+    primary = best_scores.get(config.eval.protocols[0], {})
+    log_metrics(client, run_id, {f"best.{k}": primary[k] for k in FINAL_KEYS if k in primary}
+                | {"best.epoch": train_result.best_epoch, "startup_s": train_result.startup_s},
+                step=metrics.get("epoch", 0))
+    _artifacts(client, run_id, config, train_result, metrics.get("best_cmc"), train_result.checkpoint)
+    set_tags(client, run_id, {"nvan.status": "finished"})
+    client.set_terminated(run_id, "FINISHED")
+    return train_result
+
+
+def _worker_resources(config: Config) -> dict[str, float]:
+    resources = {"CPU": config.ray.cpus_per_worker}
+    if config.ray.use_gpu:
+        resources["GPU"] = config.ray.gpus_per_worker
+    return resources
+
+
+def format_summary(result: TrainResult) -> str:
+    """The final table: best epoch and scores per protocol (percent), throughput and wall time."""
+    lines = [f"run {result.ray_run} (MLflow {result.run_id}): best epoch {result.best_epoch}, "
+             f"{result.clips_per_s:.1f} clips/s, {result.seconds:.0f} s ({result.startup_s:.0f} s to the first step)"]
+    lines.append(f"{'protocol':<14}" + "".join(f"{k:>8}" for k in FINAL_KEYS))
+    for protocol, scores in result.best_scores.items():
+        lines.append(f"{protocol:<14}" + "".join(f"{100 * scores.get(k, math.nan):8.2f}" for k in FINAL_KEYS))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = config_parser("Train a model on Ray Train (DDP), evaluate it, and track it in MLflow.")
+    parser.add_argument("--address", help="Ray cluster to join, e.g. 'auto' (default: ray.address, else a local Ray)")
+    parser.add_argument("--name", help="name of the run (default: preset, time and a random suffix)")
+    parser.add_argument("--resume", metavar="RUN", help="continue the stopped run RUN from its last checkpoint")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--out", type=Path, help="write the best scores and run ids as JSON here")
+    args = parser.parse_args(argv)
+    config = load_from_args(args)
+    address = args.address or config.ray.address
+    check_inputs(config)
+    fail_at = os.environ.get("NVAN_TEST_FAIL_AT_STEP")
+    with ray_session(address, num_cpus=os.cpu_count(), log_to_driver=config.ray.log_to_driver):
+        result = fit(config, name=args.name, resume=args.resume, progress=not args.no_progress,
+                     fail_at_step=int(fail_at) if fail_at else None)
+    print(format_summary(result))
+    if args.out:
+        write_json_atomic(args.out, result.__dict__)
+    return 0
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,208 @@
+"""What each Ray Train worker runs: P x K batches, triplet + ID loss, evaluation, checkpoints."""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from datasets.loaders import EvalClips, TrainClips, normalize, set_epoch, train_loader
+from harness.checkpoint import read_state, rng_state, save_state, set_rng_state
+from harness.config import Config, TrainConfig
+from harness.evaluate import extract_features, score_features
+from harness.losses import reid_loss
+from models.checkpoints import load_imagenet
+from models.video_reid import build_model
+
+StepHook = Callable[[int, int, int, dict[str, float]], None]  # epoch, step, steps, stats
+
+
+def build_optimizer(model: nn.Module, train: TrainConfig) -> torch.optim.Optimizer:
+    """The optimizer named by train.optimizer over the trainable parameters."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if train.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay)
+    cls = torch.optim.AdamW if train.optimizer == "adamw" else torch.optim.Adam
+    return cls(params, lr=train.lr, weight_decay=train.weight_decay)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, train: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler:
+    """The per-epoch learning-rate schedule named by train.scheduler."""
+    if train.scheduler == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, train.step_size, train.gamma)
+    if train.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, train.epochs)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+
+
+def autocast(device: torch.device, amp: str):
+    """The autocast context for train.amp ('none', 'bf16', 'fp16')."""
+    if amp == "none":
+        return nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+def train_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, train: TrainConfig,
+                device: torch.device, scaler: torch.amp.GradScaler | None = None, epoch: int = 0,
+                on_step: StepHook | None = None) -> dict[str, float]:
+    """One pass over `loader`; returns mean loss parts, clips/s (this worker) and epoch time (s)."""
+    model.train()
+    steps = len(loader) if train.steps_per_epoch is None else min(len(loader), train.steps_per_epoch)
+    totals: dict[str, float] = {}
+    clips_seen, start = 0, time.perf_counter()
+    optimizer.zero_grad(set_to_none=True)
+    for step, (clips, labels, _) in enumerate(loader):
+        if step == steps:
+            break
+        clips = normalize(clips.to(device, non_blocking=True))
+        labels = labels.to(device, non_blocking=True)
+        with autocast(device, train.amp):
+            features, logits = model(clips)
+        loss, stats = reid_loss(features, logits, labels, train.triplet_weight, train.id_weight)
+        loss = loss / train.grad_accum
+        (scaler.scale(loss) if scaler else loss).backward()
+        if (step + 1) % train.grad_accum == 0 or step + 1 == steps:
+            if scaler:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        clips_seen += len(labels)
+        for key, value in stats.items():
+            totals[key] = totals.get(key, 0.0) + value
+        if on_step:
+            on_step(epoch, step + 1, steps, stats | {"clips_per_s": clips_seen / (time.perf_counter() - start)})
+    elapsed = time.perf_counter() - start
+    means = {key: value / max(steps, 1) for key, value in totals.items()}
+    return means | {"clips_per_s": clips_seen / elapsed, "epoch_time_s": elapsed}
+
+
+@dataclass
+class Best:
+    """The best evaluation so far: epoch, the selection metric's value, and every protocol's scores."""
+
+    epoch: int = -1
+    value: float = -math.inf
+    scores: dict[str, dict[str, float]] | None = None
+    cmc: list[float] | None = None
+
+
+def evaluate_model(model: nn.Module, dataset: EvalClips, config: Config, device: torch.device) -> tuple[dict, dict]:
+    """Metrics dict for reporting (primary protocol unprefixed, every protocol prefixed) and the CMCs."""
+    features = extract_features(model, dataset, config.eval.batch_size, str(device), progress=False)
+    scores = score_features(features, dataset.rows, config.eval.protocols, config.eval.metric)
+    primary = config.eval.protocols[0]
+    metrics = dict(scores[primary].as_dict())
+    for name, s in scores.items():
+        metrics |= {f"{name}.{k}": v for k, v in s.as_dict().items()}
+    return metrics, {name: s.cmc.tolist() for name, s in scores.items()}
+
+
+def run_worker(loop_config: dict[str, Any]) -> None:
+    """Ray Train entry point: train config['config'] on this worker, reporting every epoch."""
+    import ray.train
+    import ray.train.torch
+
+    config = Config.model_validate(loop_config["config"])
+    progress = loop_config.get("progress")
+    fail_at_step = loop_config.get("fail_at_step")
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    # A reused Ray worker keeps torch's first thread count: set it from what this worker was given.
+    torch.set_num_threads(config.ray.cpus_per_worker)
+    device = ray.train.torch.get_device()
+    torch.manual_seed(config.seed)
+    np.random.seed(config.seed)
+
+    directory = config.data.prepared_root / config.data.dataset
+    data = TrainClips(directory, config.data.frames, config.train.sampler, config.train.stride, seed=config.seed)
+    loader = train_loader(data, config.train.p // world, config.train.k, config.train.loader_workers, world, rank)
+    spec = config.spec(data.num_classes)
+    model = build_model(spec)
+    if config.train.imagenet_init:
+        load_imagenet(model, config.train.imagenet_init)
+    if config.train.sync_bn:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model = ray.train.torch.prepare_model(model)
+    plain = getattr(model, "module", model)
+    optimizer = build_optimizer(model, config.train)
+    scheduler = build_scheduler(optimizer, config.train)
+    scaler = torch.amp.GradScaler(device.type) if config.train.amp == "fp16" else None
+
+    start_epoch, best = 0, Best()
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as folder:
+            state = read_state(Path(folder))
+        plain.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        start_epoch, best = state["epoch"] + 1, Best(**state["best"])
+    eval_set = EvalClips(directory, config.data.frames, config.eval.sampler) if rank == 0 else None
+
+    first_step_at: list[float] = []
+
+    def on_step(epoch: int, step: int, steps: int, stats: dict[str, float]) -> None:
+        if not first_step_at:
+            first_step_at.append(time.time())
+        if fail_at_step is not None and epoch * len(loader) + step == fail_at_step and rank == world - 1:
+            marker = Path(loop_config["fail_marker"])
+            if not marker.exists():  # fail once, so the restarted worker gets past this step
+                marker.touch()
+                raise RuntimeError(f"injected failure at step {fail_at_step} (test hook)")
+        if progress is not None and rank == 0:
+            progress.put_nowait((epoch, step, steps, stats["loss"], stats["clips_per_s"] * world))
+
+    for epoch in range(start_epoch, config.train.epochs):
+        set_epoch(loader, epoch)
+        stats = train_epoch(model, loader, optimizer, config.train, device, scaler, epoch, on_step)
+        stats = _mean_over_workers(stats, world, device)
+        metrics: dict[str, Any] = {"epoch": epoch, "lr": scheduler.get_last_lr()[0], **stats,
+                                   "clips_per_s": stats["clips_per_s"] * world, "checkpoint_score": -math.inf}
+        scheduler.step()
+        last = epoch + 1 == config.train.epochs
+        if rank == 0 and ((epoch + 1) % config.eval.every == 0 or last):
+            scores, cmcs = evaluate_model(plain, eval_set, config, device)
+            metrics |= scores
+            metrics["checkpoint_score"] = scores[config.eval.select_by]
+            if scores[config.eval.select_by] > best.value:
+                primary = config.eval.protocols[0]
+                best = Best(epoch, scores[config.eval.select_by],
+                            {p: {k.removeprefix(p + "."): v for k, v in scores.items() if k.startswith(p + ".")}
+                             for p in config.eval.protocols}, cmcs[primary])
+        metrics |= {"best_epoch": best.epoch, "best_value": best.value, "best_scores": best.scores, "best_cmc": best.cmc,
+                    "mlflow_run_id": loop_config.get("mlflow_run_id"),
+                    # Lets a sweep free the workers of a trial that Tune stops early (ray#54305).
+                    "placement_group": ray.get_runtime_context().get_placement_group_id(),
+                    "first_step_at": first_step_at[0] if first_step_at else math.nan}
+        if rank == 0:
+            with tempfile.TemporaryDirectory() as folder:
+                save_state(Path(folder), plain, spec, optimizer=optimizer.state_dict(),
+                           scheduler=scheduler.state_dict(), epoch=epoch, rng=rng_state(), best=best.__dict__)
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+        else:
+            ray.train.report(metrics)
+
+
+def _mean_over_workers(stats: dict[str, float], world: int, device: torch.device) -> dict[str, float]:
+    """Average each stat over the data-parallel workers (identity for one worker)."""
+    if world == 1:
+        return stats
+    import torch.distributed as dist
+
+    keys = sorted(stats)
+    values = torch.tensor([stats[k] for k in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(values)
+    return {k: v / world for k, v in zip(keys, values.tolist())}

@@ -1,0 +1,109 @@
+"""The training job on a real local Ray cluster and a real sqlite MLflow store."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from harness.cli import UserError
+from harness.train import fit, ray_session
+
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    with ray_session(None, num_cpus=2):
+        yield
+
+
+def history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, float]]:
+    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+
+
+def test_two_workers_train_and_track(local_ray, tiny_config, prepared_root, monkeypatch):
+    # A relative data path, as in params.yaml: workers do not share the driver's cwd.
+    monkeypatch.chdir(prepared_root.parent)
+    config = tiny_config("ray.num_workers=2", "train.epochs=4", "train.batch_size=8", "train.k=2",
+                         f"data.prepared_root={prepared_root.name}")
+    result = fit(config, progress=False)
+    client = MlflowClient(config.mlflow.tracking_uri)
+    run = client.get_run(result.run_id)
+    losses = [v for _, v in history(client, result.run_id, "loss")]
+    assert len(losses) == 4 and losses[-1] < losses[0]
+    assert run.data.params["model.preset"] == "nvan" and run.data.params["spec.non_local"] == "[0, 2, 3, 0]"
+    assert run.data.params["git_commit"] and run.data.params["dataset.manifest_hash"] != "unknown"
+    assert {"cost.gmacs", "cost.params_m", "cost.latency_ms", "best.rank1", "best.map"} <= set(run.data.metrics)
+    assert [s for s, _ in history(client, result.run_id, "map")] == [0, 1, 2, 3]
+    assert run.data.tags["nvan.status"] == "finished" and run.data.tags["dataset"] == "mars"
+    artifacts = {a.path for a in client.list_artifacts(result.run_id)}
+    assert {"config.yaml", "metrics.json", "cmc.png"} <= artifacts
+    assert result.checkpoint and (Path(result.checkpoint) / "state.pt").exists()
+    assert 0 <= result.best_scores["mars-official"]["rank1"] <= 1
+
+
+def test_same_seed_same_losses(local_ray, tiny_config):
+    losses = []
+    for _ in range(2):
+        config = tiny_config("train.epochs=2", "eval.every=2")
+        result = fit(config, progress=False)
+        client = MlflowClient(config.mlflow.tracking_uri)
+        losses.append(history(client, result.run_id, "loss"))
+    assert losses[0] == losses[1]
+
+
+def test_worker_failure_is_survived_with_one_continuous_run(local_ray, tiny_config):
+    config = tiny_config("train.epochs=3", "ray.max_failures=1", "ray.num_workers=2", "train.steps_per_epoch=2")
+    result = fit(config, progress=False, fail_at_step=4)  # in epoch 1, after epoch 0's checkpoint
+    client = MlflowClient(config.mlflow.tracking_uri)
+    runs = client.search_runs([client.get_experiment_by_name(config.mlflow.experiment).experiment_id])
+    assert [r.info.run_id for r in runs] == [result.run_id]
+    assert [s for s, _ in history(client, result.run_id, "loss")] == [0, 1, 2]
+    assert (config.ray.storage_path / result.ray_run / ".injected-failure").exists()
+
+
+def test_resume_continues_the_same_mlflow_run(local_ray, tiny_config):
+    first = fit(tiny_config("train.epochs=1"), name="resumable", progress=False)
+    config = tiny_config("train.epochs=2")
+    second = fit(config, resume="resumable", progress=False)
+    assert second.run_id == first.run_id
+    client = MlflowClient(config.mlflow.tracking_uri)
+    assert [s for s, _ in history(client, first.run_id, "loss")] == [0, 1]
+
+
+def test_bad_inputs_fail_fast(local_ray, tiny_config, tmp_path):
+    with pytest.raises(UserError, match="needed, 2 in the cluster"):
+        fit(tiny_config("ray.num_workers=4"), progress=False)
+    with pytest.raises(UserError, match="not prepared"):
+        fit(tiny_config("data.dataset=duke"), progress=False)
+    with pytest.raises(UserError, match="--resume nope"):
+        fit(tiny_config(), resume="nope", progress=False)
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    if os.geteuid() != 0:  # root may write anywhere
+        with pytest.raises(UserError, match="not writable"):
+            fit(tiny_config(f"ray.storage_path={locked / 'ray'}"), progress=False)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.batch_size=9", "not divisible into P identities"),
+    ("train.optimizer=lamb", "train.optimizer"),
+    ("train.scheduler=warmup", "train.scheduler"),
+])
+def test_cli_rejects_bad_config(tiny_sets, override, message):
+    proc = subprocess.run([sys.executable, "-m", "harness.train", *tiny_sets, "--set", override],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_cli_names_the_prepare_command(tiny_sets):
+    proc = subprocess.run([sys.executable, "-m", "harness.train", *tiny_sets, "--set", "data.dataset=duke"],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 2 and "datasets.prepare" in proc.stderr

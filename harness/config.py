@@ -44,6 +44,10 @@ class InputSize(Section):
             ) from None
 
 
+# The paper's input (Liu et al., BMVC 2019): clips of 8 frames of 256 x 128 pixels.
+PAPER_INPUT = InputSize(frames=8, height=256, width=128)
+
+
 class SourceParams(Section):
     """A raw dataset in its official layout (stage prepare@<name> reads it)."""
 
@@ -220,8 +224,8 @@ class SearchSpace(Section):
     """Choices per searched dimension; null keeps the trial config's value (not searched)."""
 
     placement: list[str] | None = Field(None, description="named placements, e.g. p0230 = blocks per stage")
-    stripes: list[Annotated[int, Field(ge=0)]] | None = Field(None, description="at stages with non-local blocks; 0 = full")
-    window: list[Annotated[int, Field(ge=0)]] | None = Field(None, description="attention window, frames; 0 = whole clip")
+    stripes: list[Annotated[int, Field(ge=0)]] | None = Field(None, description="at non-local stages; 0 = full")
+    window: list[Annotated[int, Field(ge=0)]] | None = Field(None, description="attention window, frames; 0 = clip")
     temporal_pool: list[str] | None = Field(None, description="stages followed by temporal pooling: none, 2, 3, 23")
     frames: list[Annotated[int, Field(ge=1)]] | None = Field(None, description="clip length T")
     sampler: list[Literal["chunk_random", "chunk_first", "evenly"]] | None = None
@@ -274,7 +278,7 @@ class SweepConfig(Section):
     search: Literal["optuna", "random", "grid"] = "optuna"
     optuna_sampler: Literal["nsga2", "tpe"] = "nsga2"
     metric: Literal["map", "rank1"] = "map"
-    cost_frames: int | None = Field(None, ge=1, description="frames of the costed T x 256 x 128 clip; null = the trial's T")
+    cost_frames: int | None = Field(None, ge=1, description="T of the costed T x 256 x 128 clip; null = the trial's")
     num_samples: int = Field(8, ge=1, description="trials; grid: repeats of the whole grid")
     max_concurrent: int = Field(2, ge=1)
     scheduler: Literal["asha", "fifo"] = "asha"

@@ -43,7 +43,9 @@ def score_features(features: np.ndarray, rows: pl.DataFrame, protocols: list[str
     """Scores for each protocol of test-set `features` whose rows (pid, camera, is_query) are `rows`."""
     query_index = np.flatnonzero(rows["is_query"].to_numpy())
     return {
-        protocol: score_test_set(features, rows["pid"].to_numpy(), rows["camera"].to_numpy(), query_index,
+        # writable: torch warns on (and cannot safely wrap) polars' read-only views.
+        protocol: score_test_set(features, rows["pid"].to_numpy(writable=True),
+                                 rows["camera"].to_numpy(writable=True), query_index,
                                  protocol=protocol, metric=metric, device=device)
         for protocol in protocols
     }

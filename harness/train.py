@@ -24,13 +24,12 @@ import yaml
 from tqdm import tqdm
 
 from harness.cli import UserError, config_parser, load_from_args, run
-from harness.config import Config, InputSize, flatten
+from harness.config import PAPER_INPUT, Config, InputSize, flatten
 from harness.io import write_json_atomic
 from harness.tracking import connect, find_run, git_commit, log_metrics, set_tags, start_run, tracking_uri
 
 log = logging.getLogger("harness.train")
 
-PAPER_INPUT = InputSize(frames=8, height=256, width=128)
 RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "RAY_TRAIN_METRICS_ENABLED": "0"}
 FINAL_KEYS = ("rank1", "rank5", "rank10", "rank20", "map", "minp")
 

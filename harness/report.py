@@ -1,0 +1,469 @@
+"""Benchmark reports from the MLflow store: Pareto plots (PNG, offline HTML), tables, DVC metrics.
+
+Accuracy is shown in percent (MLflow stores fractions); cost is GMACs (1e9 multiply-accumulates,
+not FLOPs) per clip at the input each run was measured, T x H x W. Datasets are never mixed in
+one plot: every (dataset, synthetic) group gets its own row of panels, table and metrics entry.
+"""
+
+from __future__ import annotations
+
+import functools
+import html
+import io
+import logging
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+import polars as pl
+from matplotlib import ticker
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.transforms import Bbox
+from mlflow import MlflowClient
+from mlflow.entities import ViewType
+from mlflow.exceptions import MlflowException
+
+from harness.cli import UserError, config_parser, load_from_args, run
+from harness.config import PAPER_INPUT
+from harness.io import atomic_path, write_json_atomic
+from harness.tracking import tracking_uri
+
+log = logging.getLogger("harness.report")
+
+
+@dataclass(frozen=True)
+class Published:
+    """A result reported by the paper's authors on real MARS (percent)."""
+
+    name: str
+    preset: str
+    rank1: float
+    map: float
+
+
+# Liu et al., BMVC 2019, Table 5 (NVAN, STE-NVAN); the baseline is the authors' released checkpoint.
+PUBLISHED = (
+    Published("baseline", "baseline", 87.4, 79.4),
+    Published("NVAN", "nvan", 90.0, 82.8),
+    Published("STE-NVAN", "ste_nvan", 88.9, 81.2),
+)
+PAPER_WIDTH = 64  # ResNet-50
+MARS_CLASSES = 625  # classifier size only; it adds no MACs to the embedding
+
+METRICS = ("rank1", "rank5", "rank10", "rank20", "map", "minp")
+PANELS = (("rank1", "rank-1 (%)"), ("map", "mAP (%)"))
+# Params shown on hover: the model's spec and the knobs that most change accuracy.
+HOVER_PARAMS = ("spec.width", "spec.last_stride", "spec.non_local", "spec.stripes", "spec.nl_window",
+                "spec.temporal_pool_after", "train.epochs", "train.batch_size", "train.k",
+                "train.optimizer", "train.lr", "train.amp", "eval.select_by")
+MAX_LABELS = 30  # per panel; beyond it only Pareto and preset runs are labelled (the HTML hovers all)
+
+_TEXT = ("run_id", "parent_run_id", "label", "kind", "status", "dataset", "preset", "protocol",
+         "device", "input", "git_commit")
+_FLOAT = ("params_m", "gmacs", "gmacs_paper", "latency_ms", *METRICS)
+SCHEMA = {**dict.fromkeys(_TEXT, pl.String), "synthetic": pl.Boolean, "start_time": pl.Int64,
+          **dict.fromkeys(_FLOAT, pl.Float64), **dict.fromkeys(HOVER_PARAMS, pl.String)}
+
+
+def open_experiment(uri: str, experiment: str) -> tuple[MlflowClient, str]:
+    """A client of an existing store and the id of `experiment`; UserError if either is missing."""
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        raise UserError(no_runs_message(uri, experiment, None, "the store does not exist"))
+    client = MlflowClient(uri)
+    try:
+        found = client.get_experiment_by_name(experiment)
+    except MlflowException as e:
+        raise UserError(f"cannot read MLflow store {uri}: {e.message}; check mlflow.tracking_uri") from None
+    if found is None:
+        raise UserError(no_runs_message(uri, experiment, None, "the experiment does not exist"))
+    return client, found.experiment_id
+
+
+def no_runs_message(uri: str, experiment: str, dataset: str | None, why: str) -> str:
+    """The one-paragraph error for a store without runs to report."""
+    which = f" for dataset {dataset!r}" if dataset else ""
+    return (f"nothing to report: MLflow experiment {experiment!r} in store {uri} has no training or "
+            f"trial runs{which} ({why}). Produce runs with `dvc repro` (trains every preset), "
+            f"`python -m harness.train` or `python -m harness.sweep`, or point the report at the store "
+            f"and experiment that hold them (--experiment, --dataset, --set mlflow.tracking_uri=URI "
+            f"or MLFLOW_TRACKING_URI).")
+
+
+def _row(r) -> dict:
+    tags, params, metrics = r.data.tags, r.data.params, r.data.metrics
+    return {
+        "run_id": r.info.run_id, "parent_run_id": tags.get("mlflow.parentRunId"),
+        "label": tags.get("nvan.label") or r.info.run_name, "kind": tags.get("nvan.kind"),
+        "status": tags.get("nvan.status") or r.info.status.lower(), "dataset": tags.get("dataset"),
+        "synthetic": tags.get("dataset.synthetic") == "true", "preset": tags.get("preset"),
+        "protocol": tags.get("protocol"), "device": tags.get("device"), "input": params.get("input"),
+        "git_commit": params.get("git_commit"), "start_time": r.info.start_time,
+        "params_m": metrics.get("cost.params_m"), "gmacs": metrics.get("cost.gmacs"),
+        "gmacs_paper": metrics.get("cost.gmacs_paper"), "latency_ms": metrics.get("cost.latency_ms"),
+        **{m: metrics.get(f"best.{m}") for m in METRICS},
+        **{p: params.get(p) for p in HOVER_PARAMS},
+    }
+
+
+def load_runs(client: MlflowClient, experiment_id: str) -> pl.DataFrame:
+    """One row per training or trial run of the experiment (sweep parents and foreign runs skipped)."""
+    rows, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], run_view_type=ViewType.ACTIVE_ONLY,
+                                  max_results=1000, page_token=token)
+        rows += [_row(r) for r in page if r.data.tags.get("nvan.kind") in ("train", "trial")]
+        token = page.token
+        if not token:
+            return pl.DataFrame(rows, schema=SCHEMA)
+
+
+def select_runs(runs: pl.DataFrame, dataset: str | None, latest_per_label: bool) -> pl.DataFrame:
+    """Runs of `dataset` (all if None) with their plot group; only each label's newest if asked."""
+    if dataset is not None:
+        runs = runs.filter(pl.col("dataset") == dataset)
+    runs = runs.with_columns(
+        group=pl.when(pl.col("synthetic")).then(pl.col("dataset") + " (synthetic)").otherwise(pl.col("dataset"))
+        .fill_null("unknown dataset"))
+    if latest_per_label:
+        runs = runs.sort("start_time").unique(["group", "label"], keep="last", maintain_order=True)
+    return runs.sort(["group", "gmacs", "label"], nulls_last=True)
+
+
+def with_front(runs: pl.DataFrame, acc: str) -> pl.DataFrame:
+    """Add bool column `pareto_<acc>`: on the front of max `acc`, min GMACs within its group."""
+    # The front is found on distinct (cost, accuracy) pairs and joined back, so runs that tie exactly
+    # (neither dominates the other) are all on it, not only the first one sorted.
+    front = (runs.drop_nulls(["gmacs", acc]).select("group", "gmacs", acc).unique()
+             .sort(["group", "gmacs", acc], descending=[False, False, True])
+             .filter(pl.col(acc) > pl.col(acc).cum_max().shift(1).over("group").fill_null(-math.inf))
+             .with_columns(pl.lit(True).alias(f"pareto_{acc}")))
+    return (runs.join(front, on=["group", "gmacs", acc], how="left", maintain_order="left")
+            .with_columns(pl.col(f"pareto_{acc}").fill_null(False)))
+
+
+def plot_points(runs: pl.DataFrame) -> pl.DataFrame:
+    """The runs with Pareto flags for rank-1 and mAP, accuracy also in percent (`<metric>_pct`)."""
+    for acc, _ in PANELS:
+        runs = with_front(runs, acc)
+    return runs.with_columns((pl.col(m) * 100).alias(f"{m}_pct") for m in METRICS)
+
+
+@functools.cache
+def published_points() -> pl.DataFrame:
+    """The paper's MARS numbers (percent) at the GMACs our cost model gives at 8x256x128, width 64."""
+    from harness.cost import macs_on_meta  # builds models: imported only when the points are drawn
+    from models.presets import preset_spec
+
+    return pl.DataFrame([{
+        "name": p.name, "preset": p.preset, "rank1_pct": p.rank1, "map_pct": p.map,
+        "gmacs": macs_on_meta(preset_spec(p.preset, num_classes=MARS_CLASSES, width=PAPER_WIDTH), PAPER_INPUT) / 1e9,
+        "input": PAPER_INPUT.label(),
+    } for p in PUBLISHED])
+
+
+def _fmt(value, spec: str) -> str:
+    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
+
+
+def hover_text(run: dict) -> str:
+    """The multi-line tooltip of one run: identity, config, cost and metrics (percent)."""
+    spec = " ".join(f"{k.removeprefix('spec.')}={run[k]}" for k in HOVER_PARAMS if k.startswith("spec.") and run[k])
+    train = " ".join(f"{k}={run[k]}" for k in HOVER_PARAMS if not k.startswith("spec.") and run[k])
+    return "\n".join([
+        f"{run['label']} ({run['kind']}, {run['status']}), {run['group']}",
+        f"run {run['run_id']}" + (f", sweep {run['parent_run_id']}" if run["parent_run_id"] else ""),
+        f"preset {run['preset']}, input {run['input']} (T x H x W), device {run['device']}",
+        f"spec: {spec}", f"config: {train}",
+        f"cost: {_fmt(run['gmacs'], '.3g')} GMACs/clip, {_fmt(run['params_m'], '.2f')} M params, "
+        f"{_fmt(run['latency_ms'], '.1f')} ms latency",
+        "best (%): " + " ".join(f"{m}={_fmt(run[f'{m}_pct'], '.1f')}" for m in METRICS),
+        f"git {run['git_commit']}",
+    ])
+
+
+# Label offsets in points, nearest first: right/left/up/down of the point at growing distances.
+_OFFSETS = tuple((r * dx, r * dy) for r in (5, 12, 22, 34)
+                 for dx, dy in ((1, 1), (1, -1), (-1, 1), (-1, -1), (1, 0), (-1, 0), (0, 1), (0, -1)))
+
+
+def _area(box: Bbox | None) -> float:
+    return 0.0 if box is None else box.width * box.height
+
+
+def _overlap(box: Bbox, others: list[Bbox], inside: Bbox) -> float:
+    """Display area (pixels^2) `box` shares with `others`, plus 10x the area it sticks out of `inside`."""
+    outside = _area(box) - _area(Bbox.intersection(box, inside))
+    return sum(_area(Bbox.intersection(box, o)) for o in others) + 10 * outside
+
+
+def _align(dx: float, dy: float) -> dict[str, str]:
+    return {"ha": "left" if dx > 0 else "right" if dx < 0 else "center",
+            "va": "bottom" if dy > 0 else "top" if dy < 0 else "center"}
+
+
+def place_labels(ax: Axes, points: list[tuple[float, float, str]]) -> None:
+    """Annotate (x, y, text) points at the nearest offset whose text overlaps no label, marker or edge."""
+    if not points:
+        return
+    renderer = ax.figure.canvas.get_renderer()
+    inside = ax.get_window_extent(renderer)
+    placed = [Bbox.from_bounds(px - 5, py - 5, 10, 10) for px, py in ax.transData.transform([p[:2] for p in points])]
+    for x, y, text in points:
+        best = (math.inf, 0.0, 0.0, None)
+        for dx, dy in _OFFSETS:
+            ann = ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=8, **_align(dx, dy))
+            box = ann.get_window_extent(renderer)
+            ann.remove()
+            cost = _overlap(box, placed, inside)
+            if cost < best[0]:
+                best = (cost, dx, dy, box)
+            if cost == 0:
+                break
+        _, dx, dy, box = best
+        arrow = {"arrowstyle": "-", "color": "0.6", "lw": 0.6} if abs(dx) + abs(dy) > 12 else None
+        ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=8,
+                    arrowprops=arrow, **_align(dx, dy))
+        placed.append(box)
+
+
+class _PlainLog(ticker.LogFormatter):
+    """Log-axis tick labels as plain numbers (0.2, 40), on the ticks LogFormatter would label."""
+
+    def __call__(self, x: float, pos: int | None = None) -> str:
+        return f"{x:g}" if super().__call__(x, pos) else ""
+
+
+_STYLE = {
+    "train": {"marker": "o", "s": 60, "color": "tab:blue", "label": "training run (preset)"},
+    "trial": {"marker": "o", "s": 24, "color": "tab:gray", "alpha": 0.8, "label": "sweep trial"},
+}
+_PUBLISHED_LABEL = "published, real MARS (paper's accuracy; our GMACs at 8x256x128, ResNet-50)"
+
+
+def _references_for(runs: pl.DataFrame, published: pl.DataFrame | None) -> pl.DataFrame | None:
+    # The paper's numbers are MARS numbers: shown only beside runs on (real or synthetic) MARS.
+    return published if published is not None and runs["dataset"][0] == "mars" else None
+
+
+def _panel(ax: Axes, runs: pl.DataFrame, refs: pl.DataFrame | None, acc: str, name: str,
+           gid: str, tips: dict[str, str]) -> list[tuple[float, float, str]]:
+    """Draw one panel's points, front and references; return the (x, y, text) labels to place."""
+    measured = runs.drop_nulls(["gmacs", acc])
+    inputs = runs["input"].drop_nulls().unique().sort().to_list()
+    for i, run in enumerate(measured.iter_rows(named=True)):
+        ax.scatter(run["gmacs"], run[f"{acc}_pct"], gid=f"{gid}-{i}", zorder=3, **_STYLE[run["kind"]])
+        tips[f"{gid}-{i}"] = hover_text(run)
+    front = measured.filter(pl.col(f"pareto_{acc}")).sort("gmacs")
+    # Ringed points keep a one-run front visible; the step shows the best accuracy reachable per cost.
+    ax.step(front["gmacs"], front[f"{acc}_pct"], where="post", color="tab:red", lw=1.5, zorder=2, marker="o",
+            markersize=11, markerfacecolor="none", label="Pareto front (max accuracy, min GMACs)")
+    labels = []
+    if refs is not None:
+        for i, ref in enumerate(refs.iter_rows(named=True)):
+            ax.scatter(ref["gmacs"], ref[f"{acc}_pct"], marker="*", s=220, color="tab:orange", edgecolor="black",
+                       lw=0.6, zorder=4, gid=f"{gid}-ref{i}", label=_PUBLISHED_LABEL)
+            tips[f"{gid}-ref{i}"] = (f"{ref['name']}, published on real MARS: rank-1 {ref['rank1_pct']:.1f} %, "
+                                     f"mAP {ref['map_pct']:.1f} %\nour cost model: {ref['gmacs']:.1f} GMACs per clip "
+                                     f"at {ref['input']} (T x H x W), width {PAPER_WIDTH}")
+            labels.append((ref["gmacs"], ref[f"{acc}_pct"], f"{ref['name']} (published)"))
+    shown = measured if len(measured) <= MAX_LABELS else measured.filter(
+        pl.col(f"pareto_{acc}") | (pl.col("kind") == "train"))
+    suffix = pl.lit("") if len(inputs) <= 1 else " @" + pl.col("input").fill_null("?")
+    labels += shown.select("gmacs", f"{acc}_pct", pl.col("label") + suffix).rows()
+    if measured.is_empty() and refs is None:
+        ax.text(0.5, 0.5, "no run with both GMACs and accuracy yet", transform=ax.transAxes, ha="center")
+    else:
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(_PlainLog(labelOnlyBase=False))
+        ax.xaxis.set_minor_formatter(_PlainLog(labelOnlyBase=False))
+    at = f"at {inputs[0]} (T x H x W)" if len(inputs) == 1 else "at each run's input (T x H x W after @)"
+    ax.set_xlabel(f"GMACs per clip {at}, log scale")
+    ax.set_ylabel(name)
+    stars = " (stars: paper, real MARS)" if refs is not None else ""
+    ax.set_title(f"{runs['group'][0]}: {name.split()[0]} vs cost{stars}")
+    ax.grid(True, which="both", alpha=0.3)
+    return labels
+
+
+def draw(points: pl.DataFrame, published: pl.DataFrame | None) -> tuple[Figure, dict[str, str]]:
+    """The Pareto figure, a row of rank-1 and mAP panels per dataset group, and its tooltips by SVG id."""
+    groups = points["group"].unique(maintain_order=True).to_list()
+    fig = Figure(figsize=(14, 5.5 * len(groups)), layout="constrained")
+    FigureCanvasAgg(fig)  # no pyplot: no global figure state, no backend switch
+    axes = fig.subplots(len(groups), 2, squeeze=False)
+    fig.suptitle("Accuracy at the best checkpoint vs cost (GMACs = 1e9 multiply-accumulates per clip)")
+    tips: dict[str, str] = {}
+    pending = []
+    for row, group in enumerate(groups):
+        runs = points.filter(pl.col("group") == group)
+        refs = _references_for(runs, published)
+        for col, (acc, name) in enumerate(PANELS):
+            ax = axes[row][col]
+            pending.append((ax, _panel(ax, runs, refs, acc, name, f"pt-{row}-{col}", tips)))
+    legend = {label: h for ax in axes.flat for h, label in zip(*ax.get_legend_handles_labels())}
+    fig.legend(legend.values(), legend.keys(), loc="outside lower center", ncols=len(legend))
+    fig.canvas.draw()  # settle the layout, then freeze it so label boxes stay where they were measured
+    fig.set_layout_engine("none")
+    for ax, labels in pending:
+        place_labels(ax, labels)
+    return fig, tips
+
+
+def svg_with_tooltips(fig: Figure, tips: dict[str, str]) -> str:
+    """The figure as inline SVG whose points carry <title> tooltips (no external references)."""
+    buf = io.StringIO()
+    with matplotlib.rc_context({"svg.hashsalt": "nvan-bench", "svg.fonttype": "none"}):
+        fig.savefig(buf, format="svg", metadata={"Date": None})
+    svg = buf.getvalue()
+    svg = re.sub(r"<metadata>.*?</metadata>", "", svg[svg.index("<svg"):], flags=re.S)
+    for gid, tip in tips.items():
+        svg = svg.replace(f'<g id="{gid}">', f'<g id="{gid}" class="point"><title>{html.escape(tip)}</title>', 1)
+    return svg
+
+
+COLUMNS = ("Pareto", "run", "dataset", "kind", "status", "input", "params (M)", "GMACs", "latency (ms)",
+           "rank-1", "rank-5", "rank-10", "rank-20", "mAP", "mINP", "MLflow run", "git commit")
+
+
+def _short_commit(commit: str | None) -> str:
+    commit = commit or "–"
+    return commit[:12] + ("-dirty" if commit.endswith("-dirty") else "")
+
+
+def table_rows(points: pl.DataFrame) -> list[list[str]]:
+    """One row of COLUMNS per run, accuracy in percent, Pareto membership spelled out."""
+    rows = []
+    for r in points.iter_rows(named=True):
+        front = ", ".join(n.split()[0] for acc, n in PANELS if r[f"pareto_{acc}"])
+        rows.append([f"★ {front}" if front else "", r["label"], r["group"], r["kind"], r["status"],
+                     r["input"] or "–", _fmt(r["params_m"], ".2f"), _fmt(r["gmacs"], ".3g"),
+                     _fmt(r["latency_ms"], ".1f"), *(_fmt(r[f"{m}_pct"], ".1f") for m in METRICS),
+                     r["run_id"], _short_commit(r["git_commit"])])
+    return rows
+
+
+_INTRO = ("Accuracy (percent) at each run's best checkpoint on its primary protocol; GMACs = 1e9 "
+          "multiply-accumulates (not FLOPs) per clip at the run's input, T x H x W; latency: batch of 1 "
+          "clip. ★ marks runs on the Pareto front (max accuracy, min GMACs) of their dataset.")
+
+
+def _published_rows(published: pl.DataFrame) -> list[list[str]]:
+    return [[r["name"], f"{r['rank1_pct']:.1f}", f"{r['map_pct']:.1f}", f"{r['gmacs']:.2f}"]
+            for r in published.iter_rows(named=True)]
+
+
+_PUBLISHED_HEAD = ["published model", "rank-1", "mAP", f"GMACs at {PAPER_INPUT.label()} (ours)"]
+
+
+def markdown(points: pl.DataFrame, published: pl.DataFrame | None, source: str) -> str:
+    """benchmark.md: an intro, one table per dataset group, and the paper's reference numbers."""
+    def table(head: list[str], rows: list[list[str]]) -> list[str]:
+        cells = [head, ["---"] * len(head), *rows]
+        return ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in cells]
+
+    lines = ["# nvan-bench benchmark", "", f"Runs of {source}. {_INTRO}", ""]
+    for group in points["group"].unique(maintain_order=True):
+        lines += [f"## {group}", "", *table(list(COLUMNS), table_rows(points.filter(pl.col("group") == group))), ""]
+    if published is not None:
+        lines += ["## Published reference (real MARS, Liu et al. BMVC 2019)", "",
+                  *table(_PUBLISHED_HEAD, _published_rows(published)), ""]
+    return "\n".join(lines)
+
+
+def html_page(svg: str, points: pl.DataFrame, published: pl.DataFrame | None, source: str) -> str:
+    """pareto.html: the figure with hover tooltips and the tables, inline and offline."""
+    def table(head: list[str], rows: list[list[str]]) -> str:
+        cells = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
+        return f"<table><tr>{''.join(f'<th>{html.escape(h)}</th>' for h in head)}</tr>{cells}</table>"
+
+    parts = [f"<h2>{html.escape(g)}</h2>" + table(list(COLUMNS), table_rows(points.filter(pl.col("group") == g)))
+             for g in points["group"].unique(maintain_order=True)]
+    if published is not None:
+        parts.append("<h2>Published reference (real MARS)</h2>" + table(_PUBLISHED_HEAD, _published_rows(published)))
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>nvan-bench: accuracy vs cost</title>
+<style>
+body {{ font-family: sans-serif; margin: 1.5em; }}
+svg {{ max-width: 100%; height: auto; }}
+.point {{ cursor: help; }}
+.point:hover {{ filter: drop-shadow(0 0 3px crimson); }}
+table {{ border-collapse: collapse; font-size: 0.85em; }}
+td, th {{ border: 1px solid #ccc; padding: 2px 6px; text-align: right; }}
+</style></head><body>
+<h1>nvan-bench: accuracy vs cost</h1>
+<p>Runs of {html.escape(source)}. {html.escape(_INTRO)} Hover a point for its run's config and metrics.</p>
+{svg}
+{"".join(parts)}
+</body></html>
+"""
+
+
+def metrics(points: pl.DataFrame) -> dict:
+    """DVC metrics: per dataset group, the newest run of each label (accuracy in percent)."""
+    out: dict = {}
+    newest = points.sort("start_time").unique(["group", "label"], keep="last").sort(["group", "label"])
+    for r in newest.iter_rows(named=True):
+        out.setdefault(r["group"], {})[r["label"]] = {
+            "rank1_pct": r["rank1_pct"], "map_pct": r["map_pct"], "minp_pct": r["minp_pct"],
+            "gmacs": r["gmacs"], "params_m": r["params_m"], "latency_ms": r["latency_ms"],
+        }
+    return out
+
+
+def write_report(points: pl.DataFrame, published: pl.DataFrame | None, out_dir: Path, source: str) -> list[Path]:
+    """Write pareto.png, pareto.html, benchmark.md, metrics.json and pareto.csv atomically; return them."""
+    fig, tips = draw(points, published)
+    paths = [out_dir / n for n in ("pareto.png", "pareto.html", "benchmark.md", "metrics.json", "pareto.csv")]
+    with atomic_path(paths[0]) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    with atomic_path(paths[1]) as tmp:
+        tmp.write_text(html_page(svg_with_tooltips(fig, tips), points, published, source))
+    with atomic_path(paths[2]) as tmp:
+        tmp.write_text(markdown(points, published, source))
+    write_json_atomic(paths[3], metrics(points))
+    with atomic_path(paths[4]) as tmp:
+        columns = ("group", "dataset", "synthetic", "label", "kind", "status", "input", "gmacs",
+                   *(f"{m}_pct" for m in METRICS), "pareto_rank1", "pareto_map", "run_id")
+        points.select(columns).write_csv(tmp, float_precision=4)
+    return paths
+
+
+def build_report(uri: str, experiment: str, dataset: str | None, out_dir: Path,
+                 latest_per_label: bool = True, published: bool = True) -> list[Path]:
+    """Read the experiment's runs from the store at `uri` and write every report into `out_dir`."""
+    client, experiment_id = open_experiment(uri, experiment)
+    every = load_runs(client, experiment_id)
+    runs = select_runs(every, dataset, latest_per_label)
+    if runs.is_empty():
+        have = sorted(every["dataset"].drop_nulls().unique().to_list())
+        raise UserError(no_runs_message(uri, experiment, dataset,
+                                        f"datasets with runs: {have}" if have else "it is empty"))
+    points = plot_points(runs)
+    refs = published_points() if published and (points["dataset"] == "mars").any() else None
+    paths = write_report(points, refs, out_dir, f"experiment {experiment!r} in {uri}")
+    log.info("%d runs in %d dataset group(s) -> %s", len(points), points["group"].n_unique(),
+             ", ".join(str(p) for p in paths))
+    return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    """python -m harness.report: read the experiment's runs and write the reports."""
+    parser = config_parser(__doc__.splitlines()[0])
+    parser.add_argument("--dataset", help="only runs of this prepared dataset (default: report.dataset; "
+                                          "null = every dataset, each in its own row of panels)")
+    parser.add_argument("--experiment", help="MLflow experiment (default: mlflow.experiment)")
+    parser.add_argument("--out-dir", type=Path, help="output folder (default: report.out_dir)")
+    args = parser.parse_args(argv)
+    cfg = load_from_args(args)
+    build_report(tracking_uri(cfg.mlflow.tracking_uri), args.experiment or cfg.mlflow.experiment,
+                 args.dataset or cfg.report.dataset, args.out_dir or cfg.report.out_dir,
+                 cfg.report.latest_per_label, cfg.report.published)
+    return 0
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,250 @@
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from matplotlib.collections import PathCollection
+from matplotlib.text import Annotation, Text
+
+from harness.cli import UserError
+from harness.config import InputSize
+from harness.cost import macs_on_meta
+from harness.cli import run
+from harness.report import (PANELS, PUBLISHED, SCHEMA, build_report, draw, load_runs, open_experiment, plot_points, published_points,
+                            main, select_runs, with_front, write_report)
+from harness.tracking import connect, log_metrics, start_run
+from models.presets import preset_spec
+
+ROOT = Path(__file__).resolve().parents[2]
+os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+
+
+def add_run(client, exp, label, kind, dataset, synthetic, gmacs, rank1, mean_ap, parent=None, status="finished"):
+    tags = {"nvan.kind": kind, "nvan.label": label, "dataset": dataset, "dataset.synthetic": str(synthetic).lower(),
+            "preset": label if kind == "train" else "ste_nvan", "protocol": "mars-official", "device": "cpu",
+            "nvan.status": status}
+    params = {"input": "8x128x64", "git_commit": "0123456789abcdef-dirty", "spec.width": 16,
+              "spec.non_local": "[0, 2, 3, 0]", "train.lr": 0.0001, "train.epochs": 6}
+    run_id = start_run(client, exp, label, params, tags, parent_run_id=parent)
+    if gmacs is not None:
+        log_metrics(client, run_id, {"cost.gmacs": gmacs, "cost.gmacs_paper": 8 * gmacs, "cost.params_m": 1.5,
+                                     "cost.latency_ms": 12.5}, step=0)
+    if rank1 is not None:
+        log_metrics(client, run_id, {"best.rank1": rank1, "best.rank5": rank1 + 0.01, "best.rank10": rank1 + 0.02,
+                                     "best.rank20": rank1 + 0.03, "best.map": mean_ap, "best.minp": mean_ap / 2,
+                                     "best.epoch": 5}, step=6)
+    time.sleep(0.005)  # distinct start times, so "newest run of a label" is defined
+    return run_id
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """A sqlite store: synthetic MARS presets + a sweep, real MARS and real Duke runs."""
+    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+    client, exp = connect(uri, "nvan-bench")
+    add_run(client, exp, "nvan", "train", "mars", True, 0.9, 0.30, 0.20)  # superseded by the rerun below
+    add_run(client, exp, "baseline", "train", "mars", True, 0.5, 0.40, 0.30)
+    add_run(client, exp, "nvan", "train", "mars", True, 1.0, 0.50, 0.35)
+    add_run(client, exp, "ste_nvan", "train", "mars", True, 0.3, 0.45, 0.36)
+    sweep = add_run(client, exp, "sweep", "sweep", "mars", True, None, None, None)
+    rng = np.random.default_rng(0)
+    for i in range(8):
+        add_run(client, exp, f"t{i:03d}", "trial", "mars", True, float(rng.uniform(0.1, 2)),
+                float(rng.uniform(0.1, 0.6)), float(rng.uniform(0.1, 0.4)), parent=sweep)
+    add_run(client, exp, "t008", "trial", "mars", True, None, None, None, parent=sweep, status="infeasible")
+    add_run(client, exp, "nvan", "train", "mars", False, 63.6, 0.89, 0.80)
+    add_run(client, exp, "baseline", "train", "duke", False, 32.4, 0.95, 0.93)
+    add_run(client, exp, "nvan", "train", "duke", False, 63.6, 0.96, 0.94)
+    return uri
+
+
+def dominated(points: pl.DataFrame, acc: str) -> list[bool]:
+    rows = points.select("group", "gmacs", acc).rows()
+    return [any(g2 == g and c2 <= c and a2 >= a and (c2 < c or a2 > a) for g2, c2, a2 in rows) for g, c, a in rows]
+
+
+def test_load_runs_reads_the_schema(store):
+    client, exp = open_experiment(store, "nvan-bench")
+    runs = load_runs(client, exp)
+    assert len(runs) == 16  # every train and trial run; the sweep parent is skipped
+    assert set(runs["kind"]) == {"train", "trial"}
+    trial = runs.filter(pl.col("label") == "t008").row(0, named=True)
+    assert trial["status"] == "infeasible" and trial["gmacs"] is None and trial["parent_run_id"]
+    real = runs.filter((pl.col("dataset") == "mars") & ~pl.col("synthetic")).row(0, named=True)
+    assert (real["gmacs"], real["rank1"], real["map"], real["minp"]) == (63.6, 0.89, 0.80, 0.40)
+    assert (real["input"], real["spec.non_local"], real["git_commit"]) == ("8x128x64", "[0, 2, 3, 0]",
+                                                                          "0123456789abcdef-dirty")
+
+
+def test_groups_filters_and_latest_label(store):
+    runs = load_runs(*open_experiment(store, "nvan-bench"))
+    everything = select_runs(runs, None, latest_per_label=False)
+    assert sorted(everything["group"].unique()) == ["duke", "mars", "mars (synthetic)"]
+    latest = select_runs(runs, "mars", latest_per_label=True)
+    assert set(latest["group"]) == {"mars", "mars (synthetic)"}  # real and synthetic MARS stay apart
+    nvan = latest.filter((pl.col("group") == "mars (synthetic)") & (pl.col("label") == "nvan"))
+    assert nvan["gmacs"].to_list() == [1.0]  # the rerun replaced the older nvan run
+    assert len(select_runs(runs, "mars", latest_per_label=False).filter(pl.col("label") == "nvan")) == 3
+    assert set(select_runs(runs, "duke", True)["dataset"]) == {"duke"}
+
+
+def test_pareto_front_matches_brute_force():
+    rng = np.random.default_rng(1)
+    n = 60
+    frame = pl.DataFrame({
+        "group": rng.choice(["a", "b"], n).tolist(),
+        "gmacs": rng.choice([0.5, 1.0, 2.0, 4.0, 8.0, 16.0], n).tolist(),  # many cost ties
+        "rank1": rng.choice([0.2, 0.4, 0.6, 0.8], n).tolist(),  # and exact duplicates
+    })
+    flags = with_front(frame, "rank1")["pareto_rank1"].to_list()
+    assert flags == [not d for d in dominated(frame, "rank1")]
+    assert 0 < sum(flags) < n
+
+
+def test_plot_points_front_per_group(store):
+    points = plot_points(select_runs(load_runs(*open_experiment(store, "nvan-bench")), None, True))
+    measured = points.drop_nulls("gmacs")
+    for acc in ("rank1", "map"):
+        assert measured[f"pareto_{acc}"].to_list() == [not d for d in dominated(measured, acc)]
+    assert not points.filter(pl.col("gmacs").is_null())["pareto_rank1"].any()
+    synthetic = points.filter(pl.col("group") == "mars (synthetic)")
+    duke = points.filter(pl.col("group") == "duke")  # cheaper-but-worse and dearer-but-better: both on it
+    assert duke["pareto_map"].to_list() == [True, True] and duke["label"].to_list() == ["baseline", "nvan"]
+    assert synthetic["rank1_pct"].drop_nulls().max() == pytest.approx(100 * synthetic["rank1"].max())
+
+
+def test_published_points_are_the_paper_at_our_cost():
+    refs = published_points()
+    size = InputSize(frames=8, height=256, width=128)
+    for p, row in zip(PUBLISHED, refs.iter_rows(named=True)):
+        assert (row["preset"], row["rank1_pct"], row["map_pct"]) == (p.preset, p.rank1, p.map)
+        assert row["gmacs"] == macs_on_meta(preset_spec(p.preset, num_classes=625, width=64), size) / 1e9
+    assert {(p.preset, p.rank1, p.map) for p in PUBLISHED} == {
+        ("nvan", 90.0, 82.8), ("ste_nvan", 88.9, 81.2), ("baseline", 87.4, 79.4)}
+
+
+def panel_points(ax) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
+    runs, stars = [], []
+    for c in ax.collections:
+        if isinstance(c, PathCollection):
+            (stars if c.get_label().startswith("published") else runs).extend(map(tuple, c.get_offsets().tolist()))
+    return runs, stars
+
+
+def test_plot_data_one_group_per_panel(store):
+    points = plot_points(select_runs(load_runs(*open_experiment(store, "nvan-bench")), None, True))
+    refs = published_points()
+    fig, tips = draw(points, refs)
+    axes = fig.axes
+    assert len(axes) == 6  # duke, mars, mars (synthetic) x (rank-1, mAP)
+    groups = [g for g in ("duke", "mars", "mars (synthetic)") for _ in PANELS]
+    for ax, group, acc in zip(axes, groups, ["rank1", "map"] * 3):
+        expected = points.filter(pl.col("group") == group).drop_nulls(["gmacs", acc])
+        runs, stars = panel_points(ax)
+        assert sorted(runs) == sorted(expected.select("gmacs", f"{acc}_pct").rows())
+        assert sorted(stars) == (sorted(refs.select("gmacs", f"{acc}_pct").rows()) if group != "duke" else [])
+        front = expected.filter(pl.col(f"pareto_{acc}")).sort("gmacs")
+        step = ax.lines[0].get_data()
+        assert list(step[0]) == front["gmacs"].to_list() and list(step[1]) == front[f"{acc}_pct"].to_list()
+    assert len(tips) == 2 * len(points.drop_nulls("gmacs")) + 2 * 2 * len(refs)
+
+
+def test_labels_do_not_overlap():
+    n = 10  # a tight cluster between two far anchors: every label's first choice collides
+    gmacs = [0.1, *np.linspace(1.0, 1.2, n - 2), 10.0]
+    acc = [0.1, *np.linspace(0.50, 0.52, n - 2), 0.9]
+    cluster = pl.DataFrame({
+        "run_id": [f"{i:032x}" for i in range(n)], "label": [f"t{i:03d} p0230" for i in range(n)],
+        "kind": ["trial"] * n, "dataset": ["duke"] * n, "synthetic": [False] * n, "input": ["8x128x64"] * n,
+        "start_time": list(range(n)), "gmacs": gmacs, **{m: acc for m in ("rank1", "rank5", "rank10", "rank20",
+                                                                           "map", "minp")},
+    })
+    runs = pl.concat([pl.DataFrame(schema=SCHEMA), cluster], how="diagonal_relaxed")
+    points = plot_points(select_runs(runs, None, latest_per_label=True))
+    fig, _ = draw(points, None)
+    renderer = fig.canvas.get_renderer()
+    for ax in fig.axes:
+        labels = [t for t in ax.texts if isinstance(t, Annotation)]
+        assert len(labels) == n
+        for t in labels:
+            t.update_positions(renderer)
+        boxes = [Text.get_window_extent(t, renderer) for t in labels]  # the text, without its leader line
+        for i in range(n):
+            for j in range(i):
+                assert not boxes[i].overlaps(boxes[j]), (labels[i].get_text(), labels[j].get_text())
+
+
+def test_report_files(store, tmp_path):
+    points = plot_points(select_runs(load_runs(*open_experiment(store, "nvan-bench")), "mars", True))
+    paths = write_report(points, published_points(), tmp_path, "experiment 'nvan-bench' in test")
+    assert [p.name for p in paths] == ["pareto.png", "pareto.html", "benchmark.md", "metrics.json", "pareto.csv"]
+    assert paths[0].read_bytes().startswith(b"\x89PNG")
+
+    md = paths[2].read_text()
+    rows = [line for line in md.splitlines() if re.match(r"\| .*\| [0-9a-f]{32} \|", line)]
+    assert len(rows) == len(points)
+    ste = next(r for r in rows if "| ste_nvan | mars (synthetic) |" in r).split(" | ")
+    assert ste[7] == "0.3" and ste[9:15] == ["45.0", "46.0", "47.0", "48.0", "36.0", "18.0"]
+    assert ste[-1] == "0123456789ab-dirty |"
+    for r in points.iter_rows(named=True):
+        cells = next(row for row in rows if f"| {r['run_id']} |" in row).split(" | ")
+        front = ", ".join(name for acc, name in (("rank1", "rank-1"), ("map", "mAP")) if r[f"pareto_{acc}"])
+        assert cells[0] == "| " + (f"★ {front}" if front else "")
+    assert 0 < points["pareto_map"].sum() < len(points)
+    assert "| NVAN | 90.0 | 82.8 |" in md
+
+    metrics = json.loads(paths[3].read_text())
+    assert set(metrics) == {"mars", "mars (synthetic)"}
+    assert metrics["mars (synthetic)"]["nvan"] == {"rank1_pct": 50.0, "map_pct": 35.0, "minp_pct": 17.5, "gmacs": 1.0,
+                                                   "params_m": 1.5, "latency_ms": 12.5}
+    csv = pl.read_csv(paths[4])
+    assert len(csv) == len(points) and set(csv["group"]) == {"mars", "mars (synthetic)"}
+    assert csv.filter(pl.col("pareto_map"))["label"].to_list() == points.filter(pl.col("pareto_map"))["label"].to_list()
+
+    page = paths[1].read_text()
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)
+    assert not re.search(r"<script[^>]*src|<link|@import|url\(\s*['\"]?(https?:)?//", page)
+    assert page.count("<title>") == 1 + 2 * len(points.drop_nulls("gmacs")) + 2 * 2 * 3  # 2 MARS groups x 2 panels
+    assert "run " + points.filter(pl.col("label") == "ste_nvan")["run_id"][0] in page
+
+
+def test_missing_experiment_is_a_user_error(store, tmp_path):
+    with pytest.raises(UserError, match="'other'.*dvc repro"):
+        open_experiment(store, "other")
+    with pytest.raises(UserError, match="store does not exist"):
+        open_experiment(f"sqlite:///{tmp_path / 'none.db'}", "nvan-bench")
+    assert not (tmp_path / "none.db").exists()
+    connect(store, "empty")
+    with pytest.raises(UserError, match="'empty'.*it is empty"):
+        build_report(store, "empty", None, tmp_path)
+    assert not list(tmp_path.iterdir())
+
+
+def test_cli_user_error_exits_2(store, tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with pytest.raises(SystemExit) as exit_:
+        run(main, ["--set", f"mlflow.tracking_uri={store}", "--out-dir", str(tmp_path), "--dataset", "dukev"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2
+    assert "'nvan-bench'" in err and store in err and "'dukev'" in err and "['duke', 'mars']" in err
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"} | {"MLFLOW_DISABLE_TELEMETRY": "true"}
+    return subprocess.run([sys.executable, "-m", "harness.report", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.slow
+def test_cli_end_to_end(store, tmp_path):
+    done = cli("--set", f"mlflow.tracking_uri={store}", "--set", f"report.out_dir={tmp_path}", "--dataset", "duke")
+    assert done.returncode == 0, done.stderr
+    assert set(json.loads((tmp_path / "metrics.json").read_text())) == {"duke"}
+    assert "published" not in (tmp_path / "benchmark.md").read_text().lower()  # MARS numbers stay off Duke
+    assert len(pl.read_csv(tmp_path / "pareto.csv")) == 2

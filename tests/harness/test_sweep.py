@@ -1,0 +1,153 @@
+"""Sweeps: search space, Pareto front, and an interrupted 4-trial sweep on real Ray Tune and MLflow."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from mlflow import MlflowClient
+
+from harness.config import ConfigError, load_config
+from harness.sweep import Candidate, pareto, resolve, search_setup, trial_base
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def dominated(acc: list[float], cost: list[float]) -> list[bool]:
+    """Brute force: a point is dominated if another is at least as good on both and better on one."""
+    return [any(a2 >= a and c2 <= c and (a2 > a or c2 < c) for a2, c2 in zip(acc, cost)) for a, c in zip(acc, cost)]
+
+
+def test_pareto_matches_brute_force_with_ties_and_missing_values():
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        n = int(rng.integers(1, 25))
+        acc = rng.integers(0, 6, n).astype(float)  # few levels: many ties
+        cost = rng.integers(0, 6, n).astype(float)
+        acc[rng.random(n) < 0.15] = np.nan
+        frame = pl.DataFrame({"acc": acc, "gmacs": cost}).with_columns(
+            pl.when(pl.int_range(pl.len()) % 7 == 3).then(None).otherwise(pl.col("gmacs")).alias("gmacs"))
+        flags = pareto(frame, "acc").to_list()
+        valid = [i for i, (a, c) in enumerate(zip(frame["acc"], frame["gmacs"])) if c is not None and not np.isnan(a)]
+        beaten = dominated([acc[i] for i in valid], [frame["gmacs"][i] for i in valid])
+        expected = [False] * n
+        for i, b in zip(valid, beaten):
+            expected[i] = not b
+        assert flags == expected
+
+
+def test_candidate_applies_stripes_to_non_local_stages_and_keeps_the_rest(tiny_config):
+    base = tiny_config("model.preset=nvan", "model.nl_window=2")
+    candidate = resolve(base, {"placement": "p0203", "stripes": 4, "temporal_pool": "23", "frames": 8})
+    assert candidate == Candidate(non_local=(0, 2, 0, 3), stripes=(0, 4, 0, 4), nl_window=2,
+                                  temporal_pool_after=(2, 3), frames=8, sampler=base.train.sampler,
+                                  stride=base.train.stride, lr=base.train.lr, width=base.model.width)
+    assert candidate.label(["placement", "stripes", "lr"]) == f"p0203 s4 w2 tp23 T8 lr={base.train.lr:g}"
+    assert resolve(base, {"window": 0}).non_local == (0, 2, 3, 0)  # nvan's placement when not searched
+
+
+@pytest.mark.parametrize("override, key", [
+    ("sweep.space.placement=[p0230, p0290]", "sweep.space.placement"),
+    ("sweep.space.placement=[0230]", "sweep.space.placement"),
+    ("sweep.space.temporal_pool=[none, 24]", "sweep.space.temporal_pool"),
+    ("sweep.space.stripes=[0, -4]", "sweep.space.stripes.1"),
+    ("sweep.space.frames=[]", "sweep.space.frames"),
+    ("sweep.space.window=[2, 2]", "sweep.space.window"),
+    ("sweep.space.sampler=[dense]", "sweep.space.sampler.0"),
+    ("sweep.space.colour=[red]", "sweep.space.colour"),
+    ("sweep.search=bayes", "sweep.search"),
+])
+def test_invalid_search_space_entries_name_the_key(override, key):
+    with pytest.raises(ConfigError, match=re.escape(key)):
+        load_config(ROOT / "params.yaml", [override])
+
+
+def test_trial_overrides_are_validated_with_their_key(tiny_config):
+    with pytest.raises(ConfigError, match=r"sweep\.trial: train\.epochs = 0"):
+        trial_base(tiny_config("sweep.trial.train.epochs=0"))
+    with pytest.raises(ConfigError, match="sweep.grace_period = 1 epochs comes before"):
+        trial_base(tiny_config("sweep.trial.eval.every=2"))
+    with pytest.raises(ConfigError, match="leaves ASHA nothing to stop"):
+        trial_base(tiny_config("sweep.trial.train.epochs=1"))
+    assert trial_base(tiny_config("sweep.trial.train.epochs=1", "sweep.scheduler=fifo")).train.epochs == 1
+
+
+def test_search_algorithms(tiny_config):
+    config = tiny_config("sweep.space={placement: [p0000, p0200], frames: [2, 4]}")
+    optuna, space = search_setup(config.sweep, seed=0)
+    assert optuna.metric == ["best.map", "gmacs"] and optuna.mode == ["max", "min"]
+    assert set(space) == {"placement", "frames"}
+    grid, space = search_setup(tiny_config("sweep.search=grid").sweep, seed=0)
+    assert grid is None and all("grid_search" in v for v in space.values())
+
+
+def test_example_cluster_params_are_valid():
+    config = trial_base(load_config(ROOT / "examples" / "sweep-8gpu.yaml"))
+    assert config.ray.use_gpu and config.ray.address == "auto" and config.sweep.max_concurrent == 8
+
+
+@pytest.mark.slow
+def test_cli_rejects_an_invalid_space_with_exit_2(tiny_sets):
+    proc = subprocess.run([sys.executable, "-m", "harness.sweep", *tiny_sets, "--set", "sweep.space.placement=[p0900]"],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 2 and "sweep.space.placement" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def trial_runs(client: MlflowClient) -> list:
+    experiment = client.get_experiment_by_name("nvan-bench").experiment_id
+    return [r for r in client.search_runs([experiment]) if r.data.tags.get("nvan.kind") == "trial"]
+
+
+@pytest.mark.slow
+def test_interrupted_sweep_resumes_and_records_every_trial(tiny_sets, tmp_path):
+    """4 grid points, one infeasible; stopped (SIGINT) after the first trial finishes, then resumed."""
+    args = [sys.executable, "-m", "harness.sweep", *tiny_sets,
+            "--set", f"report.out_dir={tmp_path / 'reports'}", "--set", "sweep.search=grid",
+            "--set", "sweep.space={placement: [p0000, p0200], stripes: [0, 16]}",  # p0200 s16: 16 stripes > 8 rows
+            "--set", "sweep.trial={train: {epochs: 2, steps_per_epoch: 2}, eval: {every: 1}}",
+            "--name", "t", "--num-samples", "1", "--max-concurrent", "2"]
+    first = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT)
+    try:
+        done_line = next(line for line in first.stdout if re.match(r"trial t\d{3} .* (finished|stopped early):", line))
+        first.send_signal(signal.SIGINT)
+        rest = first.communicate(timeout=180)[0]
+    finally:
+        first.kill()
+    assert first.returncode == 130 and "--resume --name t" in rest
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    ended = {r.info.run_id: (r.info.end_time, [m.step for m in client.get_metric_history(r.info.run_id, "loss")])
+             for r in trial_runs(client) if r.data.tags["nvan.status"] in ("finished", "early-stopped")}
+    assert ended, "the trial that printed its line should be closed in MLflow"
+
+    second = subprocess.run(args + ["--resume"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert second.returncode == 0, second.stderr[-3000:]
+    done_label = done_line.split(" finished")[0].split(" stopped early")[0].removeprefix("trial ")
+    assert f"trial {done_label} " not in second.stdout  # not run again
+
+    runs = trial_runs(client)
+    sweeps = [r for r in client.search_runs([runs[0].info.experiment_id]) if r.data.tags.get("nvan.kind") == "sweep"]
+    assert len(sweeps) == 1 and sweeps[0].data.tags["nvan.status"] == "finished"
+    assert len(runs) == 4 and {r.data.tags["mlflow.parentRunId"] for r in runs} == {sweeps[0].info.run_id}
+    for run_id, (end_time, steps) in ended.items():
+        assert client.get_run(run_id).info.end_time == end_time and steps[0] == 0
+        assert [m.step for m in client.get_metric_history(run_id, "loss")] == steps == sorted(set(steps))
+    statuses = sorted(r.data.tags["nvan.status"] for r in runs)
+    assert statuses.count("infeasible") == 1 and set(statuses) <= {"finished", "early-stopped", "infeasible"}
+    infeasible = next(r for r in runs if r.data.tags["nvan.status"] == "infeasible")
+    assert "p0200 s16" in infeasible.data.tags["nvan.label"]
+    assert "stripes[1] = 16" in infeasible.data.tags["nvan.reason"]
+
+    results = pl.read_parquet(tmp_path / "reports" / "sweeps" / "t" / "results.parquet")
+    assert results.height == 4 and results["trial_id"].n_unique() == 4
+    assert set(results["mlflow_run_id"]) == {r.info.run_id for r in runs}
+    points = results.filter(pl.col("status").is_in(["finished", "early-stopped"]))
+    assert points.height == 3 and points["map"].is_not_null().all()
+    expected = [not d for d in dominated(points["map"].to_list(), points["gmacs"].to_list())]
+    assert points["pareto"].to_list() == expected and not results.filter(status="infeasible")["pareto"].any()
+    assert all(label in second.stdout for label in points.filter("pareto")["label"])

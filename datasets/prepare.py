@@ -28,6 +28,7 @@ from datasets.duke import read_duke
 from datasets.errors import DatasetError, run_cli
 from datasets.mars import read_mars
 from datasets.store import StoreWriter
+from datasets.synthetic import SYNTHETIC_MARKER
 from datasets.tracklets import SPLITS, require_splits
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,7 @@ def prepare(
         require_splits(table, f"{layout} root {root} after --skip-corrupt",
                        "too many frames are corrupt; restore the images logged above from the dataset archive.")
         manifest = _manifest(layout, table, height, width, content_hash, dropped_frames, dropped_tracklets)
+        manifest["synthetic"] = (Path(root) / SYNTHETIC_MARKER).exists()
         table.write_parquet(tmp / "tracklets.parquet")
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest

@@ -233,6 +233,15 @@ def _save(frames: np.ndarray, paths: list[Path]) -> None:
         Image.fromarray(frame).save(path, quality=JPEG_QUALITY)
 
 
+# Written into every synthetic dataset's root, so prepared data and its results stay marked synthetic.
+SYNTHETIC_MARKER = "SYNTHETIC.txt"
+
+
+def _mark(root: Path) -> None:
+    (root / SYNTHETIC_MARKER).write_text("Synthetic data written by `python -m datasets.synthetic` (nvan-bench), "
+                                         "not a real dataset.\n")
+
+
 def write_mars(out: Path, identities: int = 24, cameras: int = 6, tracklets_per_id: int = 4, min_frames: int = 8,
                max_frames: int = 24, height: int = 128, width: int = 64, distractors: int = 2, junk: int = 2,
                seed: int = 0) -> pl.DataFrame:
@@ -248,6 +257,7 @@ def write_mars(out: Path, identities: int = 24, cameras: int = 6, tracklets_per_
             first_in_camera.setdefault((p.pid, p.camera), i)
     looks, cams, rows = {}, {}, []
     with atomic_directory(out) as tmp:
+        _mark(tmp)
         (tmp / "info").mkdir()
         for split in ("train", "test"):
             names, info, queries = [], [], []
@@ -287,6 +297,7 @@ def write_duke(out: Path, identities: int = 24, cameras: int = 6, tracklets_per_
     looks, cams, rows, numbers, queried = {}, {}, [], {}, set()
     rng = np.random.default_rng([seed, 4])
     with atomic_directory(out) as tmp:
+        _mark(tmp)
         for i, p in enumerate(plans):
             numbers[p.pid] = numbers.get(p.pid, 0) + 1
             key = f"{p.pid:04d}/{numbers[p.pid]:04d}"

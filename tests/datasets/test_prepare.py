@@ -14,6 +14,7 @@ import datasets.prepare as prepare_module
 from datasets.errors import DatasetError
 from datasets.prepare import prepare
 from datasets.store import FrameStore
+from datasets.synthetic import SYNTHETIC_MARKER
 
 COLUMNS = {
     "split": pl.String, "pid": pl.Int64, "camera": pl.Int64, "tracklet": pl.String, "num_frames": pl.Int64,
@@ -49,6 +50,7 @@ def test_round_trip_equals_generated(layout: str, request: pytest.FixtureRequest
         assert manifest["splits"][split]["frames"] == rows["num_frames"].sum()
         assert manifest["splits"][split]["queries"] == rows["is_query"].sum()
     assert manifest["image_size"] == {"height": 64, "width": 32}
+    assert manifest["synthetic"] is True  # the generator marks its datasets; real ones lack the marker
 
 
 def test_resizes_and_parallel_decoding_gives_identical_output(mars_raw, tmp_path: Path):
@@ -143,3 +145,8 @@ def test_cli_synthesizes_and_prepares(tmp_path: Path):
     assert json.loads((out / "manifest.json").read_text())["splits"]["train"]["pids"] == 2
     bad = _cli("datasets.synthetic", "--format", "mars", "--out", str(raw), "--cameras", "1")
     assert bad.returncode == 2 and bad.stderr.startswith("error: synthetic data needs")
+
+
+def test_data_without_the_synthetic_marker_is_real(mars_copy: Path, tmp_path: Path):
+    (mars_copy / SYNTHETIC_MARKER).unlink()
+    assert prepare("mars", mars_copy, tmp_path / "out", height=64, width=32)["synthetic"] is False

@@ -26,7 +26,7 @@ from harness.config import InputSize
 from harness.io import write_json_atomic
 from models.fuse import fuse_for_inference
 from models.presets import preset_spec
-from models.spec import ModelSpec
+from models.spec import ModelSpec, SpecError
 from models.video_reid import build_model
 
 log = logging.getLogger("harness.cost")
@@ -245,6 +245,11 @@ def main(argv: list[str] | None = None) -> int:
     reports = []
     for name, spec, size in jobs:
         log.info("costing %s at %s (width %d)", name, size.label(), spec.width)
+        try:
+            spec.validate_input(size.frames, size.height, size.width)
+        except SpecError as e:
+            raise SpecError(f"cannot cost {name} at {size.label()} (T x H x W), width {spec.width}: {e}; "
+                            f"change cost.inputs / --input, or the preset's params") from None
         reports.append(cost_of(
             name, spec, size, batch=cost.batch, measure_time=cost.measure and not args.no_measure,
             warmup=cost.warmup, repeats=cost.repeats, threads=cost.threads,

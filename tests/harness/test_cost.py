@@ -122,7 +122,8 @@ def test_cli_costs_the_benchmark_models_with_their_preset_params(tmp_path):
     out = tmp_path / "cost.json"
     proc = subprocess.run(
         [sys.executable, "-m", "harness.cost", "--set", "cost.width=8", "--input", "8x256x128", "--preset", "ste_nvan",
-         "--set", "model.width=4", "--set", "presets.ste_nvan.stripes=[4,4,4,4]", "--no-measure", "--out", str(out)],
+         "--set", "model.width=4", "--set", "presets.ste_nvan.stripes=[4,4,4,4]", "--set", "data.height=128",
+         "--set", "data.width=64", "--no-measure", "--out", str(out)],
         capture_output=True, text=True, cwd=ROOT,
     )
     assert proc.returncode == 0, proc.stderr

@@ -22,7 +22,7 @@ from harness.train_loop import build_optimizer, train_epoch
 from models.video_reid import build_model
 
 ROOT = Path(__file__).resolve().parents[2]
-STEPS, EPOCHS = 12, 3
+STEPS, EPOCHS = 30, 3
 
 
 @pytest.fixture(scope="module")

@@ -383,6 +383,9 @@ def run_sweep(config: Config, resume: bool = False) -> SweepOutcome:
         name = f"sweep-{time.strftime('%Y%m%d-%H%M%S')}"
     start, base = time.perf_counter(), trial_base(config)
     check_inputs(base)  # user errors before Ray starts or anything is recorded
+    # MLflow and results.parquet are the records; Tune's own CSV/JSON/TensorBoard loggers only
+    # duplicate them, and TensorBoard warns on the NaN objective of not yet evaluated epochs.
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     with ray_session(config.ray.address, num_cpus=os.cpu_count(), log_to_driver=config.ray.log_to_driver,
                      resources={"trial_driver": config.sweep.max_concurrent}):
         _check_cluster(base, config.sweep.max_concurrent)

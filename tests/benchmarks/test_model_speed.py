@@ -76,7 +76,9 @@ def _status_kib(field: str) -> int:
 
 def _peak_in_child(variant: str) -> float:
     """block_peak_mib in a fresh interpreter: the pytest process's freed pages would hide allocations."""
-    code = f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import test_model_speed as t; print(t.block_peak_mib({variant!r}))"
+    here = Path(__file__).parent  # the benchmark and, one up, tests/reference.py
+    code = (f"import sys; sys.path[:0] = [{str(here)!r}, {str(here.parent)!r}]; import test_model_speed as t; "
+            f"print(t.block_peak_mib({variant!r}))")
     return float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
 
 

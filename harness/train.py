@@ -129,9 +129,6 @@ class MlflowEpochLogger:
         numbers = {k: v for k, v in metrics[0].items() if k not in skip}
         log_metrics(self._client, self.run_id, numbers, step=int(metrics[0]["epoch"]))
 
-    def after_exception(self, run_context, worker_exceptions) -> None:
-        pass
-
 
 def _callback(uri: str, run_id: str):
     from ray.train import UserCallback
@@ -235,7 +232,7 @@ def fit(config: Config, name: str | None = None, resume: str | None = None, pare
     config = absolute_paths(config)
     directory = check_inputs(config)
     check_resources(config)
-    storage = config.ray.storage_path.resolve()
+    storage = config.ray.storage_path
     if resume:
         if not (storage / resume).is_dir():
             raise UserError(f"--resume {resume}: no run {storage / resume}; list the runs there or start a new one")

@@ -9,7 +9,7 @@ from models.presets import PRESETS, preset_spec
 from models.resnet import Bottleneck
 from models.spec import ModelSpec, SpecError
 from models.video_reid import build_model
-from reference import ExplicitNonLocal, straightforward
+from reference import straightforward
 
 # Width 8 and 8 x 64 x 32 clips: stage heights 16, 8, 4, 4, so STE-NVAN needs 4 stripes, not 16.
 SMALL = {"baseline": {}, "nvan": {}, "ste_nvan": {"stripes": (4, 4, 4, 4)}}

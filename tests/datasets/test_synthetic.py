@@ -17,8 +17,12 @@ def _files(root: Path) -> dict[str, bytes]:
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def test_deterministic_given_seed(tmp_path: Path):
+def test_deterministic_given_seed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    # The two writes must match byte for byte even when the wall clock moves between them
+    # (savemat stamps the time into every .mat header).
+    monkeypatch.setattr("time.asctime", lambda *_: "Mon Jan  1 00:00:00 2001")
     write_mars(tmp_path / "a", seed=5, **SMALL)
+    monkeypatch.setattr("time.asctime", lambda *_: "Tue Jan  2 00:00:01 2001")
     write_mars(tmp_path / "b", seed=5, **SMALL)
     write_mars(tmp_path / "c", seed=6, **SMALL)
     assert _files(tmp_path / "a") == _files(tmp_path / "b")

@@ -9,6 +9,7 @@ into the convolutions, `torch.inference_mode`); MACs are those of the unfused mo
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import math
 import multiprocessing as mp
@@ -158,6 +159,22 @@ def _rss_kb(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
+def _reset_peak_rss() -> int | None:
+    """Hand freed heap pages back to the OS and restart the peak-RSS counter; resident KiB, or None."""
+    # Without this the forward reuses pages that building and fusing the model freed (RSS does not
+    # grow), and VmHWM may still hold that earlier peak: ResNet-50 at 8x256x128 read 16 MiB, not 93.
+    trim = getattr(ctypes.CDLL(None), "malloc_trim", None)  # glibc only
+    if trim is not None:
+        trim(0)
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # Linux >= 4.0: reset VmHWM to the current RSS
+    except OSError as e:
+        log.warning("cannot reset the peak RSS (%s); peak memory is not measured", e)
+        return None
+    return _rss_kb("VmRSS")
+
+
 def _measure(spec: ModelSpec, size: InputSize, batch: int, warmup: int, repeats: int, threads: int):
     """Runs in a fresh spawned process, so its peak RSS counts this model alone."""
     if threads:
@@ -166,9 +183,9 @@ def _measure(spec: ModelSpec, size: InputSize, batch: int, warmup: int, repeats:
     model = fuse_for_inference(build_model(spec).eval())  # as deployed: BN folded into convs
     clips = torch.randn(batch, size.frames, 3, size.height, size.width)
     with torch.inference_mode():
-        rss_before = _rss_kb("VmRSS")
+        rss_before = _reset_peak_rss()
         model(clips)
-        peak_kb = _rss_kb("VmHWM") - rss_before
+        peak_mb = None if rss_before is None else (_rss_kb("VmHWM") - rss_before) / 1024
         for _ in range(max(warmup - 1, 0)):
             model(clips)
         times = []
@@ -176,12 +193,12 @@ def _measure(spec: ModelSpec, size: InputSize, batch: int, warmup: int, repeats:
             start = time.perf_counter()
             model(clips)
             times.append(time.perf_counter() - start)
-    return statistics.median(times), torch.get_num_threads(), peak_kb / 1024
+    return statistics.median(times), torch.get_num_threads(), peak_mb
 
 
 def measure(spec: ModelSpec, size: InputSize, batch: int = 1, warmup: int = 2, repeats: int = 10,
-            threads: int = 0) -> tuple[float, int, float]:
-    """Median latency (s per batch), threads used, and peak extra memory of one forward (MB)."""
+            threads: int = 0) -> tuple[float, int, float | None]:
+    """Median latency (s per batch), threads used, and peak extra memory of one forward (MiB)."""
     with mp.get_context("spawn").Pool(1) as pool:
         return pool.apply(_measure, (spec, size, batch, warmup, repeats, threads))
 

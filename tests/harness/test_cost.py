@@ -10,7 +10,7 @@ from torch.nn import functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from harness.config import InputSize
-from harness.cost import PARTS, cost_of, count_macs, count_params, macs_on_meta, part_of
+from harness.cost import PARTS, cost_of, count_macs, count_params, macs_on_meta, measure, part_of
 from models.nonlocal_block import NonLocalBlock
 from models.presets import preset_spec
 from models.video_reid import build_model
@@ -100,6 +100,27 @@ def test_params_split_and_report_fields():
     report = cost_of("nvan", spec, InputSize(frames=4, height=64, width=32), measure_time=True, repeats=2, warmup=1, threads=1)
     assert report.latency_s > 0 and report.latency_threads == 1 and report.peak_memory_mb > 0
     assert report.input_label == "4x64x32"
+
+
+def test_peak_memory_holds_the_largest_activation():
+    """One forward must hold some layer's input and output at once: a floor for the peak memory."""
+    spec = preset_spec("baseline", num_classes=13, width=64)
+    size = InputSize(frames=8, height=256, width=128)
+    model = build_model(spec).eval()
+    floor = 0
+
+    def hook(module, inputs, output):
+        nonlocal floor
+        floor = max(floor, inputs[0].nbytes + output.nbytes)
+
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            m.register_forward_hook(hook)
+    with torch.inference_mode():
+        model(torch.randn(1, size.frames, 3, size.height, size.width))
+    _, _, peak_mb = measure(spec, size, warmup=1, repeats=1, threads=1)
+    assert floor / 2**20 > 20
+    assert peak_mb >= floor / 2**20
 
 
 @pytest.mark.slow

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import html
 import io
+import json
 import logging
 import math
 import re
@@ -359,8 +360,47 @@ def _published_rows(published: pl.DataFrame) -> list[list[str]]:
 _PUBLISHED_HEAD = ["published model", "rank-1", "mAP", f"GMACs at {PAPER_INPUT.label()} (ours)"]
 
 
-def markdown(points: pl.DataFrame, published: pl.DataFrame | None, source: str) -> str:
-    """benchmark.md: an intro, one table per dataset group, and the paper's reference numbers."""
+_COST_HEAD = ["preset", "input T×H×W", "width", "params (M)", "GMACs", "batch", "latency (ms)", "peak memory (MiB)"]
+_COST_KEYS = ("name", "input", "model_width", "params", "gmacs")
+_COST_UNITS = {"macs": "multiply-accumulates per clip", "latency_s": "seconds per batch", "peak_memory_mb": "MiB"}
+
+
+def load_costs(paths: list[Path]) -> list[dict]:
+    """The records of `python -m harness.cost --out` files, in the order given."""
+    records = []
+    for path in paths:
+        fix = f"rerun `dvc repro cost@{path.stem}` or `python -m harness.cost --preset {path.stem} --out {path}`"
+        try:
+            found = json.loads(path.read_text())["reports"]
+        except FileNotFoundError:
+            raise UserError(f"cost file {path} does not exist; {fix}") from None
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise UserError(f"cost file {path} is not a harness.cost report ({type(e).__name__}: {e}); "
+                            f"expected a JSON object with a \"reports\" list; {fix}") from None
+        for r in found:
+            missing = [k for k in _COST_KEYS if not isinstance(r, dict) or k not in r]
+            if missing:
+                raise UserError(f"cost file {path}: a record lacks {missing} (each needs {list(_COST_KEYS)}); {fix}")
+        records += found
+    return records
+
+
+def cost_rows(records: list[dict]) -> list[list[str]]:
+    """One row of _COST_HEAD per cost record; latency and peak memory are per batch."""
+    def ms(seconds):
+        return None if seconds is None else 1e3 * seconds
+    return [[r["name"], r["input"], str(r["model_width"]), f"{r['params'] / 1e6:.2f}", f"{r['gmacs']:.3g}",
+             str(r.get("batch", "–")), _fmt(ms(r.get("latency_s")), ".1f"), _fmt(r.get("peak_memory_mb"), ".1f")] for r in records]
+
+
+_COST_INTRO = ("Every preset at the paper's input and width and as this benchmark trains it, from "
+               "`python -m harness.cost`: GMACs per clip; latency and peak memory per batch, measured "
+               "on the machine that ran the cost stage.")
+
+
+def markdown(points: pl.DataFrame, published: pl.DataFrame | None, source: str,
+             costs: list[dict] | None = None) -> str:
+    """benchmark.md: an intro, one table per dataset group, the cost table and the paper's numbers."""
     def table(head: list[str], rows: list[list[str]]) -> list[str]:
         cells = [head, ["---"] * len(head), *rows]
         return ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in cells]
@@ -368,13 +408,16 @@ def markdown(points: pl.DataFrame, published: pl.DataFrame | None, source: str) 
     lines = ["# nvan-bench benchmark", "", f"Runs of {source}. {_INTRO}", ""]
     for group in points["group"].unique(maintain_order=True):
         lines += [f"## {group}", "", *table(list(COLUMNS), table_rows(points.filter(pl.col("group") == group))), ""]
+    if costs:
+        lines += ["## Cost of each preset", "", _COST_INTRO, "", *table(_COST_HEAD, cost_rows(costs)), ""]
     if published is not None:
         lines += ["## Published reference (real MARS, Liu et al. BMVC 2019)", "",
                   *table(_PUBLISHED_HEAD, _published_rows(published)), ""]
     return "\n".join(lines)
 
 
-def html_page(svg: str, points: pl.DataFrame, published: pl.DataFrame | None, source: str) -> str:
+def html_page(svg: str, points: pl.DataFrame, published: pl.DataFrame | None, source: str,
+              costs: list[dict] | None = None) -> str:
     """pareto.html: the figure with hover tooltips and the tables, inline and offline."""
     def table(head: list[str], rows: list[list[str]]) -> str:
         cells = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
@@ -382,6 +425,9 @@ def html_page(svg: str, points: pl.DataFrame, published: pl.DataFrame | None, so
 
     parts = [f"<h2>{html.escape(g)}</h2>" + table(list(COLUMNS), table_rows(points.filter(pl.col("group") == g)))
              for g in points["group"].unique(maintain_order=True)]
+    if costs:
+        parts.append(f"<h2>Cost of each preset</h2><p>{html.escape(_COST_INTRO)}</p>"
+                     + table(_COST_HEAD, cost_rows(costs)))
     if published is not None:
         parts.append("<h2>Published reference (real MARS)</h2>" + table(_PUBLISHED_HEAD, _published_rows(published)))
     return f"""<!DOCTYPE html>
@@ -414,27 +460,33 @@ def metrics(points: pl.DataFrame) -> dict:
     return out
 
 
-def write_report(points: pl.DataFrame, published: pl.DataFrame | None, out_dir: Path, source: str) -> list[Path]:
-    """Write pareto.png, pareto.html, benchmark.md, metrics.json and pareto.csv atomically; return them."""
+def write_report(points: pl.DataFrame, published: pl.DataFrame | None, out_dir: Path, source: str,
+                 costs: list[dict] | None = None) -> list[Path]:
+    """Write pareto.png/.html, benchmark.md, metrics.json, pareto.csv (and cost.json) atomically; return them."""
     fig, tips = draw(points, published)
     paths = [out_dir / n for n in ("pareto.png", "pareto.html", "benchmark.md", "metrics.json", "pareto.csv")]
     with atomic_path(paths[0]) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     with atomic_path(paths[1]) as tmp:
-        tmp.write_text(html_page(svg_with_tooltips(fig, tips), points, published, source))
+        tmp.write_text(html_page(svg_with_tooltips(fig, tips), points, published, source, costs))
     with atomic_path(paths[2]) as tmp:
-        tmp.write_text(markdown(points, published, source))
+        tmp.write_text(markdown(points, published, source, costs))
     write_json_atomic(paths[3], metrics(points))
     with atomic_path(paths[4]) as tmp:
         columns = ("group", "dataset", "synthetic", "label", "kind", "status", "input", "gmacs",
                    *(f"{m}_pct" for m in METRICS), "pareto_rank1", "pareto_map", "run_id")
         points.select(columns).write_csv(tmp, float_precision=4)
+    if costs:
+        paths.append(out_dir / "cost.json")
+        write_json_atomic(paths[-1], {"units": _COST_UNITS, "reports": costs})
     return paths
 
 
 def build_report(uri: str, experiment: str, dataset: str | None, out_dir: Path,
-                 latest_per_label: bool = True, published: bool = True) -> list[Path]:
+                 latest_per_label: bool = True, published: bool = True,
+                 cost_files: list[Path] | None = None) -> list[Path]:
     """Read the experiment's runs from the store at `uri` and write every report into `out_dir`."""
+    costs = load_costs(cost_files or [])
     client, experiment_id = open_experiment(uri, experiment)
     every = load_runs(client, experiment_id)
     runs = select_runs(every, dataset, latest_per_label)
@@ -444,7 +496,7 @@ def build_report(uri: str, experiment: str, dataset: str | None, out_dir: Path,
                                         f"datasets with runs: {have}" if have else "it is empty"))
     points = plot_points(runs)
     refs = published_points() if published and (points["dataset"] == "mars").any() else None
-    paths = write_report(points, refs, out_dir, f"experiment {experiment!r} in {uri}")
+    paths = write_report(points, refs, out_dir, f"experiment {experiment!r} in {uri}", costs)
     log.info("%d runs in %d dataset group(s) -> %s", len(points), points["group"].n_unique(),
              ", ".join(str(p) for p in paths))
     return paths
@@ -457,11 +509,13 @@ def main(argv: list[str] | None = None) -> int:
                                           "null = every dataset, each in its own row of panels)")
     parser.add_argument("--experiment", help="MLflow experiment (default: mlflow.experiment)")
     parser.add_argument("--out-dir", type=Path, help="output folder (default: report.out_dir)")
+    parser.add_argument("--cost", type=Path, action="append", default=[],
+                        help="a `python -m harness.cost --out` file to merge into cost.json and the tables (repeatable)")
     args = parser.parse_args(argv)
     cfg = load_from_args(args)
     build_report(tracking_uri(cfg.mlflow.tracking_uri), args.experiment or cfg.mlflow.experiment,
                  args.dataset or cfg.report.dataset, args.out_dir or cfg.report.out_dir,
-                 cfg.report.latest_per_label, cfg.report.published)
+                 cfg.report.latest_per_label, cfg.report.published, args.cost)
     return 0
 
 

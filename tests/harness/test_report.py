@@ -16,8 +16,9 @@ from harness.cli import UserError
 from harness.config import InputSize
 from harness.cost import macs_on_meta
 from harness.cli import run
-from harness.report import (PANELS, PUBLISHED, SCHEMA, build_report, draw, load_runs, open_experiment, plot_points, published_points,
-                            main, select_runs, with_front, write_report)
+from harness.cost import main as cost_main
+from harness.report import (PANELS, PUBLISHED, SCHEMA, build_report, draw, load_costs, load_runs, open_experiment, plot_points,
+                            published_points, main, select_runs, with_front, write_report)
 from harness.tracking import connect, log_metrics, start_run
 from models.presets import preset_spec
 
@@ -212,6 +213,46 @@ def test_report_files(store, tmp_path):
     assert not re.search(r"<script[^>]*src|<link|@import|url\(\s*['\"]?(https?:)?//", page)
     assert page.count("<title>") == 1 + 2 * len(points.drop_nulls("gmacs")) + 2 * 2 * 3  # 2 MARS groups x 2 panels
     assert "run " + points.filter(pl.col("label") == "ste_nvan")["run_id"][0] in page
+
+
+@pytest.fixture(scope="module")
+def cost_files(tmp_path_factory) -> list[Path]:
+    """Real `python -m harness.cost --out` files for two presets (small width, MACs only)."""
+    out = tmp_path_factory.mktemp("cost")
+    for preset in ("nvan", "ste_nvan"):
+        assert cost_main(["--preset", preset, "--input", "4x256x128", "--no-measure", "--set", "cost.width=8",
+                          "--set", "cost.benchmark=false", "--out", str(out / f"{preset}.json")]) == 0
+    return [out / "nvan.json", out / "ste_nvan.json"]
+
+
+def test_cost_table_merges_the_cost_files(store, tmp_path, cost_files):
+    paths = build_report(store, "nvan-bench", "mars", tmp_path, cost_files=cost_files)
+    assert paths[-1] == tmp_path / "cost.json"
+    merged = json.loads(paths[-1].read_text())
+    expected = [r for f in cost_files for r in json.loads(f.read_text())["reports"]]
+    assert merged["reports"] == expected and [r["name"] for r in expected] == ["nvan", "ste_nvan"]
+    assert merged["units"]["macs"] == "multiply-accumulates per clip"
+    spec = preset_spec("ste_nvan", 625, width=8)
+    assert expected[1]["macs"] == macs_on_meta(spec, InputSize(frames=4, height=256, width=128))
+    md = (tmp_path / "benchmark.md").read_text()
+    for r in expected:
+        assert f"| {r['name']} | 4x256x128 | 8 | {r['params'] / 1e6:.2f} | {r['gmacs']:.3g} | 1 | – | – |" in md
+    assert "<h2>Cost of each preset</h2>" in (tmp_path / "pareto.html").read_text()
+
+
+def test_bad_cost_files_are_user_errors(store, tmp_path, cost_files):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "nvan.json").write_text("{not json")
+    (bad / "baseline.json").write_text(json.dumps({"reports": [{"name": "baseline", "input": "8x64x32"}]}))
+    out = tmp_path / "out"
+    with pytest.raises(UserError, match=r"cost file .*missing\.json does not exist; rerun `dvc repro cost@missing`"):
+        build_report(store, "nvan-bench", "mars", out, cost_files=[cost_files[0], bad / "missing.json"])
+    with pytest.raises(UserError, match=r"cost file .*nvan\.json is not a harness\.cost report \(JSONDecodeError"):
+        load_costs([bad / "nvan.json"])
+    with pytest.raises(UserError, match=r"baseline\.json: a record lacks \['model_width', 'params', 'gmacs'\]"):
+        load_costs([bad / "baseline.json"])
+    assert not out.exists()
 
 
 def test_missing_experiment_is_a_user_error(store, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -71,9 +72,11 @@ def test_repro_noop_and_partial_rerun(repo):
     presets = ("baseline", "nvan", "ste_nvan")
     outs = ["data/prepared/mars/manifest.json", "data/prepared/duke/manifest.json",
             *(f"reports/cost/{p}.json" for p in presets), *(f"reports/runs/{p}.json" for p in presets),
-            *(f"reports/{f}" for f in ("pareto.png", "pareto.html", "benchmark.md", "metrics.json", "pareto.csv"))]
+            *(f"reports/{f}" for f in ("pareto.png", "pareto.html", "benchmark.md", "metrics.json", "pareto.csv", "cost.json"))]
     assert [o for o in outs if not (repo / o).exists()] == []
     assert "baseline" in (repo / "reports/benchmark.md").read_text()
+    costed = json.loads((repo / "reports/cost.json").read_text())["reports"]
+    assert sorted({r["name"] for r in costed}) == sorted(presets)
 
     again = run(DVC, "repro", cwd=repo)
     assert "Running stage" not in again.stdout

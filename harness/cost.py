@@ -159,7 +159,7 @@ def _rss_kb(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def _reset_peak_rss() -> int | None:
+def reset_peak_rss() -> int | None:
     """Hand freed heap pages back to the OS and restart the peak-RSS counter; resident KiB, or None."""
     # Without this the forward reuses pages that building and fusing the model freed (RSS does not
     # grow), and VmHWM may still hold that earlier peak: ResNet-50 at 8x256x128 read 16 MiB, not 93.
@@ -183,7 +183,7 @@ def _measure(spec: ModelSpec, size: InputSize, batch: int, warmup: int, repeats:
     model = fuse_for_inference(build_model(spec).eval())  # as deployed: BN folded into convs
     clips = torch.randn(batch, size.frames, 3, size.height, size.width)
     with torch.inference_mode():
-        rss_before = _reset_peak_rss()
+        rss_before = reset_peak_rss()
         model(clips)
         peak_mb = None if rss_before is None else (_rss_kb("VmHWM") - rss_before) / 1024
         for _ in range(max(warmup - 1, 0)):

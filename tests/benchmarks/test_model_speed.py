@@ -18,6 +18,7 @@ import pytest
 import torch
 from torch import nn
 
+from harness.cost import reset_peak_rss
 from models.fuse import fuse_for_inference
 from models.nonlocal_block import NonLocalBlock
 from models.presets import PRESETS, preset_spec
@@ -61,9 +62,7 @@ def block_peak_mib(variant: str) -> float:
     x = torch.randn(STAGE2).contiguous(memory_format=torch.channels_last_3d)
     with torch.inference_mode():
         block(x)
-        # Reset the high-water mark (Linux clear_refs "5") so only this forward counts.
-        Path("/proc/self/clear_refs").write_text("5")
-        before = _status_kib("VmRSS")
+        before = reset_peak_rss()  # so only this forward counts
         block(x)
         return (_status_kib("VmHWM") - before) / 1024
 

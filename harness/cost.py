@@ -32,6 +32,7 @@ from models.video_reid import build_model
 
 log = logging.getLogger("harness.cost")
 
+UNITS = {"macs": "multiply-accumulates per clip", "latency_s": "seconds per batch", "peak_memory_mb": "MiB"}
 PARTS = ("stem", "stage1", "stage2", "stage3", "stage4", "non_local", "head")
 
 
@@ -175,6 +176,11 @@ def reset_peak_rss() -> int | None:
     return _rss_kb("VmRSS")
 
 
+def peak_rss_mib(since_kib: int) -> float:
+    """Peak resident memory (MiB) above `since_kib`, the value reset_peak_rss returned."""
+    return (_rss_kb("VmHWM") - since_kib) / 1024
+
+
 def _measure(spec: ModelSpec, size: InputSize, batch: int, warmup: int, repeats: int, threads: int):
     """Runs in a fresh spawned process, so its peak RSS counts this model alone."""
     if threads:
@@ -185,7 +191,7 @@ def _measure(spec: ModelSpec, size: InputSize, batch: int, warmup: int, repeats:
     with torch.inference_mode():
         rss_before = reset_peak_rss()
         model(clips)
-        peak_mb = None if rss_before is None else (_rss_kb("VmHWM") - rss_before) / 1024
+        peak_mb = None if rss_before is None else peak_rss_mib(rss_before)
         for _ in range(max(warmup - 1, 0)):
             model(clips)
         times = []
@@ -274,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(reports))
     if args.out:
         payload = {
-            "units": {"macs": "multiply-accumulates per clip", "latency_s": "seconds per batch", "peak_memory_mb": "MiB"},
+            "units": UNITS,
             "reports": [asdict(r) | {"gmacs": r.gmacs, "input": r.input_label} for r in reports],
         }
         write_json_atomic(args.out, payload)

@@ -30,8 +30,11 @@ from mlflow.exceptions import MlflowException
 
 from harness.cli import UserError, config_parser, load_from_args, run
 from harness.config import PAPER_INPUT
+from harness.cost import UNITS as COST_UNITS
+from harness.cost import macs_on_meta
 from harness.io import atomic_path, write_json_atomic
 from harness.tracking import tracking_uri
+from models.presets import preset_spec
 
 log = logging.getLogger("harness.report")
 
@@ -156,9 +159,6 @@ def plot_points(runs: pl.DataFrame) -> pl.DataFrame:
 @functools.cache
 def published_points() -> pl.DataFrame:
     """The paper's MARS numbers (percent) at the GMACs our cost model gives at 8x256x128, width 64."""
-    from harness.cost import macs_on_meta  # builds models: imported only when the points are drawn
-    from models.presets import preset_spec
-
     return pl.DataFrame([{
         "name": p.name, "preset": p.preset, "rank1_pct": p.rank1, "map_pct": p.map,
         "gmacs": macs_on_meta(preset_spec(p.preset, num_classes=MARS_CLASSES, width=PAPER_WIDTH), PAPER_INPUT) / 1e9,
@@ -362,7 +362,6 @@ _PUBLISHED_HEAD = ["published model", "rank-1", "mAP", f"GMACs at {PAPER_INPUT.l
 
 _COST_HEAD = ["preset", "input T×H×W", "width", "params (M)", "GMACs", "batch", "latency (ms)", "peak memory (MiB)"]
 _COST_KEYS = ("name", "input", "model_width", "params", "gmacs")
-_COST_UNITS = {"macs": "multiply-accumulates per clip", "latency_s": "seconds per batch", "peak_memory_mb": "MiB"}
 
 
 def load_costs(paths: list[Path]) -> list[dict]:
@@ -478,7 +477,7 @@ def write_report(points: pl.DataFrame, published: pl.DataFrame | None, out_dir: 
         points.select(columns).write_csv(tmp, float_precision=4)
     if costs:
         paths.append(out_dir / "cost.json")
-        write_json_atomic(paths[-1], {"units": _COST_UNITS, "reports": costs})
+        write_json_atomic(paths[-1], {"units": COST_UNITS, "reports": costs})
     return paths
 
 

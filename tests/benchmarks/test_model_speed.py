@@ -18,7 +18,7 @@ import pytest
 import torch
 from torch import nn
 
-from harness.cost import reset_peak_rss
+from harness.cost import peak_rss_mib, reset_peak_rss
 from models.fuse import fuse_for_inference
 from models.nonlocal_block import NonLocalBlock
 from models.presets import PRESETS, preset_spec
@@ -64,13 +64,7 @@ def block_peak_mib(variant: str) -> float:
         block(x)
         before = reset_peak_rss()  # so only this forward counts
         block(x)
-        return (_status_kib("VmHWM") - before) / 1024
-
-
-def _status_kib(field: str) -> int:
-    """A /proc/self/status field in KiB."""
-    line = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith(field))
-    return int(line.split()[1])
+        return peak_rss_mib(before)
 
 
 def _peak_in_child(variant: str) -> float:

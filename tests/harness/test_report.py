@@ -14,8 +14,8 @@ from matplotlib.text import Annotation, Text
 
 from harness.cli import UserError
 from harness.config import InputSize
-from harness.cost import macs_on_meta
 from harness.cli import run
+from harness.cost import macs_on_meta
 from harness.cost import main as cost_main
 from harness.report import (PANELS, PUBLISHED, SCHEMA, build_report, draw, load_costs, load_runs, open_experiment, plot_points,
                             published_points, main, select_runs, with_front, write_report)

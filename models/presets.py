@@ -6,10 +6,14 @@ from dataclasses import replace
 
 from models.spec import ModelSpec, SpecError
 
-# Field values that differ from ModelSpec's defaults (Liu et al., BMVC 2019, Sec. 3-4).
+# Field values that differ from ModelSpec's defaults (Liu et al., BMVC 2019, Sec. 3-4, and the
+# authors' code, jackie840129/STE-NVAN). Every preset keeps ModelSpec's default stem_relu=False:
+# the authors' ResNet stem has no ReLU (net/resnet.py), and their released checkpoints were
+# trained without one.
 PRESETS: dict[str, dict] = {
-    # ResNet-50, frame features averaged over time.
-    "baseline": {},
+    # ResNet-50; BNNeck and classifier per frame, features and logits averaged over the frames
+    # (the authors' Resnet50_s1 with --temporal mean, run_baseline.sh).
+    "baseline": {"head": "frame"},
     # Five full non-local blocks: after the last 2 blocks of stage 2 and last 3 of stage 3.
     "nvan": {"non_local": (0, 2, 3, 0)},
     # NVAN plus spatial reduction (16 stripes) and temporal reduction (windows of 2 frames,

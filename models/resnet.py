@@ -43,13 +43,17 @@ class ResNet(nn.Module):
 
     The video network interleaves non-local blocks and temporal pooling between the
     residual blocks, so it calls `stem` and iterates over `stages` rather than a forward.
+    `stem_relu` False gives the STE-NVAN authors' stem, conv1 -> bn1 -> maxpool with no
+    activation (their net/resnet.py); True gives torchvision's conv1 -> bn1 -> relu -> maxpool.
     """
 
-    def __init__(self, width: int = 64, last_stride: int = 1) -> None:
+    def __init__(self, width: int = 64, last_stride: int = 1, stem_relu: bool = False) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(3, width, 7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
-        self.relu = nn.ReLU(inplace=True)
+        self.stem_relu = stem_relu
+        if stem_relu:
+            self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
         inplanes = width
         strides = (1, 2, 2, last_stride)
@@ -70,4 +74,5 @@ class ResNet(nn.Module):
 
     def stem(self, x: torch.Tensor) -> torch.Tensor:
         """Frames (N, 3, H, W) -> (N, width, H / 4, W / 4) pixels."""
-        return self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.bn1(self.conv1(x))
+        return self.maxpool(self.relu(x) if self.stem_relu else x)

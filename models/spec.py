@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 # ResNet-50 bottleneck blocks per stage.
 STAGE_BLOCKS = (3, 4, 6, 3)
+# Where the BNNeck and classifier sit: on the clip feature, or on every frame's (then averaged).
+HEADS = ("clip", "frame")
 
 
 class SpecError(ValueError):
@@ -21,6 +23,11 @@ class ModelSpec:
     `stripes[i]` > 0 pools that stage's non-local input into horizontal stripes;
     `nl_window` > 0 restricts attention to windows of that many frames;
     `temporal_pool_after` lists stages (1-4) after which frame pairs are max-pooled.
+    `stem_relu` adds torchvision's ReLU after the stem's batch norm; the STE-NVAN authors'
+    network has none (False). `head` "clip" puts the BNNeck and classifier on the clip feature
+    (the authors' NVAN and STE-NVAN); "frame" puts them on each frame's feature and averages
+    features and logits over the frames (the authors' baseline, `--temporal mean`), so in
+    training the BNNeck normalises with frame statistics.
     """
 
     num_classes: int
@@ -30,6 +37,8 @@ class ModelSpec:
     stripes: tuple[int, int, int, int] = (0, 0, 0, 0)
     nl_window: int = 0
     temporal_pool_after: tuple[int, ...] = field(default_factory=tuple)
+    stem_relu: bool = False
+    head: str = "clip"
 
     def __post_init__(self) -> None:
         # Lists from YAML become tuples so the spec stays hashable and frozen.
@@ -76,6 +85,10 @@ class ModelSpec:
                 raise SpecError(f"stripes[{stage - 1}] = {s!r}: expected 0 (full) or a positive count")
         if not isinstance(self.nl_window, int) or self.nl_window < 0:
             raise SpecError(f"nl_window = {self.nl_window!r}: expected 0 (whole clip) or a positive frame count")
+        if not isinstance(self.stem_relu, bool):
+            raise SpecError(f"stem_relu = {self.stem_relu!r}: expected true or false")
+        if self.head not in HEADS:
+            raise SpecError(f"head = {self.head!r}: expected one of {list(HEADS)}")
         if len(set(self.temporal_pool_after)) != len(self.temporal_pool_after) or any(
             s not in (1, 2, 3, 4) for s in self.temporal_pool_after
         ):

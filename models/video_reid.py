@@ -1,7 +1,7 @@
 """VideoReIDNet: per-frame ResNet-50 with non-local blocks, temporal pooling and a BNNeck head.
 
 Module names, for per-stage cost breakdowns and state dicts:
-  stem        backbone.conv1, backbone.bn1, backbone.relu, backbone.maxpool
+  stem        backbone.conv1, backbone.bn1, backbone.maxpool (and backbone.relu if spec.stem_relu)
   stage i     backbone.layer{i}        (torchvision names; an ImageNet resnet50 loads here)
   non-local   non_local.layer{i}.{j}   (j-th block of stage i in order of depth)
   head        bottleneck (BatchNorm1d BNNeck, bias frozen at 0), classifier (Linear, no bias)
@@ -24,13 +24,15 @@ class VideoReIDNet(nn.Module):
 
     Stage i's non-local blocks follow its last `spec.non_local[i-1]` residual blocks; after
     each stage in `spec.temporal_pool_after`, consecutive frame pairs are max-pooled. The
-    clip feature is the average of the last stage over T, H and W.
+    clip feature is the average of the last stage over T, H and W. With `spec.head == "frame"`
+    the BNNeck and classifier see each frame's average over H and W, and their outputs are
+    averaged over the frames.
     """
 
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__()
         self.spec = spec
-        self.backbone = ResNet(spec.width, spec.last_stride)
+        self.backbone = ResNet(spec.width, spec.last_stride, spec.stem_relu)
         self.non_local = nn.ModuleDict(
             {
                 f"layer{stage}": nn.ModuleList(
@@ -66,7 +68,13 @@ class VideoReIDNet(nn.Module):
                     x = blocks[i - first](x.unflatten(0, (b, -1)).transpose(1, 2)).transpose(1, 2).flatten(0, 1)
             if stage in self.spec.temporal_pool_after:
                 x = _pool_frame_pairs(x, b)
-        feature = x.unflatten(0, (b, -1)).mean((1, 3, 4))
+        frames = x.unflatten(0, (b, -1)).mean((3, 4))  # (B, T', D)
+        if self.spec.head == "frame":
+            neck = self.bottleneck(frames.flatten(0, 1)).unflatten(0, (b, -1))
+            if not self.training:
+                return neck.mean(1)
+            return frames.mean(1), self.classifier(neck).mean(1)
+        feature = frames.mean(1)
         if not self.training:
             return self.bottleneck(feature)
         return feature, self.classifier(self.bottleneck(feature))

@@ -36,7 +36,8 @@ def test_train_and_eval_outputs(name):
     clips = torch.randn(CLIP)
     feature, logits = model.train()(clips)
     assert feature.shape == (2, 256) and logits.shape == (2, 5)
-    assert torch.allclose(model.bottleneck(feature) @ model.classifier.weight.T, logits, atol=1e-6)
+    if model.spec.head == "clip":  # a frame head's logits average per-frame logits (test_authors_network)
+        assert torch.allclose(model.bottleneck(feature) @ model.classifier.weight.T, logits, atol=1e-6)
     feature.sum().backward()
     assert model.backbone.conv1.weight.grad is not None
     with torch.no_grad():

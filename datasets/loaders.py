@@ -20,8 +20,8 @@ from datasets.store import FrameStore
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-TRAIN_SAMPLERS = ("chunk_random", "chunk_first", "evenly")
-EVAL_SAMPLERS = ("chunk_first", "evenly", "dense")
+TRAIN_SAMPLERS = ("chunk_random", "chunk_first", "segment_random", "segment_first", "evenly")
+EVAL_SAMPLERS = ("chunk_first", "segment_first", "evenly", "dense")
 
 
 def normalize(clips: torch.Tensor) -> torch.Tensor:
@@ -52,10 +52,12 @@ def _check(name: str, allowed: tuple[str, ...], frames: int, purpose: str) -> No
 
 
 class TrainClips(Dataset):
-    """Training clips: item i -> (uint8 (T, 3, H, W), label 0..num_classes-1, camera), flipped with p = 0.5.
+    """Training clips: item (i, draw) -> (uint8 (T, 3, H, W), label 0..num_classes-1, camera), flipped with p = 0.5.
 
-    Frames and flips come from a generator keyed by (seed, epoch, i), so they do not depend on
-    the number of loader workers; call `set_epoch` before each epoch (no persistent workers).
+    `i` is the tracklet's row and `draw` its draw number in the epoch (see PKSampler). Frames and
+    flip come from a generator keyed by (seed, epoch, draw), so they depend neither on the number
+    of loader workers nor on the number of data-parallel ranks, and a tracklet drawn twice gets
+    two independent draws. Call `set_epoch` before each epoch.
     """
 
     def __init__(
@@ -85,8 +87,9 @@ class TrainClips(Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
-        rng = np.random.default_rng([self.seed, self.epoch, i])
+    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, int, int]:
+        i, draw = item
+        rng = np.random.default_rng([self.seed, self.epoch, draw])
         clip = self.store.read(self.offsets[i] + self.sample(int(self.lengths[i]), self.frames, rng))
         if self.flip and rng.random() < 0.5:
             clip = np.ascontiguousarray(clip[..., ::-1])
@@ -121,9 +124,10 @@ class EvalClips(Dataset):
 
 def train_loader(
     dataset: TrainClips, p: int, k: int, num_workers: int = 0, num_replicas: int = 1, rank: int = 0,
+    mode: str = "identities",
 ) -> DataLoader:
-    """Batches of P identities x K clips for one data-parallel rank; call `set_epoch(loader, e)` each epoch."""
-    sampler = PKSampler(dataset.labels, p, k, dataset.seed, num_replicas, rank)
+    """This rank's share of batches of P identities x K clips (P over all ranks); call `set_epoch(loader, e)` each epoch."""
+    sampler = PKSampler(dataset.labels, p, k, dataset.seed, num_replicas, rank, mode)
     return DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers)
 
 

@@ -28,12 +28,12 @@ def test_train_clips_come_from_their_tracklet_with_whole_clip_flips(mars_prepare
     assert plain.num_classes == rows["pid"].n_unique() and len(plain) == rows.height
     flips = 0
     for i in range(len(plain)):
-        clip, label, camera = plain[i]
+        clip, label, camera = plain[i, i]
         assert clip.shape == (4, 3, 64, 32) and clip.dtype == torch.uint8
         assert plain.pids[label] == rows["pid"][i] and camera == rows["camera"][i]
         frames = store.read(rows["frame_offset"][i] + np.arange(rows["num_frames"][i]))
         assert all(any(np.array_equal(f, g) for g in frames) for f in clip.numpy())
-        other = flipped[i][0]
+        other = flipped[i, i][0]
         flips += not torch.equal(other, clip)
         assert torch.equal(other, clip) or torch.equal(other, clip.flip(-1))
     assert 0 < flips < len(plain)
@@ -42,12 +42,21 @@ def test_train_clips_come_from_their_tracklet_with_whole_clip_flips(mars_prepare
 def test_train_clips_are_deterministic_per_seed_and_epoch(mars_prepared: Path):
     a, b = TrainClips(mars_prepared, 4, seed=1), TrainClips(mars_prepared, 4, seed=1)
     long = int(np.argmax(a.lengths))
-    assert torch.equal(a[long][0], b[long][0])
+    assert torch.equal(a[long, 0][0], b[long, 0][0])
     draws = set()
     for epoch in range(6):
         a.set_epoch(epoch)
-        draws.add(a[long][0].numpy().tobytes())
+        draws.add(a[long, 0][0].numpy().tobytes())
     assert len(draws) > 1
+
+
+def test_every_draw_of_a_tracklet_gets_its_own_frames_and_flip(mars_prepared: Path):
+    # An identity with fewer tracklets than K draws one tracklet several times in a step.
+    data = TrainClips(mars_prepared, 4, seed=2)
+    long = int(np.argmax(data.lengths))
+    clips = {data[long, draw][0].numpy().tobytes() for draw in range(12)}
+    assert len(clips) > 1
+    assert torch.equal(data[long, 5][0], data[long, 5][0])
 
 
 def test_train_loader_batches_p_identities(duke_prepared: Path):
@@ -68,7 +77,8 @@ def test_eval_clips_follow_the_split_rows(mars_prepared: Path):
         clip, pid, camera, index = first[i]
         n, offset = rows["num_frames"][i], rows["frame_offset"][i]
         assert (pid, camera, index) == (rows["pid"][i], rows["camera"][i], i)
-        chunks = np.arange(4) * n // 4 if n >= 4 else np.r_[np.arange(n), [n - 1] * (4 - n)]
+        interval = -(-n // 4)  # the authors' chunks: ceil(F / S) frames each, padded with the last
+        chunks = np.minimum(np.arange(4) * interval, n - 1)
         assert np.array_equal(clip.numpy(), store.read(offset + chunks))
         clips = all_frames[i][0]
         assert clips.shape == (-(-n // 4), 4, 3, 64, 32)

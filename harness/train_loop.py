@@ -22,9 +22,11 @@ from harness.config import Config, TrainConfig
 from harness.evaluate import extract_features, score_features
 from harness.losses import reid_loss
 from models.checkpoints import load_imagenet
+from models.spec import ModelSpec
 from models.video_reid import build_model
 
-StepHook = Callable[[int, int, int, dict[str, float]], None]  # epoch, step, steps, stats
+CMC_RANKS = 50  # CMC entries kept with the best scores (the full curve is gallery-long)
+StepHook = Callable[[int, int, int, dict[str, Any]], None]  # epoch, step, steps, stats (tensors and floats)
 
 
 def build_optimizer(model: nn.Module, train: TrainConfig) -> torch.optim.Optimizer:
@@ -58,7 +60,7 @@ def train_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Opt
     """One pass over `loader`; returns mean loss parts, clips/s (this worker) and epoch time (s)."""
     model.train()
     steps = len(loader) if train.steps_per_epoch is None else min(len(loader), train.steps_per_epoch)
-    totals: dict[str, float] = {}
+    totals: dict[str, torch.Tensor] = {}
     clips_seen, start = 0, time.perf_counter()
     optimizer.zero_grad(set_to_none=True)
     for step, (clips, labels, _) in enumerate(loader):
@@ -66,12 +68,15 @@ def train_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Opt
             break
         clips = normalize(clips.to(device, non_blocking=True))
         labels = labels.to(device, non_blocking=True)
-        with autocast(device, train.amp):
-            features, logits = model(clips)
-        loss, stats = reid_loss(features, logits, labels, train.triplet_weight, train.id_weight)
-        loss = loss / train.grad_accum
-        (scaler.scale(loss) if scaler else loss).backward()
-        if (step + 1) % train.grad_accum == 0 or step + 1 == steps:
+        update = (step + 1) % train.grad_accum == 0 or step + 1 == steps
+        # Micro-steps that do not update accumulate locally; DDP all-reduces once, at the update.
+        sync = nullcontext() if update or not hasattr(model, "no_sync") else model.no_sync()
+        with sync:
+            with autocast(device, train.amp):
+                features, logits = model(clips)
+            loss, stats = reid_loss(features, logits, labels, train.triplet_weight, train.id_weight)
+            (scaler.scale(loss / train.grad_accum) if scaler else loss / train.grad_accum).backward()
+        if update:
             if scaler:
                 scaler.step(optimizer)
                 scaler.update()
@@ -80,22 +85,31 @@ def train_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Opt
             optimizer.zero_grad(set_to_none=True)
         clips_seen += len(labels)
         for key, value in stats.items():
-            totals[key] = totals.get(key, 0.0) + value
+            totals[key] = totals[key] + value if key in totals else value
         if on_step:
             on_step(epoch, step + 1, steps, stats | {"clips_per_s": clips_seen / (time.perf_counter() - start)})
     elapsed = time.perf_counter() - start
-    means = {key: value / max(steps, 1) for key, value in totals.items()}
+    means = {key: value.item() / max(steps, 1) for key, value in totals.items()}
     return means | {"clips_per_s": clips_seen / elapsed, "epoch_time_s": elapsed}
+
+
+def training_model(spec: ModelSpec, imagenet_init: Path | None = None, sync_bn: bool = False) -> nn.Module:
+    """A fresh model for `spec`, ImageNet weights loaded if given; with `sync_bn` every batch norm,
+    the BNNeck and the non-local blocks' included, normalises over all ranks."""
+    model = build_model(spec)
+    if imagenet_init:
+        load_imagenet(model, imagenet_init)
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model) if sync_bn else model
 
 
 @dataclass
 class Best:
-    """The best evaluation so far: epoch, the selection metric's value, and every protocol's scores."""
+    """The best evaluation so far: epoch, the selection metric's value, every protocol's scores and CMC."""
 
     epoch: int = -1
     value: float = -math.inf
     scores: dict[str, dict[str, float]] | None = None
-    cmc: list[float] | None = None
+    cmc: dict[str, list[float]] | None = None  # per protocol, ranks 1..CMC_RANKS
 
 
 def evaluate_model(model: nn.Module, dataset: EvalClips, config: Config, device: torch.device) -> tuple[dict, dict]:
@@ -106,7 +120,7 @@ def evaluate_model(model: nn.Module, dataset: EvalClips, config: Config, device:
     metrics = dict(scores[primary].as_dict())
     for name, s in scores.items():
         metrics |= {f"{name}.{k}": v for k, v in s.as_dict().items()}
-    return metrics, {name: s.cmc.tolist() for name, s in scores.items()}
+    return metrics, {name: s.cmc[:CMC_RANKS].tolist() for name, s in scores.items()}
 
 
 def run_worker(loop_config: dict[str, Any]) -> None:
@@ -127,14 +141,10 @@ def run_worker(loop_config: dict[str, Any]) -> None:
 
     directory = config.data.prepared_root / config.data.dataset
     data = TrainClips(directory, config.data.frames, config.train.sampler, config.train.stride, seed=config.seed)
-    loader = train_loader(data, config.train.p // world, config.train.k, config.train.loader_workers, world, rank)
+    loader = train_loader(data, config.train.p, config.train.k, config.train.loader_workers, world, rank,
+                          config.train.epoch)
     spec = config.spec(data.num_classes)
-    model = build_model(spec)
-    if config.train.imagenet_init:
-        load_imagenet(model, config.train.imagenet_init)
-    if config.train.sync_bn:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    model = ray.train.torch.prepare_model(model)
+    model = ray.train.torch.prepare_model(training_model(spec, config.train.imagenet_init, config.train.sync_bn))
     plain = getattr(model, "module", model)
     optimizer = build_optimizer(model, config.train)
     scheduler = build_scheduler(optimizer, config.train)
@@ -153,8 +163,9 @@ def run_worker(loop_config: dict[str, Any]) -> None:
     eval_set = EvalClips(directory, config.data.frames, config.eval.sampler) if rank == 0 else None
 
     first_step_at: list[float] = []
+    shown_at = [0.0]
 
-    def on_step(epoch: int, step: int, steps: int, stats: dict[str, float]) -> None:
+    def on_step(epoch: int, step: int, steps: int, stats: dict[str, Any]) -> None:
         if not first_step_at:
             first_step_at.append(time.time())
         if fail_at_step is not None and epoch * len(loader) + step == fail_at_step and rank == world - 1:
@@ -162,8 +173,10 @@ def run_worker(loop_config: dict[str, Any]) -> None:
             if not marker.exists():  # fail once, so the restarted worker gets past this step
                 marker.touch()
                 raise RuntimeError(f"injected failure at step {fail_at_step} (test hook)")
-        if progress is not None and rank == 0:
-            progress.put_nowait((epoch, step, steps, stats["loss"], stats["clips_per_s"] * world))
+        # Reading the loss synchronises with the device: at most once a second, and only for a bar.
+        if progress is not None and rank == 0 and (time.time() - shown_at[0] >= 1 or step == steps):
+            shown_at[0] = time.time()
+            progress.put_nowait((epoch, step, steps, stats["loss"].item(), stats["clips_per_s"] * world))
 
     for epoch in range(start_epoch, config.train.epochs):
         set_epoch(loader, epoch)
@@ -177,16 +190,17 @@ def run_worker(loop_config: dict[str, Any]) -> None:
             scores, cmcs = evaluate_model(plain, eval_set, config, device)
             metrics |= scores
             metrics["checkpoint_score"] = scores[config.eval.select_by]
-            if scores[config.eval.select_by] > best.value:
-                primary = config.eval.protocols[0]
+            # Ties go to the later epoch, as the authors' `cmc >= best_cmc` (train_NL.py).
+            if scores[config.eval.select_by] >= best.value:
                 best = Best(epoch, scores[config.eval.select_by],
                             {p: {k.removeprefix(p + "."): v for k, v in scores.items() if k.startswith(p + ".")}
-                             for p in config.eval.protocols}, cmcs[primary])
+                             for p in config.eval.protocols}, cmcs)
         metrics |= {"best_epoch": best.epoch, "best_value": best.value, "best_scores": best.scores, "best_cmc": best.cmc,
                     "mlflow_run_id": loop_config.get("mlflow_run_id"),
                     # Lets a sweep free the workers of a trial that Tune stops early (ray#54305).
                     "placement_group": ray.get_runtime_context().get_placement_group_id(),
-                    "first_step_at": first_step_at[0] if first_step_at else math.nan}
+                    "first_step_at": first_step_at[0] if first_step_at else math.nan,
+                    "cpu_capability": torch.backends.cpu.get_cpu_capability()}
         if rank == 0:
             with tempfile.TemporaryDirectory() as folder:
                 save_state(Path(folder), plain, spec, optimizer=optimizer.state_dict(),

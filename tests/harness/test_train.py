@@ -10,8 +10,12 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+from torch import nn
+
 from harness.cli import UserError
 from harness.train import fit, ray_session
+from harness.train_loop import training_model
+from models.presets import preset_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -31,13 +35,16 @@ def history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, floa
 def test_two_workers_train_and_track(local_ray, tiny_config, prepared_root, monkeypatch):
     # A relative data path, as in params.yaml: workers do not share the driver's cwd.
     monkeypatch.chdir(prepared_root.parent)
-    config = tiny_config("ray.num_workers=2", "train.epochs=4", "train.batch_size=8", "train.k=2",
+    # P = 2 identities per step over 2 workers: one identity per worker. Mining on a worker's own
+    # share would find no negative and the triplet term would be 0; on the global batch it is not.
+    config = tiny_config("ray.num_workers=2", "train.epochs=4", "train.batch_size=4", "train.k=2",
                          f"data.prepared_root={prepared_root.name}")
     result = fit(config, progress=False)
     client = MlflowClient(config.mlflow.tracking_uri)
     run = client.get_run(result.run_id)
     losses = [v for _, v in history(client, result.run_id, "loss")]
     assert len(losses) == 4 and losses[-1] < losses[0]
+    assert all(v > 0.05 for _, v in history(client, result.run_id, "triplet"))
     assert run.data.params["model.preset"] == "nvan" and run.data.params["spec.non_local"] == "[0, 2, 3, 0]"
     assert run.data.params["git_commit"] and run.data.params["dataset.manifest_hash"] != "unknown"
     assert {"cost.gmacs", "cost.params_m", "cost.latency_ms", "best.rank1", "best.map"} <= set(run.data.metrics)
@@ -103,7 +110,23 @@ def test_cli_rejects_bad_config(tiny_sets, override, message):
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_cli_refuses_a_store_of_another_frame_size(tiny_sets):
+    # The store holds 64 x 32 frames: training at 128 x 64 would record a model it did not train.
+    proc = subprocess.run([sys.executable, "-m", "harness.train", *tiny_sets, "--set", "data.height=128",
+                           "--set", "data.width=64"], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "64 x 32 pixels (H x W)" in proc.stderr and "data.height x data.width is 128 x 64" in proc.stderr
+
+
 def test_cli_names_the_prepare_command(tiny_sets):
     proc = subprocess.run([sys.executable, "-m", "harness.train", *tiny_sets, "--set", "data.dataset=duke"],
                           capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 2 and "datasets.prepare" in proc.stderr
+
+
+def test_sync_bn_covers_every_norm_including_the_bnneck():
+    model = training_model(preset_spec("nvan", 5, width=4), sync_bn=True)
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    assert len(norms) > 50 and all(isinstance(m, nn.SyncBatchNorm) for m in norms)
+    assert isinstance(model.bottleneck, nn.SyncBatchNorm) and not model.bottleneck.bias.requires_grad
+    assert isinstance(model.non_local.layer2[0].W[1], nn.SyncBatchNorm)

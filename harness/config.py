@@ -85,6 +85,9 @@ class DataConfig(Section):
         return InputSize(frames=self.frames, height=self.height, width=self.width)
 
 
+SPEC_FIELDS = ("non_local", "stripes", "nl_window", "temporal_pool_after", "stem_relu", "head")
+
+
 class ModelConfig(Section):
     """A preset plus optional overrides of its ModelSpec fields (null keeps the preset's)."""
 
@@ -95,10 +98,12 @@ class ModelConfig(Section):
     stripes: list[int] | None = None
     nl_window: int | None = None
     temporal_pool_after: list[int] | None = None
+    stem_relu: bool | None = Field(None, description="ReLU after the stem's BN (torchvision); the presets: false (the authors')")
+    head: Literal["clip", "frame"] | None = Field(None, description="BNNeck on the clip or on each frame; null: the preset's")
 
     def spec(self, num_classes: int, preset_params: PresetParams | None = None) -> ModelSpec:
         """The ModelSpec of this section for `num_classes` identities; null fields come from `preset_params`."""
-        fields = ("non_local", "stripes", "nl_window", "temporal_pool_after")
+        fields = SPEC_FIELDS
         overrides = {k: getattr(self, k) for k in fields if getattr(self, k) is not None}
         if preset_params is not None:
             overrides = {k: getattr(preset_params, k) for k in fields if getattr(preset_params, k) is not None} | overrides
@@ -106,12 +111,24 @@ class ModelConfig(Section):
 
 
 class PresetParams(Section):
-    """Per-preset ModelSpec overrides (params `presets.<name>`), applied where `model.*` is null."""
+    """Per-preset overrides (params `presets.<name>`): ModelSpec fields, applied where `model.*` is null,
+    and `train`, a partial train section applied over `train.*` when this preset trains."""
 
     non_local: list[int] | None = None
     stripes: list[int] | None = None
     nl_window: int | None = None
     temporal_pool_after: list[int] | None = None
+    stem_relu: bool | None = None
+    head: Literal["clip", "frame"] | None = None
+    train: dict[str, Any] = {}
+
+    @field_validator("train")
+    @classmethod
+    def _train_keys(cls, values: dict[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(values) - set(TrainConfig.model_fields))
+        if unknown:
+            raise ValueError(f"unknown train keys {unknown}; use keys of the train section, e.g. epochs, weight_decay")
+        return values
 
 
 class CostConfig(Section):
@@ -131,8 +148,11 @@ class TrainConfig(Section):
     epochs: int = Field(6, ge=1)
     batch_size: int = Field(16, ge=2, description="clips per step over all workers: P identities x K tracklets")
     k: int = Field(4, ge=1, description="tracklets per identity in a batch (K)")
-    sampler: Literal["chunk_random", "chunk_first", "evenly"] = "chunk_random"
+    sampler: Literal["chunk_random", "chunk_first", "segment_random", "segment_first", "evenly"] = "chunk_random"
     stride: int = Field(1, ge=1, description="frame stride of the `evenly` sampler")
+    epoch: Literal["identities", "tracklets"] = Field(
+        "identities", description="identities: one pass over the identities, K tracklets drawn with replacement "
+                                  "(the authors'); tracklets: one pass over groups of K tracklets")
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     lr: float = Field(1e-4, gt=0)
     weight_decay: float = Field(5e-5, ge=0)
@@ -147,6 +167,9 @@ class TrainConfig(Section):
     grad_accum: int = Field(1, ge=1, description="steps whose gradients are summed before an update")
     imagenet_init: Path | None = None
     loader_workers: int = Field(0, ge=0)
+    cpu_isa: Literal["avx2", "native"] = Field(
+        "avx2", description="x86 CPU kernels of the training workers: avx2 pins them, so CPU training gives "
+                            "the same numbers on AVX-512 machines too; native lets torch choose (faster there)")
     steps_per_epoch: int | None = Field(None, ge=1, description="cap on steps per epoch; null = one pass of the P x K sampler")
     keep_checkpoints: int = Field(2, ge=1)
     log_checkpoint: bool = False
@@ -170,7 +193,7 @@ class EvalConfig(Section):
     protocols: list[Literal["mars-official", "standard"]] = ["mars-official", "standard"]
     metric: Literal["cosine", "euclidean"] = "cosine"
     select_by: Literal["rank1", "map"] = "map"
-    sampler: Literal["chunk_first", "dense", "evenly"] = "chunk_first"
+    sampler: Literal["chunk_first", "segment_first", "dense", "evenly"] = "chunk_first"
     batch_size: int = Field(8, ge=1, description="tracklets per inference batch")
 
 
@@ -228,7 +251,7 @@ class SearchSpace(Section):
     window: list[Annotated[int, Field(ge=0)]] | None = Field(None, description="attention window, frames; 0 = clip")
     temporal_pool: list[str] | None = Field(None, description="stages followed by temporal pooling: none, 2, 3, 23")
     frames: list[Annotated[int, Field(ge=1)]] | None = Field(None, description="clip length T")
-    sampler: list[Literal["chunk_random", "chunk_first", "evenly"]] | None = None
+    sampler: list[Literal["chunk_random", "chunk_first", "segment_random", "segment_first", "evenly"]] | None = None
     stride: list[Annotated[int, Field(ge=1)]] | None = None
     lr: list[Annotated[float, Field(gt=0)]] | None = None
     width: list[Annotated[int, Field(ge=1)]] | None = None
@@ -377,11 +400,26 @@ def load_config(path: Path | str = DEFAULT_PARAMS, overrides: list[str] = ()) ->
     for item in overrides:
         key, value = parse_override(item)
         _set_path(tree, key, value, f"--set {item!r}")
+    _apply_preset_train(tree)
     try:
         return Config.model_validate(tree)
     except ValidationError as e:
         problems = "; ".join(_describe(err) for err in e.errors(include_url=False))
         raise ConfigError(f"invalid config in {path} (after --set overrides): {problems}") from None
+
+
+def _apply_preset_train(tree: dict) -> None:
+    """Merge presets.<model.preset>.train over the train section of a raw params tree, in place.
+
+    Done once, where params are read, so later overrides (a sweep's trial params) are not undone.
+    """
+    model = tree.get("model") if isinstance(tree.get("model"), dict) else {}
+    preset = model.get("preset", ModelConfig.model_fields["preset"].default)
+    presets = tree.get("presets") if isinstance(tree.get("presets"), dict) else {}
+    extra = (presets.get(preset) or {}).get("train") if isinstance(presets.get(preset), dict) else None
+    if isinstance(extra, dict) and extra:
+        train = tree.get("train") if isinstance(tree.get("train"), dict) else {}
+        tree["train"] = {**train, **extra}
 
 
 def override(config: Config, overrides: dict[str, Any], source: str) -> Config:

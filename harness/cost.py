@@ -3,8 +3,9 @@
 Units: MACs are multiply-accumulates of convolutions, linear layers, matrix products and
 attention (what fvcore calls "flops"; FLOPs = 2 x MACs). Elementwise work (batch norm,
 pooling, softmax, additions) is not counted, as in the ResNet and NVAN papers. Latency is
-seconds per batch, median over repeats, of the inference model (eval mode, batch norms folded
-into the convolutions, `torch.inference_mode`); MACs are those of the unfused model.
+seconds per batch of the inference model (eval mode, batch norms folded into the convolutions,
+`torch.inference_mode`), median over repeats with its spread, the threads used, the processor,
+and how many cores other processes kept busy meanwhile; MACs are those of the unfused model.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import ctypes
 import logging
 import math
 import multiprocessing as mp
+import os
+import platform
 import statistics
 import time
 import warnings
@@ -32,8 +35,48 @@ from models.video_reid import build_model
 
 log = logging.getLogger("harness.cost")
 
-UNITS = {"macs": "multiply-accumulates per clip", "latency_s": "seconds per batch", "peak_memory_mb": "MiB"}
+UNITS = {"macs": "multiply-accumulates per clip", "latency": "seconds per batch (median, min, max, quartiles)",
+         "peak_memory_mb": "MiB", "other_cpus": "cores busy with other processes while timing"}
 PARTS = ("stem", "stage1", "stage2", "stage3", "stage4", "non_local", "head")
+# A timing whose range exceeds a quarter of its median, or that shared the machine with more than
+# a quarter of a core of other work, is marked noisy (tables show it; compare such figures with care).
+NOISY_SPREAD = 0.25
+NOISY_OTHER_CPUS = 0.25
+
+
+@dataclass(frozen=True)
+class Latency:
+    """Seconds per batch over `repeats` timed forwards: median, range and quartiles, and the conditions."""
+
+    median_s: float
+    min_s: float
+    max_s: float
+    q1_s: float
+    q3_s: float
+    repeats: int
+    threads: int
+    device: str
+    other_cpus: float | None  # None where /proc/stat is unavailable
+
+    @property
+    def spread(self) -> float:
+        """(max - min) / median, a fraction."""
+        return (self.max_s - self.min_s) / self.median_s
+
+    @property
+    def noisy(self) -> bool:
+        """True when the spread or the competing load makes the median doubtful."""
+        return self.spread > NOISY_SPREAD or (self.other_cpus or 0.0) > NOISY_OTHER_CPUS
+
+    def as_dict(self) -> dict:
+        """JSON form: the fields plus spread and noisy."""
+        return asdict(self) | {"spread": self.spread, "noisy": self.noisy}
+
+    @classmethod
+    def of(cls, times: list[float], threads: int, device: str, other_cpus: float | None) -> Latency:
+        """The summary of raw per-batch `times` (seconds)."""
+        q1, median, q3 = statistics.quantiles(times, n=4, method="inclusive") if len(times) > 1 else times * 3
+        return cls(median, min(times), max(times), q1, q3, len(times), threads, device, other_cpus)
 
 
 @dataclass(frozen=True)
@@ -52,8 +95,7 @@ class CostReport:
     macs: int
     macs_by_part: dict[str, int]
     uncounted_ops: list[str]
-    latency_s: float | None = None
-    latency_threads: int | None = None
+    latency: Latency | None = None
     peak_memory_mb: float | None = None
 
     @property
@@ -63,6 +105,11 @@ class CostReport:
     @property
     def input_label(self) -> str:
         return f"{self.frames}x{self.height}x{self.width}"
+
+    def as_dict(self) -> dict:
+        """JSON form, with gmacs, the input label and the latency summary."""
+        latency = self.latency.as_dict() if self.latency else None
+        return asdict(self) | {"latency": latency, "gmacs": self.gmacs, "input": self.input_label}
 
 
 def part_of(module_name: str) -> str:
@@ -181,6 +228,29 @@ def peak_rss_mib(since_kib: int) -> float:
     return (_rss_kb("VmHWM") - since_kib) / 1024
 
 
+def cpu_name() -> str:
+    """The processor's model name (Linux), else the platform's processor string."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _busy_seconds() -> float | None:
+    """CPU seconds all processes have spent busy since boot (Linux /proc/stat), or None."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
 def _measure(spec: ModelSpec, size: InputSize, batch: int, warmup: int, repeats: int, threads: int):
     """Runs in a fresh spawned process, so its peak RSS counts this model alone."""
     if threads:
@@ -195,16 +265,22 @@ def _measure(spec: ModelSpec, size: InputSize, batch: int, warmup: int, repeats:
         for _ in range(max(warmup - 1, 0)):
             model(clips)
         times = []
+        busy, own, wall = _busy_seconds(), time.process_time(), time.perf_counter()
         for _ in range(repeats):
             start = time.perf_counter()
             model(clips)
             times.append(time.perf_counter() - start)
-    return statistics.median(times), torch.get_num_threads(), peak_mb
+        busy_after = _busy_seconds()
+        other = None
+        if busy is not None and busy_after is not None:
+            # Whatever the machine was busy with beyond this process, in cores; clock ticks round to 0.01 s.
+            other = max(0.0, (busy_after - busy - (time.process_time() - own)) / (time.perf_counter() - wall))
+    return Latency.of(times, torch.get_num_threads(), f"cpu: {cpu_name()}", other), peak_mb
 
 
 def measure(spec: ModelSpec, size: InputSize, batch: int = 1, warmup: int = 2, repeats: int = 10,
-            threads: int = 0) -> tuple[float, int, float | None]:
-    """Median latency (s per batch), threads used, and peak extra memory of one forward (MiB)."""
+            threads: int = 0) -> tuple[Latency, float | None]:
+    """Latency per batch (s, with spread and conditions) and peak extra memory of one forward (MiB)."""
     with mp.get_context("spawn").Pool(1) as pool:
         return pool.apply(_measure, (spec, size, batch, warmup, repeats, threads))
 
@@ -218,33 +294,36 @@ def cost_of(name: str, spec: ModelSpec, size: InputSize, batch: int = 1, measure
     params, params_by_part, params_classifier = count_params(model)
     clips = torch.randn(1, size.frames, 3, size.height, size.width)
     macs, macs_by_part, uncounted = count_macs(model, clips)
-    latency = used_threads = peak = None
+    latency = peak = None
     if measure_time:
-        latency, used_threads, peak = measure(spec, size, batch, warmup, repeats, threads)
+        latency, peak = measure(spec, size, batch, warmup, repeats, threads)
     return CostReport(
         name=name, model_width=spec.width, frames=size.frames, height=size.height, width=size.width, batch=batch,
         params=params, params_by_part=params_by_part, params_classifier=params_classifier,
-        macs=macs, macs_by_part=macs_by_part, uncounted_ops=uncounted,
-        latency_s=latency, latency_threads=used_threads, peak_memory_mb=peak,
+        macs=macs, macs_by_part=macs_by_part, uncounted_ops=uncounted, latency=latency, peak_memory_mb=peak,
     )
 
 
 def format_table(reports: list[CostReport]) -> str:
     """A plain-text table: params (M), GMACs per clip by part, latency (ms) and memory (MB)."""
-    head = ["model", "width", "input TxHxW", "params M", "GMACs"] + [p for p in PARTS] + ["ms/batch", "threads", "peak MB"]
+    head = ["model", "width", "input TxHxW", "params M", "GMACs"] + [p for p in PARTS] + [
+        "ms/batch", "min-max ms", "threads", "peak MB"]
     rows = []
     for r in reports:
+        lat = r.latency
         rows.append([
             r.name, str(r.model_width), r.input_label, f"{r.params / 1e6:.2f}", f"{r.gmacs:.2f}",
             *(f"{r.macs_by_part[p] / 1e9:.2f}" for p in PARTS),
-            "-" if r.latency_s is None else f"{r.latency_s * 1e3:.1f}",
-            "-" if r.latency_threads is None else str(r.latency_threads),
+            "-" if lat is None else f"{lat.median_s * 1e3:.1f}" + (" noisy" if lat.noisy else ""),
+            "-" if lat is None else f"{lat.min_s * 1e3:.1f}-{lat.max_s * 1e3:.1f}",
+            "-" if lat is None else str(lat.threads),
             "-" if r.peak_memory_mb is None else f"{r.peak_memory_mb:.0f}",
         ])
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
     lines = ["  ".join(str(x).rjust(w) for x, w in zip(row, widths)) for row in [head, *rows]]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    note = "GMACs per clip (1 MAC = 1 multiply-accumulate; FLOPs = 2 x MACs); parts exclude the classifier."
+    note = ("GMACs per clip (1 MAC = 1 multiply-accumulate; FLOPs = 2 x MACs); parts exclude the classifier. "
+            f"noisy: range > {NOISY_SPREAD:.0%} of the median, or > {NOISY_OTHER_CPUS} cores of other work while timing.")
     return "\n".join(lines + [note])
 
 
@@ -279,10 +358,7 @@ def main(argv: list[str] | None = None) -> int:
         ))
     print(format_table(reports))
     if args.out:
-        payload = {
-            "units": UNITS,
-            "reports": [asdict(r) | {"gmacs": r.gmacs, "input": r.input_label} for r in reports],
-        }
+        payload = {"units": UNITS, "reports": [r.as_dict() for r in reports]}
         write_json_atomic(args.out, payload)
         log.info("wrote %s", args.out)
     return 0

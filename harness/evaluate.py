@@ -17,6 +17,7 @@ from harness.cli import UserError, config_parser, load_from_args, run
 from harness.config import Config
 from harness.io import atomic_path, write_json_atomic
 from harness.metrics import Scores, score_test_set
+from harness.prepared import prepared_dataset
 from models.checkpoints import load_official_checkpoint
 
 log = logging.getLogger("harness.evaluate")
@@ -106,12 +107,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--save-features", type=Path, help="write features.npy + index.parquet here")
     parser.add_argument("--out", type=Path, help="write the scores as JSON here")
     args = parser.parse_args(argv)
+    if args.preset:  # before validation: the config's checks (stripes at the input) concern this preset
+        args.overrides.append(f"model.preset={args.preset}")
     config = load_from_args(args)
     protocols, metric = config.eval.protocols, config.eval.metric
     if args.features:
         features, rows = load_features(args.features)
     else:
-        directory = config.data.prepared_root / config.data.dataset
+        directory, _ = prepared_dataset(config)
         dataset = EvalClips(directory, config.data.frames, config.eval.sampler)
         model = _model_from_args(args, config)
         device = "cuda" if torch.cuda.is_available() else "cpu"

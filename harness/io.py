@@ -8,6 +8,8 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+from harness.cli import UserError
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -35,3 +37,15 @@ def write_json_atomic(target: Path | str, payload: object) -> None:
     """Write `payload` as indented JSON to `target` atomically."""
     with atomic_path(target) as tmp:
         tmp.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
+
+
+def check_writable(target: Path | str) -> None:
+    """Raise UserError, before any expensive work, when `target` could not be written (its folder or an ancestor)."""
+    target = Path(target)
+    if target.is_dir():
+        raise UserError(f"output {target} is a folder; give a file path")
+    folder = target.parent
+    probe = folder if folder.exists() else next((p for p in folder.parents if p.exists()), Path("."))
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write {target}: {probe} is not a writable folder; choose another output path "
+                        f"or fix the folder's permissions")

@@ -1,12 +1,18 @@
-"""Benchmark reports from the MLflow store: Pareto plots (PNG, offline HTML), tables, DVC metrics.
+"""Benchmark reports: Pareto plots (PNG, offline HTML), tables and DVC metrics (python -m harness.report).
 
-Accuracy is shown in percent (MLflow stores fractions); cost is GMACs (1e9 multiply-accumulates,
+The DVC `report` stage builds them from run records (`--runs reports/runs/<preset>.json`, see
+harness/records.py) and sweep tables (`--sweep .../results.parquet`): files DVC tracks, so the
+report is a function of its declared inputs. `--from-mlflow` reads an MLflow experiment instead,
+for ad-hoc views across experiments and sweeps outside DVC.
+
+Accuracy is shown in percent (runs store fractions); cost is GMACs (1e9 multiply-accumulates,
 not FLOPs) per clip at the input each run was measured, T x H x W. Datasets are never mixed in
 one plot: every (dataset, synthetic) group gets its own row of panels, table and metrics entry.
 """
 
 from __future__ import annotations
 
+import calendar
 import functools
 import html
 import io
@@ -14,6 +20,7 @@ import json
 import logging
 import math
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +39,8 @@ from harness.cli import UserError, config_parser, load_from_args, run
 from harness.config import PAPER_INPUT
 from harness.cost import UNITS as COST_UNITS
 from harness.cost import macs_on_meta
-from harness.io import atomic_path, write_json_atomic
+from harness.io import atomic_path, check_writable, write_json_atomic
+from harness.records import read_record
 from harness.tracking import tracking_uri
 from models.presets import preset_spec
 
@@ -68,9 +76,9 @@ MAX_LABELS = 30  # per panel; beyond it only Pareto and preset runs are labelled
 
 _TEXT = ("run_id", "parent_run_id", "label", "kind", "status", "dataset", "preset", "protocol",
          "device", "input", "git_commit")
-_FLOAT = ("params_m", "gmacs", "gmacs_paper", "latency_ms", *METRICS)
-SCHEMA = {**dict.fromkeys(_TEXT, pl.String), "synthetic": pl.Boolean, "start_time": pl.Int64,
-          **dict.fromkeys(_FLOAT, pl.Float64), **dict.fromkeys(HOVER_PARAMS, pl.String)}
+_FLOAT = ("params_m", "gmacs", "gmacs_paper", "latency_ms", "latency_min_ms", "latency_max_ms", "train_s", *METRICS)
+SCHEMA = {**dict.fromkeys(_TEXT, pl.String), "synthetic": pl.Boolean, "latency_noisy": pl.Boolean,
+          "start_time": pl.Int64, **dict.fromkeys(_FLOAT, pl.Float64), **dict.fromkeys(HOVER_PARAMS, pl.String)}
 
 
 def open_experiment(uri: str, experiment: str) -> tuple[MlflowClient, str]:
@@ -108,9 +116,81 @@ def _row(r) -> dict:
         "git_commit": params.get("git_commit"), "start_time": r.info.start_time,
         "params_m": metrics.get("cost.params_m"), "gmacs": metrics.get("cost.gmacs"),
         "gmacs_paper": metrics.get("cost.gmacs_paper"), "latency_ms": metrics.get("cost.latency_ms"),
+        "latency_min_ms": metrics.get("cost.latency_min_ms"), "latency_max_ms": metrics.get("cost.latency_max_ms"),
+        "latency_noisy": None if metrics.get("cost.latency_noisy") is None else bool(metrics["cost.latency_noisy"]),
+        "train_s": None if r.info.end_time is None else (r.info.end_time - r.info.start_time) / 1e3,
         **{m: metrics.get(f"best.{m}") for m in METRICS},
         **{p: params.get(p) for p in HOVER_PARAMS},
     }
+
+
+def _param_text(value) -> str | None:
+    """A config value as MLflow logs it (lists as '[0, 2, 3, 0]'), so both sources read alike."""
+    return None if value is None else str(list(value) if isinstance(value, tuple) else value)
+
+
+def _record_row(record: dict) -> dict:
+    """One SCHEMA row from a run record (harness/records.py)."""
+    config, cost, run = record["config"], record["cost"], record["run"]
+    latency = cost.get("latency") or {}
+    primary = config["eval"]["protocols"][0]
+    best = record["scores"].get(primary, {})
+    finished = run.get("finished_at")
+    start_time = None
+    if finished:
+        start_time = int(1000 * calendar.timegm(time.strptime(finished, "%Y-%m-%dT%H:%M:%SZ")))
+
+    def ms(key: str):
+        return None if latency.get(key) is None else 1e3 * latency[key]
+
+    hover = {p: _param_text(record["spec"].get(p.removeprefix("spec."))) if p.startswith("spec.")
+             else _param_text(config.get(p.split(".")[0], {}).get(p.split(".")[1])) for p in HOVER_PARAMS}
+    return {
+        "run_id": run.get("mlflow_run_id"), "parent_run_id": None, "label": record["label"], "kind": record["kind"],
+        "status": "finished", "dataset": record["dataset"]["name"], "synthetic": bool(record["dataset"]["synthetic"]),
+        "preset": record["preset"], "protocol": primary, "device": run.get("device"), "input": record["input"],
+        "git_commit": record["git_commit"], "start_time": start_time,
+        "params_m": cost.get("params_m"), "gmacs": cost.get("gmacs"), "gmacs_paper": cost.get("gmacs_paper"),
+        "latency_ms": ms("median_s"), "latency_min_ms": ms("min_s"), "latency_max_ms": ms("max_s"),
+        "latency_noisy": latency.get("noisy"), "train_s": run.get("seconds"),
+        **{m: best.get(m) for m in METRICS}, **hover,
+    }
+
+
+def load_records(paths: list[Path]) -> pl.DataFrame:
+    """One row per run record file, in the order given."""
+    return pl.DataFrame([_record_row(read_record(p)) for p in paths], schema=SCHEMA)
+
+
+SWEEP_COLUMNS = ("label", "status", "map", "rank1", "gmacs_input", "dataset", "synthetic", "input")
+
+
+def load_sweeps(paths: list[Path]) -> pl.DataFrame:
+    """One row per trial of each sweep table (`reports/sweeps/<name>/results.parquet`)."""
+    frames = []
+    for path in paths:
+        try:
+            table = pl.read_parquet(path)
+        except FileNotFoundError:
+            raise UserError(f"sweep table {path} does not exist; run the sweep (python -m harness.sweep --name "
+                            f"{path.parent.name}) or drop --sweep {path}") from None
+        except (OSError, pl.exceptions.PolarsError) as e:
+            raise UserError(f"sweep table {path} is not a parquet file ({type(e).__name__}); rerun the sweep") from None
+        missing = [c for c in SWEEP_COLUMNS if c not in table.columns]
+        if missing:
+            raise UserError(f"sweep table {path} lacks columns {missing}; it was written by an older harness.sweep, "
+                            f"rerun or resume the sweep to rewrite it")
+        frames.append(table.select(
+            run_id=pl.col("mlflow_run_id") if "mlflow_run_id" in table.columns else pl.lit(None, pl.String),
+            parent_run_id=pl.lit(path.parent.name), label=pl.col("label"), kind=pl.lit("trial"),
+            status=pl.col("status"), dataset=pl.col("dataset"), synthetic=pl.col("synthetic"),
+            input=pl.col("input"), gmacs=pl.col("gmacs_input"), rank1=pl.col("rank1"), map=pl.col("map"),
+            git_commit=pl.col("git_commit") if "git_commit" in table.columns else pl.lit(None, pl.String),
+        ))
+    if not frames:
+        return pl.DataFrame(schema=SCHEMA)
+    rows = pl.concat(frames, how="diagonal_relaxed")
+    return pl.concat([pl.DataFrame(schema=SCHEMA), rows], how="diagonal_relaxed").select(SCHEMA.keys()).cast(SCHEMA)
 
 
 def load_runs(client: MlflowClient, experiment_id: str) -> pl.DataFrame:
@@ -170,6 +250,11 @@ def _fmt(value, spec: str) -> str:
     return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
 
 
+def _latency_text(run: dict) -> str:
+    """Median latency in ms, with 'noisy' when its range or the competing load was too wide to trust."""
+    return _fmt(run["latency_ms"], ".1f") + (" noisy" if run.get("latency_noisy") else "")
+
+
 def hover_text(run: dict) -> str:
     """The multi-line tooltip of one run: identity, config, cost and metrics (percent)."""
     spec = " ".join(f"{k.removeprefix('spec.')}={run[k]}" for k in HOVER_PARAMS if k.startswith("spec.") and run[k])
@@ -180,7 +265,8 @@ def hover_text(run: dict) -> str:
         f"preset {run['preset']}, input {run['input']} (T x H x W), device {run['device']}",
         f"spec: {spec}", f"config: {train}",
         f"cost: {_fmt(run['gmacs'], '.3g')} GMACs/clip, {_fmt(run['params_m'], '.2f')} M params, "
-        f"{_fmt(run['latency_ms'], '.1f')} ms latency",
+        f"{_latency_text(run)} ms latency (range {_fmt(run['latency_min_ms'], '.1f')}-"
+        f"{_fmt(run['latency_max_ms'], '.1f')} ms)",
         "best (%): " + " ".join(f"{m}={_fmt(run[f'{m}_pct'], '.1f')}" for m in METRICS),
         f"git {run['git_commit']}",
     ])
@@ -342,14 +428,16 @@ def table_rows(points: pl.DataFrame) -> list[list[str]]:
         front = ", ".join(n.split()[0] for acc, n in PANELS if r[f"pareto_{acc}"])
         rows.append([f"★ {front}" if front else "", r["label"], r["group"], r["kind"], r["status"],
                      r["input"] or "–", _fmt(r["params_m"], ".2f"), _fmt(r["gmacs"], ".3g"),
-                     _fmt(r["latency_ms"], ".1f"), *(_fmt(r[f"{m}_pct"], ".1f") for m in METRICS),
+                     _latency_text(r), *(_fmt(r[f"{m}_pct"], ".1f") for m in METRICS),
                      r["run_id"], _short_commit(r["git_commit"])])
     return rows
 
 
 _INTRO = ("Accuracy (percent) at each run's best checkpoint on its primary protocol; GMACs = 1e9 "
-          "multiply-accumulates (not FLOPs) per clip at the run's input, T x H x W; latency: batch of 1 "
-          "clip. ★ marks runs on the Pareto front (max accuracy, min GMACs) of their dataset.")
+          "multiply-accumulates (not FLOPs) per clip at the run's input, T x H x W; latency: median ms per "
+          "batch of 1 clip on the CPU of the machine that started the run, marked noisy when its range exceeds "
+          "25 % of the median or other work used more than a quarter of a core meanwhile. ★ marks runs on the "
+          "Pareto front (max accuracy, min GMACs) of their dataset.")
 
 
 def _published_rows(published: pl.DataFrame) -> list[list[str]]:
@@ -360,7 +448,8 @@ def _published_rows(published: pl.DataFrame) -> list[list[str]]:
 _PUBLISHED_HEAD = ["published model", "rank-1", "mAP", f"GMACs at {PAPER_INPUT.label()} (ours)"]
 
 
-_COST_HEAD = ["preset", "input T×H×W", "width", "params (M)", "GMACs", "batch", "latency (ms)", "peak memory (MiB)"]
+_COST_HEAD = ["preset", "input T×H×W", "width", "params (M)", "GMACs", "batch", "latency (ms)", "range (ms)",
+              "threads", "peak memory (MiB)"]
 _COST_KEYS = ("name", "input", "model_width", "params", "gmacs")
 
 
@@ -370,10 +459,10 @@ def load_costs(paths: list[Path]) -> list[dict]:
     for path in paths:
         fix = f"rerun `dvc repro cost@{path.stem}` or `python -m harness.cost --preset {path.stem} --out {path}`"
         try:
-            found = json.loads(path.read_text())["reports"]
+            found = json.loads(path.read_text(encoding="utf-8"))["reports"]
         except FileNotFoundError:
             raise UserError(f"cost file {path} does not exist; {fix}") from None
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
             raise UserError(f"cost file {path} is not a harness.cost report ({type(e).__name__}: {e}); "
                             f"expected a JSON object with a \"reports\" list; {fix}") from None
         for r in found:
@@ -386,15 +475,20 @@ def load_costs(paths: list[Path]) -> list[dict]:
 
 def cost_rows(records: list[dict]) -> list[list[str]]:
     """One row of _COST_HEAD per cost record; latency and peak memory are per batch."""
-    def ms(seconds):
-        return None if seconds is None else 1e3 * seconds
-    return [[r["name"], r["input"], str(r["model_width"]), f"{r['params'] / 1e6:.2f}", f"{r['gmacs']:.3g}",
-             str(r.get("batch", "–")), _fmt(ms(r.get("latency_s")), ".1f"), _fmt(r.get("peak_memory_mb"), ".1f")] for r in records]
+    rows = []
+    for r in records:
+        lat = r.get("latency") or {}
+        median = None if not lat else 1e3 * lat["median_s"]
+        span = f"{1e3 * lat['min_s']:.1f}-{1e3 * lat['max_s']:.1f}" if lat else "–"
+        rows.append([r["name"], r["input"], str(r["model_width"]), f"{r['params'] / 1e6:.2f}", f"{r['gmacs']:.3g}",
+                     str(r.get("batch", "–")), _fmt(median, ".1f") + (" noisy" if lat.get("noisy") else ""), span,
+                     str(lat.get("threads", "–")), _fmt(r.get("peak_memory_mb"), ".1f")])
+    return rows
 
 
 _COST_INTRO = ("Every preset at the paper's input and width and as this benchmark trains it, from "
-               "`python -m harness.cost`: GMACs per clip; latency and peak memory per batch, measured "
-               "on the machine that ran the cost stage.")
+               "`python -m harness.cost`: GMACs per clip; latency (median and range of the timed runs) and "
+               "peak memory per batch, measured on the CPU of the machine that ran the cost stage.")
 
 
 def markdown(points: pl.DataFrame, published: pl.DataFrame | None, source: str,
@@ -455,6 +549,7 @@ def metrics(points: pl.DataFrame) -> dict:
         out.setdefault(r["group"], {})[r["label"]] = {
             "rank1_pct": r["rank1_pct"], "map_pct": r["map_pct"], "minp_pct": r["minp_pct"],
             "gmacs": r["gmacs"], "params_m": r["params_m"], "latency_ms": r["latency_ms"],
+            "latency_noisy": r["latency_noisy"],
         }
     return out
 
@@ -481,40 +576,85 @@ def write_report(points: pl.DataFrame, published: pl.DataFrame | None, out_dir: 
     return paths
 
 
-def build_report(uri: str, experiment: str, dataset: str | None, out_dir: Path,
-                 latest_per_label: bool = True, published: bool = True,
-                 cost_files: list[Path] | None = None) -> list[Path]:
-    """Read the experiment's runs from the store at `uri` and write every report into `out_dir`."""
+def collect_runs(*, records: list[Path] = (), sweeps: list[Path] = (),
+                 mlflow: tuple[str, str] | None = None) -> tuple[pl.DataFrame, str]:
+    """Every run to report and a description of where they came from: run records and sweep tables, or
+    the MLflow experiment `mlflow` = (tracking URI, experiment name)."""
+    if mlflow is not None:
+        uri, experiment = mlflow
+        return load_runs(*open_experiment(uri, experiment)), f"experiment {experiment!r} in {uri}"
+    frames = [load_records(list(records)), load_sweeps(list(sweeps))]
+    parts = [f"{len(records)} run record(s)"] + ([f"{len(sweeps)} sweep table(s)"] if sweeps else [])
+    return pl.concat(frames, how="vertical"), " and ".join(parts)
+
+
+def build_report(out_dir: Path, *, records: list[Path] = (), sweeps: list[Path] = (),
+                 mlflow: tuple[str, str] | None = None, dataset: str | None = None, latest_per_label: bool = True,
+                 published: bool = True, cost_files: list[Path] | None = None) -> tuple[list[Path], pl.DataFrame]:
+    """Write every report into `out_dir` from run records and sweep tables (or an MLflow experiment); return
+    the files written and the plotted points."""
+    for name in ("pareto.png", "pareto.html", "benchmark.md", "metrics.json", "pareto.csv", "cost.json"):
+        check_writable(out_dir / name)
     costs = load_costs(cost_files or [])
-    client, experiment_id = open_experiment(uri, experiment)
-    every = load_runs(client, experiment_id)
+    every, source = collect_runs(records=records, sweeps=sweeps, mlflow=mlflow)
     runs = select_runs(every, dataset, latest_per_label)
     if runs.is_empty():
         have = sorted(every["dataset"].drop_nulls().unique().to_list())
-        raise UserError(no_runs_message(uri, experiment, dataset,
-                                        f"datasets with runs: {have}" if have else "it is empty"))
+        why = f"datasets with runs: {have}" if have else "it is empty"
+        if mlflow is not None:
+            raise UserError(no_runs_message(*mlflow, dataset, why))
+        raise UserError(f"nothing to report: {source} hold no run{f' of dataset {dataset!r}' if dataset else ''} "
+                        f"({why}); pass --runs FILE for each run record, or --dataset NAME")
     points = plot_points(runs)
     refs = published_points() if published and (points["dataset"] == "mars").any() else None
-    paths = write_report(points, refs, out_dir, f"experiment {experiment!r} in {uri}", costs)
+    paths = write_report(points, refs, out_dir, source, costs)
     log.info("%d runs in %d dataset group(s) -> %s", len(points), points["group"].n_unique(),
              ", ".join(str(p) for p in paths))
-    return paths
+    return paths, points
+
+
+def format_summary(points: pl.DataFrame) -> str:
+    """The console summary: per dataset group, each run's accuracy, cost and training time."""
+    lines = []
+    for group in points["group"].unique(maintain_order=True):
+        rows = points.filter(pl.col("group") == group)
+        lines += [f"{group}: rank-1 / mAP (%) at the best checkpoint, GMACs per clip, latency, training time",
+                  f"  {'run':<28}{'rank-1':>8}{'mAP':>8}{'GMACs':>10}{'latency ms':>16}{'trained s':>11}"]
+        for r in rows.iter_rows(named=True):
+            lines.append(f"  {r['label'][:27]:<28}{_fmt(r['rank1_pct'], '8.1f')}{_fmt(r['map_pct'], '8.1f')}"
+                         f"{_fmt(r['gmacs'], '10.4g')}{_latency_text(r):>16}{_fmt(r['train_s'], '11.0f')}")
+        total = rows["train_s"].drop_nulls().sum()
+        if total:
+            lines.append(f"  training took {total:.0f} s in all ({total / 60:.1f} min)")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """python -m harness.report: read the experiment's runs and write the reports."""
+    """python -m harness.report: read run records (or an MLflow experiment) and write the reports."""
     parser = config_parser(__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=Path, action="append", default=[], metavar="FILE",
+                        help="a run record written by `harness.train --out` (repeatable)")
+    parser.add_argument("--sweep", type=Path, action="append", default=[], metavar="FILE",
+                        help="a sweep's results.parquet (repeatable)")
+    parser.add_argument("--from-mlflow", action="store_true",
+                        help="report the runs of an MLflow experiment instead (ad hoc; not for DVC stages)")
     parser.add_argument("--dataset", help="only runs of this prepared dataset (default: report.dataset; "
                                           "null = every dataset, each in its own row of panels)")
-    parser.add_argument("--experiment", help="MLflow experiment (default: mlflow.experiment)")
+    parser.add_argument("--experiment", help="with --from-mlflow: the experiment (default: mlflow.experiment)")
     parser.add_argument("--out-dir", type=Path, help="output folder (default: report.out_dir)")
     parser.add_argument("--cost", type=Path, action="append", default=[],
                         help="a `python -m harness.cost --out` file to merge into cost.json and the tables (repeatable)")
     args = parser.parse_args(argv)
     cfg = load_from_args(args)
-    build_report(tracking_uri(cfg.mlflow.tracking_uri), args.experiment or cfg.mlflow.experiment,
-                 args.dataset or cfg.report.dataset, args.out_dir or cfg.report.out_dir,
-                 cfg.report.latest_per_label, cfg.report.published, args.cost)
+    if args.from_mlflow == bool(args.runs or args.sweep):
+        raise UserError("give the runs to report: --runs FILE (run records) and/or --sweep FILE (sweep tables), "
+                        "or --from-mlflow for an MLflow experiment, not both")
+    mlflow = (tracking_uri(cfg.mlflow.tracking_uri), args.experiment or cfg.mlflow.experiment) if args.from_mlflow \
+        else None
+    _, points = build_report(args.out_dir or cfg.report.out_dir, records=args.runs, sweeps=args.sweep, mlflow=mlflow,
+                             dataset=args.dataset or cfg.report.dataset, latest_per_label=cfg.report.latest_per_label,
+                             published=cfg.report.published, cost_files=args.cost)
+    print(format_summary(points))
     return 0
 
 

@@ -38,11 +38,16 @@ def tracking_uri(configured: str | None) -> str:
     return configured or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
 
 
+# What decides a run's numbers besides its params (which every record holds in full). DVC's
+# outputs (dvc.lock, reports/) and params.yaml change during `dvc repro`; they do not make code dirty.
+CODE = ("harness", "models", "datasets", "pyproject.toml")
+
+
 def git_commit() -> str:
-    """HEAD's commit hash with '-dirty' when tracked files changed, or 'unknown' outside git."""
+    """HEAD's commit hash, with '-dirty' when the code (CODE, new files included) differs from it; 'unknown' outside git."""
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all", "--", *CODE], cwd=ROOT,
                                capture_output=True, text=True, check=True)
     except (OSError, subprocess.CalledProcessError):
         return "unknown"

@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+import platform
 import threading
 import time
 import uuid
@@ -25,7 +26,9 @@ from tqdm import tqdm
 
 from harness.cli import UserError, config_parser, load_from_args, run
 from harness.config import PAPER_INPUT, Config, InputSize, flatten
-from harness.io import write_json_atomic
+from harness.io import check_writable
+from harness.prepared import prepared_dataset
+from harness.records import run_record, write_record
 from harness.tracking import connect, find_run, git_commit, log_metrics, set_tags, start_run, tracking_uri
 
 log = logging.getLogger("harness.train")
@@ -36,17 +39,22 @@ FINAL_KEYS = ("rank1", "rank5", "rank10", "rank20", "map", "minp")
 
 @dataclass(frozen=True)
 class TrainResult:
-    """What a finished training job leaves: its MLflow run, best epoch and scores, checkpoint path."""
+    """What a finished training job leaves: its MLflow run, best epoch, scores and CMC, checkpoint, cost."""
 
     run_id: str
     ray_run: str
     best_epoch: int
     best_scores: dict[str, dict[str, float]]
+    best_cmc: dict[str, list[float]]
+    epochs: int
     checkpoint: str | None
     clips_per_s: float
     seconds: float
     startup_s: float
-    cost: dict[str, float]
+    cost: dict[str, Any]
+    spec: Any  # ModelSpec
+    manifest: dict[str, Any]
+    cpu_capability: str | None = None  # the CPU kernels torch ran in the workers (e.g. AVX2)
 
 
 @contextmanager
@@ -68,6 +76,18 @@ def ray_session(address: str | None, num_cpus: int | None = None, resources: dic
         yield
     finally:
         ray.shutdown()
+
+
+def numerics_env(cpu_isa: str) -> dict[str, str]:
+    """Environment for training workers that pins torch's x86 CPU kernels (train.cpu_isa).
+
+    Float sums come out differently with AVX-512 and AVX2 kernels, and 30 epochs from scratch turn
+    that rounding into several points of rank-1: pinning AVX2 keeps CPU results the same across x86
+    machines that have it. No effect elsewhere (ARM) or on GPU math.
+    """
+    if cpu_isa == "native" or platform.machine().lower() not in ("x86_64", "amd64"):
+        return {}
+    return {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 
 
 def absolute_paths(config: Config) -> Config:
@@ -100,14 +120,8 @@ def check_resources(config: Config) -> None:
 
 
 def check_inputs(config: Config) -> Path:
-    """The prepared dataset folder, after checking it exists and the storage path is writable."""
-    directory = config.data.prepared_root / config.data.dataset
-    if not (directory / "manifest.json").exists():
-        raise UserError(
-            f"dataset {config.data.dataset!r} is not prepared: {directory}/manifest.json is missing; run "
-            f"`dvc repro prepare@{config.data.dataset}` or `python -m datasets.prepare --format mars|duke "
-            f"--root RAW_DIR --out {directory}` first"
-        )
+    """The prepared dataset folder, after checking it fits the config and the storage path is writable."""
+    directory, _ = prepared_dataset(config)
     storage = config.ray.storage_path.resolve()
     probe = storage if storage.exists() else next(p for p in storage.parents if p.exists())
     if not os.access(probe, os.W_OK):
@@ -156,18 +170,33 @@ def _progress_bars(queue, done: threading.Event, enabled: bool) -> None:
         bar.close()
 
 
-def _cost_metrics(config: Config, num_classes: int) -> dict[str, float]:
+def run_cost(config: Config, spec) -> dict[str, Any]:
+    """Params, GMACs per clip (at the run's input and the paper's) and, if cost.measure, latency and memory."""
     from harness.cost import cost_of, macs_on_meta
 
-    spec = config.spec(num_classes)
     report = cost_of(config.model.preset, spec, config.data.input, measure_time=config.cost.measure,
-                     repeats=3, warmup=1, threads=config.ray.cpus_per_worker)
-    paper = spec if _fits(spec, PAPER_INPUT) else None
+                     repeats=config.cost.repeats, warmup=config.cost.warmup, threads=config.ray.cpus_per_worker)
     return {
-        "cost.params_m": report.params / 1e6,
-        "cost.gmacs": report.gmacs,
-        "cost.gmacs_paper": macs_on_meta(paper, PAPER_INPUT) / 1e9 if paper else math.nan,
-        "cost.latency_ms": report.latency_s * 1e3 if report.latency_s is not None else math.nan,
+        "params": report.params, "params_m": report.params / 1e6, "gmacs": report.gmacs, "input": report.input_label,
+        "gmacs_paper": macs_on_meta(spec, PAPER_INPUT) / 1e9 if _fits(spec, PAPER_INPUT) else None,
+        "paper_input": PAPER_INPUT.label(),
+        # Measured on the driver's CPU, whatever the workers train on: the device says so.
+        "latency": report.latency.as_dict() if report.latency else None,
+        "peak_memory_mb": report.peak_memory_mb,
+    }
+
+
+def cost_metrics(cost: dict[str, Any]) -> dict[str, float]:
+    """The run's cost as MLflow metrics (NaN where not measured)."""
+    latency = cost.get("latency") or {}
+    nan = math.nan
+    return {
+        "cost.params_m": cost["params_m"], "cost.gmacs": cost["gmacs"],
+        "cost.gmacs_paper": cost["gmacs_paper"] if cost.get("gmacs_paper") is not None else nan,
+        "cost.latency_ms": 1e3 * latency["median_s"] if latency else nan,
+        "cost.latency_min_ms": 1e3 * latency["min_s"] if latency else nan,
+        "cost.latency_max_ms": 1e3 * latency["max_s"] if latency else nan,
+        "cost.latency_noisy": float(latency["noisy"]) if latency else nan,
     }
 
 
@@ -245,11 +274,10 @@ def fit(config: Config, name: str | None = None, resume: str | None = None, pare
     client, experiment_id = connect(uri, config.mlflow.experiment)
     num_classes = TrainClips(directory, config.data.frames).num_classes
     manifest = json.loads((directory / "manifest.json").read_text())
+    spec = config.spec(num_classes)
+    cost = run_cost(config, spec)
     run_id = find_run(client, experiment_id, "nvan.ray_run", ray_run) if resume else None
-    if run_id is not None:
-        cost = {k: v for k, v in client.get_run(run_id).data.metrics.items() if k.startswith("cost.")}
-    else:
-        spec = config.spec(num_classes)
+    if run_id is None:
         params = flatten(config) | {
             "git_commit": git_commit(), "dataset.manifest_hash": manifest.get("content_hash", "unknown"),
             "input": config.data.input.label(),
@@ -263,8 +291,9 @@ def fit(config: Config, name: str | None = None, resume: str | None = None, pare
                     "cost.threads": str(config.ray.cpus_per_worker)} | (tags or {})
         run_id = start_run(client, experiment_id, ray_run, params, run_tags, parent_run_id)
         log.info("MLflow run %s (experiment %s, %s)", run_id, config.mlflow.experiment, uri)
-        cost = _cost_metrics(config, num_classes)
-        log_metrics(client, run_id, cost)
+        log_metrics(client, run_id, cost_metrics(cost))
+        if cost["latency"]:
+            set_tags(client, run_id, {"cost.device": cost["latency"]["device"]})
 
     queue = Queue() if progress else None
     loop_config = {"config": config.model_dump(mode="json"), "progress": queue, "fail_at_step": fail_at_step,
@@ -283,6 +312,7 @@ def fit(config: Config, name: str | None = None, resume: str | None = None, pare
                                                checkpoint_score_attribute="checkpoint_score",
                                                checkpoint_score_order="max"),
             callbacks=[_callback(uri, run_id), *(tune_callbacks or [])],
+            worker_runtime_env={"env_vars": numerics_env(config.train.cpu_isa)},
         ),
     )
     log.info("training %s on %d worker(s): run %s", config.model.preset, config.ray.num_workers, ray_run)
@@ -313,14 +343,17 @@ def fit(config: Config, name: str | None = None, resume: str | None = None, pare
     metrics = result.metrics or {}
     best_scores = metrics.get("best_scores") or {}
     train_result = TrainResult(run_id, ray_run, metrics.get("best_epoch", -1), best_scores,
+                               metrics.get("best_cmc") or {}, metrics.get("epoch", -1) + 1,
                                result.checkpoint.path if result.checkpoint else None,
                                metrics.get("clips_per_s", math.nan), seconds,
-                               metrics.get("first_step_at", math.nan) - started_at, cost)
+                               metrics.get("first_step_at", math.nan) - started_at, cost, spec, manifest,
+                               metrics.get("cpu_capability"))
     primary = best_scores.get(config.eval.protocols[0], {})
     log_metrics(client, run_id, {f"best.{k}": primary[k] for k in FINAL_KEYS if k in primary}
                 | {"best.epoch": train_result.best_epoch, "startup_s": train_result.startup_s},
                 step=metrics.get("epoch", 0))
-    _artifacts(client, run_id, config, train_result, metrics.get("best_cmc"), train_result.checkpoint)
+    cmc = train_result.best_cmc.get(config.eval.protocols[0])
+    _artifacts(client, run_id, config, train_result, cmc, train_result.checkpoint)
     set_tags(client, run_id, {"nvan.status": "finished"})
     client.set_terminated(run_id, "FINISHED")
     return train_result
@@ -349,19 +382,43 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", help="name of the run (default: preset, time and a random suffix)")
     parser.add_argument("--resume", metavar="RUN", help="continue the stopped run RUN from its last checkpoint")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    parser.add_argument("--out", type=Path, help="write the best scores and run ids as JSON here")
+    parser.add_argument("--out", type=Path, help="write the run record (JSON, see harness/records.py) here")
     args = parser.parse_args(argv)
     config = load_from_args(args)
     address = args.address or config.ray.address
     check_inputs(config)
+    if args.out:
+        check_writable(args.out)
     fail_at = os.environ.get("NVAN_TEST_FAIL_AT_STEP")
     with ray_session(address, num_cpus=os.cpu_count(), log_to_driver=config.ray.log_to_driver):
         result = fit(config, name=args.name, resume=args.resume, progress=not args.no_progress,
                      fail_at_step=int(fail_at) if fail_at else None)
     print(format_summary(result))
     if args.out:
-        write_json_atomic(args.out, result.__dict__)
+        write_record(args.out, train_record(config, result))
     return 0
+
+
+def train_record(config: Config, result: TrainResult, label: str | None = None, kind: str = "train") -> dict:
+    """The run record of `result`, trained from `config` as given (its paths unresolved)."""
+    import torch
+
+    from harness.cost import cpu_name
+
+    storage = config.ray.storage_path.resolve()
+    checkpoint = os.path.relpath(result.checkpoint, storage) if result.checkpoint else None
+    run = {
+        "mlflow_run_id": result.run_id, "ray_run": result.ray_run, "checkpoint": checkpoint,
+        "checkpoint_under": "ray.storage_path", "seconds": result.seconds, "startup_s": result.startup_s,
+        "clips_per_s": result.clips_per_s, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "device": "cuda" if config.ray.use_gpu else "cpu", "workers": config.ray.num_workers,
+        "threads_per_worker": config.ray.cpus_per_worker, "cpu_capability": result.cpu_capability,
+        "driver_cpu": cpu_name(), "torch": torch.__version__,
+    }
+    return run_record(label=label or config.model.preset, kind=kind, config=config.model_dump(mode="json"),
+                      spec=result.spec, manifest=result.manifest, cost=result.cost, scores=result.best_scores,
+                      cmc=result.best_cmc, best_epoch=result.best_epoch, epochs=result.epochs,
+                      git_commit=git_commit(), run=run)
 
 
 if __name__ == "__main__":

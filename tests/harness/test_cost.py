@@ -10,7 +10,7 @@ from torch.nn import functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from harness.config import InputSize
-from harness.cost import PARTS, cost_of, count_macs, count_params, macs_on_meta, measure, part_of
+from harness.cost import Latency, PARTS, cost_of, count_macs, count_params, macs_on_meta, measure, part_of
 from models.nonlocal_block import NonLocalBlock
 from models.presets import preset_spec
 from models.video_reid import build_model
@@ -97,9 +97,20 @@ def test_params_split_and_report_fields():
     assert classifier == 13 * spec.feature_dim
     assert total + classifier == sum(p.numel() for p in model.parameters())
     assert set(by_part) == set(PARTS) and by_part["non_local"] > 0
-    report = cost_of("nvan", spec, InputSize(frames=4, height=64, width=32), measure_time=True, repeats=2, warmup=1, threads=1)
-    assert report.latency_s > 0 and report.latency_threads == 1 and report.peak_memory_mb > 0
-    assert report.input_label == "4x64x32"
+    report = cost_of("nvan", spec, InputSize(frames=4, height=64, width=32), measure_time=True, repeats=5, warmup=1, threads=1)
+    lat = report.latency
+    assert 0 < lat.min_s <= lat.q1_s <= lat.median_s <= lat.q3_s <= lat.max_s and lat.repeats == 5
+    assert lat.threads == 1 and lat.device.startswith("cpu: ") and report.peak_memory_mb > 0
+    assert lat.other_cpus is None or lat.other_cpus >= 0
+    assert report.input_label == "4x64x32" and report.as_dict()["latency"]["noisy"] == lat.noisy
+
+
+def test_latency_spread_and_noise():
+    quiet = Latency.of([0.010, 0.0101, 0.0102, 0.0099, 0.0100], threads=2, device="cpu: x", other_cpus=0.02)
+    assert quiet.median_s == 0.0100 and quiet.min_s == 0.0099 and quiet.max_s == 0.0102 and not quiet.noisy
+    assert Latency.of([0.0064, 0.0285, 0.0070], 2, "cpu: x", 0.0).noisy  # the spread: 3.4x the median
+    assert Latency.of([0.010, 0.010, 0.010], 2, "cpu: x", 1.5).noisy  # a core and a half of other work
+    assert Latency.of([0.010], 1, "cpu: x", None).as_dict()["spread"] == 0.0
 
 
 def test_peak_memory_holds_the_largest_activation():
@@ -118,7 +129,7 @@ def test_peak_memory_holds_the_largest_activation():
             m.register_forward_hook(hook)
     with torch.inference_mode():
         model(torch.randn(1, size.frames, 3, size.height, size.width))
-    _, _, peak_mb = measure(spec, size, warmup=1, repeats=1, threads=1)
+    _, peak_mb = measure(spec, size, warmup=1, repeats=1, threads=1)
     assert floor / 2**20 > 20
     assert peak_mb >= floor / 2**20
 

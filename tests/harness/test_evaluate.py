@@ -91,3 +91,28 @@ def test_cli_round_trip_and_errors(trained, prepared_root, tmp_path):
     assert missing.returncode == 2 and "does not exist" in missing.stderr
     protocol = cli("--features", str(tmp_path / "f"), *sets, "--set", "eval.protocols=[market]")
     assert protocol.returncode == 2 and "eval.protocols" in protocol.stderr
+
+
+@pytest.mark.slow
+def test_cli_preset_applies_before_validation(prepared_root, tmp_path):
+    # The default preset (ste_nvan) cannot run 16 stripes at 64 pixels, but --preset baseline asks
+    # for the baseline: the config must be validated for that preset.
+    from authors_reference import AuthorsCNN
+
+    torch.manual_seed(0)
+    torch.save({f"module.{k}": v for k, v in AuthorsCNN("baseline", 16, width=4).state_dict().items()},
+               tmp_path / "R50_baseline_mean.pth")
+    sets = ["--set", f"data.prepared_root={prepared_root}", "--set", "data.frames=4", "--set", "data.height=64",
+            "--set", "data.width=32", "--set", "presets.ste_nvan.stripes=[16,16,16,16]"]
+    done = cli("--official", str(tmp_path / "R50_baseline_mean.pth"), "--preset", "baseline", *sets)
+    assert done.returncode == 0, done.stderr
+    assert "mars-official" in done.stdout
+
+
+def test_cli_refuses_a_store_of_another_frame_size(trained, prepared_root):
+    folder, _ = trained
+    sets = ["--set", f"data.prepared_root={prepared_root}", "--set", "data.frames=4", "--set", "data.height=128",
+            "--set", "data.width=64", "--set", "model.preset=nvan", "--set", "model.width=4"]
+    done = cli("--checkpoint", str(folder), *sets)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "64 x 32 pixels" in done.stderr and "128 x 64" in done.stderr and "datasets.prepare" in done.stderr

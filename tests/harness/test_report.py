@@ -203,7 +203,7 @@ def test_report_files(store, tmp_path):
     metrics = json.loads(paths[3].read_text())
     assert set(metrics) == {"mars", "mars (synthetic)"}
     assert metrics["mars (synthetic)"]["nvan"] == {"rank1_pct": 50.0, "map_pct": 35.0, "minp_pct": 17.5, "gmacs": 1.0,
-                                                   "params_m": 1.5, "latency_ms": 12.5}
+                                                   "params_m": 1.5, "latency_ms": 12.5, "latency_noisy": None}
     csv = pl.read_csv(paths[4])
     assert len(csv) == len(points) and set(csv["group"]) == {"mars", "mars (synthetic)"}
     assert csv.filter(pl.col("pareto_map"))["label"].to_list() == points.filter(pl.col("pareto_map"))["label"].to_list()
@@ -226,7 +226,7 @@ def cost_files(tmp_path_factory) -> list[Path]:
 
 
 def test_cost_table_merges_the_cost_files(store, tmp_path, cost_files):
-    paths = build_report(store, "nvan-bench", "mars", tmp_path, cost_files=cost_files)
+    paths, _ = build_report(tmp_path, mlflow=(store, "nvan-bench"), dataset="mars", cost_files=cost_files)
     assert paths[-1] == tmp_path / "cost.json"
     merged = json.loads(paths[-1].read_text())
     expected = [r for f in cost_files for r in json.loads(f.read_text())["reports"]]
@@ -236,7 +236,7 @@ def test_cost_table_merges_the_cost_files(store, tmp_path, cost_files):
     assert expected[1]["macs"] == macs_on_meta(spec, InputSize(frames=4, height=256, width=128))
     md = (tmp_path / "benchmark.md").read_text()
     for r in expected:
-        assert f"| {r['name']} | 4x256x128 | 8 | {r['params'] / 1e6:.2f} | {r['gmacs']:.3g} | 1 | – | – |" in md
+        assert f"| {r['name']} | 4x256x128 | 8 | {r['params'] / 1e6:.2f} | {r['gmacs']:.3g} | 1 | – | – | – | – |" in md
     assert "<h2>Cost of each preset</h2>" in (tmp_path / "pareto.html").read_text()
 
 
@@ -247,7 +247,7 @@ def test_bad_cost_files_are_user_errors(store, tmp_path, cost_files):
     (bad / "baseline.json").write_text(json.dumps({"reports": [{"name": "baseline", "input": "8x64x32"}]}))
     out = tmp_path / "out"
     with pytest.raises(UserError, match=r"cost file .*missing\.json does not exist; rerun `dvc repro cost@missing`"):
-        build_report(store, "nvan-bench", "mars", out, cost_files=[cost_files[0], bad / "missing.json"])
+        build_report(out, mlflow=(store, "nvan-bench"), dataset="mars", cost_files=[cost_files[0], bad / "missing.json"])
     with pytest.raises(UserError, match=r"cost file .*nvan\.json is not a harness\.cost report \(JSONDecodeError"):
         load_costs([bad / "nvan.json"])
     with pytest.raises(UserError, match=r"baseline\.json: a record lacks \['model_width', 'params', 'gmacs'\]"):
@@ -263,14 +263,15 @@ def test_missing_experiment_is_a_user_error(store, tmp_path):
     assert not (tmp_path / "none.db").exists()
     connect(store, "empty")
     with pytest.raises(UserError, match="'empty'.*it is empty"):
-        build_report(store, "empty", None, tmp_path)
+        build_report(tmp_path, mlflow=(store, "empty"))
     assert not list(tmp_path.iterdir())
 
 
 def test_cli_user_error_exits_2(store, tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     with pytest.raises(SystemExit) as exit_:
-        run(main, ["--set", f"mlflow.tracking_uri={store}", "--out-dir", str(tmp_path), "--dataset", "dukev"])
+        run(main, ["--from-mlflow", "--set", f"mlflow.tracking_uri={store}", "--out-dir", str(tmp_path),
+                   "--dataset", "dukev"])
     err = capsys.readouterr().err
     assert exit_.value.code == 2
     assert "'nvan-bench'" in err and store in err and "'dukev'" in err and "['duke', 'mars']" in err
@@ -284,8 +285,89 @@ def cli(*args: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 def test_cli_end_to_end(store, tmp_path):
-    done = cli("--set", f"mlflow.tracking_uri={store}", "--set", f"report.out_dir={tmp_path}", "--dataset", "duke")
+    done = cli("--from-mlflow", "--set", f"mlflow.tracking_uri={store}", "--set", f"report.out_dir={tmp_path}",
+               "--dataset", "duke")
     assert done.returncode == 0, done.stderr
     assert set(json.loads((tmp_path / "metrics.json").read_text())) == {"duke"}
     assert "published" not in (tmp_path / "benchmark.md").read_text().lower()  # MARS numbers stay off Duke
     assert len(pl.read_csv(tmp_path / "pareto.csv")) == 2
+
+
+def make_record(label: str, dataset: str = "mars", synthetic: bool = True, gmacs: float = 0.5, rank1: float = 0.4,
+                mean_ap: float = 0.3, noisy: bool = False, finished: str = "2026-11-30T10:00:00Z") -> dict:
+    """A run record as harness.train --out writes it (harness/records.py)."""
+    from harness.config import load_config
+    from harness.records import run_record
+
+    config = load_config(ROOT / "params.yaml", [f"model.preset={label}", f"data.dataset={dataset}"])
+    spec = config.spec(10)
+    scores = {"mars-official": {"rank1": rank1, "rank5": rank1 + 0.1, "rank10": rank1 + 0.2, "rank20": rank1 + 0.3,
+                                "map": mean_ap, "minp": mean_ap / 2, "num_queries": 50.0}}
+    latency = {"median_s": 0.01, "min_s": 0.009, "max_s": 0.02 if noisy else 0.011, "q1_s": 0.0095,
+               "q3_s": 0.0105, "repeats": 5, "threads": 2, "device": "cpu: test", "other_cpus": 0.0,
+               "spread": 1.1 if noisy else 0.2, "noisy": noisy}
+    return run_record(label=label, kind="train", config=config.model_dump(mode="json"), spec=spec,
+                      manifest={"format": "mars", "content_hash": "blake2b:00", "synthetic": synthetic},
+                      cost={"params_m": 1.5, "gmacs": gmacs, "gmacs_paper": 8 * gmacs, "latency": latency},
+                      scores=scores, cmc={"mars-official": [rank1, rank1 + 0.1]}, best_epoch=3, epochs=4,
+                      git_commit="0123456789abcdef0123456789abcdef01234567",
+                      run={"mlflow_run_id": f"{label:0>32}", "seconds": 61.0, "finished_at": finished, "device": "cpu"})
+
+
+@pytest.fixture
+def record_files(tmp_path) -> list[Path]:
+    paths = []
+    for i, (label, gmacs, rank1, noisy) in enumerate([("baseline", 0.5, 0.4, False), ("nvan", 1.0, 0.5, True),
+                                                      ("ste_nvan", 0.3, 0.45, False)]):
+        path = tmp_path / "runs" / f"{label}.json"
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(json.dumps(make_record(label, gmacs=gmacs, rank1=rank1, noisy=noisy,
+                                               finished=f"2026-11-30T10:0{i}:00Z")))
+        paths.append(path)
+    return paths
+
+
+def test_report_from_run_records_alone(record_files, tmp_path, monkeypatch):
+    # No MLflow store anywhere: the records are all the report needs.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'absent' / 'mlflow.db'}")
+    paths, points = build_report(tmp_path / "out", records=record_files)
+    assert sorted(points["label"]) == ["baseline", "nvan", "ste_nvan"]
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["mars (synthetic)"]["nvan"]["rank1_pct"] == 50.0
+    assert metrics["mars (synthetic)"]["nvan"]["latency_noisy"] is True
+    md = (tmp_path / "out" / "benchmark.md").read_text()
+    assert "| 10.0 noisy |" in md and "| 10.0 |" in md
+    assert not (tmp_path / "absent").exists()
+    row = points.filter(pl.col("label") == "nvan").row(0, named=True)
+    assert (row["spec.non_local"], row["train.epochs"], row["train_s"]) == ("[0, 2, 3, 0]", "40", 61.0)
+
+
+def test_report_adds_sweep_tables(record_files, tmp_path):
+    sweep = tmp_path / "sweeps" / "demo" / "results.parquet"
+    sweep.parent.mkdir(parents=True)
+    pl.DataFrame({"label": ["t000 p0230", "t001 p0000"], "status": ["finished", "infeasible"], "map": [0.31, None],
+                  "rank1": [0.42, None], "gmacs_input": [0.2, None], "dataset": ["mars", "mars"],
+                  "synthetic": [True, True], "input": ["4x64x32", "4x64x32"], "mlflow_run_id": ["a" * 32, "b" * 32],
+                  "git_commit": ["c" * 40] * 2}).write_parquet(sweep)
+    _, points = build_report(tmp_path / "out", records=record_files, sweeps=[sweep])
+    trial = points.filter(pl.col("label") == "t000 p0230").row(0, named=True)
+    assert (trial["kind"], trial["gmacs"], trial["map"], trial["parent_run_id"]) == ("trial", 0.2, 0.31, "demo")
+    assert len(points) == 5
+
+
+def test_bad_run_records_are_user_errors(record_files, tmp_path):
+    (tmp_path / "junk.json").write_bytes(b"\xff\xfe\x00garbage")
+    (tmp_path / "other.json").write_text(json.dumps({"schema": "something else"}))
+    for path, message in [(tmp_path / "nope.json", "does not exist"), (tmp_path / "junk.json", "not readable JSON"),
+                          (tmp_path / "other.json", "not a run record of this version")]:
+        with pytest.raises(UserError, match=message):
+            build_report(tmp_path / "out", records=[record_files[0], path])
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_needs_runs_or_mlflow(record_files, tmp_path):
+    neither = cli("--out-dir", str(tmp_path / "a"))
+    assert neither.returncode == 2 and "--runs FILE" in neither.stderr and "Traceback" not in neither.stderr
+    done = cli("--out-dir", str(tmp_path / "b"), *[a for p in record_files for a in ("--runs", str(p))])
+    assert done.returncode == 0, done.stderr
+    assert "training took 183 s in all" in done.stdout and "mars (synthetic)" in done.stdout

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from harness.records import read_record, reproducible_part
+
 ROOT = Path(__file__).resolve().parents[2]
 DVC = str(Path(sys.executable).with_name("dvc"))
 
@@ -67,23 +69,60 @@ def repo(tmp_path_factory) -> Path:
     return repo
 
 
-def test_repro_noop_and_partial_rerun(repo):
-    run(DVC, "repro", cwd=repo)
+def strings(value) -> list[str]:
+    """Every string inside a JSON value."""
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in strings(v)]
+    return [value] if isinstance(value, str) else []
+
+
+def ran_stages(proc: subprocess.CompletedProcess) -> set[str]:
+    return {line.split("'")[1] for line in proc.stdout.splitlines() if line.startswith("Running stage")}
+
+
+def test_repro_records_reports_and_reruns(repo):
     presets = ("baseline", "nvan", "ste_nvan")
+    first = run(DVC, "repro", cwd=repo)
     outs = ["data/prepared/mars/manifest.json", "data/prepared/duke/manifest.json",
             *(f"reports/cost/{p}.json" for p in presets), *(f"reports/runs/{p}.json" for p in presets),
             *(f"reports/{f}" for f in ("pareto.png", "pareto.html", "benchmark.md", "metrics.json", "pareto.csv", "cost.json"))]
     assert [o for o in outs if not (repo / o).exists()] == []
-    assert "baseline" in (repo / "reports/benchmark.md").read_text()
+    assert "training took" in first.stdout  # the report's summary ends the run
+    metrics = json.loads((repo / "reports/metrics.json").read_text())["mars (synthetic)"]
+    assert sorted(metrics) == sorted(presets)
     costed = json.loads((repo / "reports/cost.json").read_text())["reports"]
     assert sorted({r["name"] for r in costed}) == sorted(presets)
+    records = {p: read_record(repo / f"reports/runs/{p}.json") for p in presets}
+    for record in records.values():
+        # Committed results must not name this machine's folders, nor come from uncommitted code.
+        assert not [s for s in strings(record) if s.startswith("/")], record
+        assert len(record["git_commit"]) == 40 and not record["git_commit"].endswith("-dirty")
+        assert record["dataset"]["synthetic"] and record["dataset"]["manifest_hash"].startswith("blake2b:")
+        assert record["cost"]["latency"] is None and record["scores"]["mars-official"]["cmc"]
 
     again = run(DVC, "repro", cwd=repo)
     assert "Running stage" not in again.stdout
 
+    # The MLflow store is gone and one preset changes: the report still holds every preset, the
+    # unchanged ones with their recorded numbers, because it reads the run records DVC tracks.
+    shutil.rmtree(repo / "mlruns", ignore_errors=True)
+    (repo / "mlflow.db").unlink()
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["presets"]["nvan"] = {"nl_window": 2}
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     changed = run(DVC, "repro", cwd=repo)
-    ran = {line.split("'")[1] for line in changed.stdout.splitlines() if line.startswith("Running stage")}
-    assert ran == {"cost@nvan", "train@nvan", "report"}
+    assert ran_stages(changed) == {"cost@nvan", "train@nvan", "report"}
+    after = json.loads((repo / "reports/metrics.json").read_text())["mars (synthetic)"]
+    assert sorted(after) == sorted(presets)
+    assert after["baseline"] == metrics["baseline"] and after["ste_nvan"] == metrics["ste_nvan"]
+    assert read_record(repo / "reports/runs/nvan.json")["spec"]["nl_window"] == 2
+    table = (repo / "reports/benchmark.md").read_text()
+    assert all(f"| {p} | mars (synthetic) |" in table for p in presets)
+
+    # A forced rerun of a training stage reproduces its recorded results exactly (ids and timings aside).
+    run(DVC, "repro", "-f", "-s", "train@baseline", cwd=repo)
+    rerun = read_record(repo / "reports/runs/baseline.json")
+    assert rerun["run"]["mlflow_run_id"] != records["baseline"]["run"]["mlflow_run_id"]
+    assert reproducible_part(rerun) == reproducible_part(records["baseline"])

@@ -1,0 +1,108 @@
+"""Run records: one JSON file per training run, complete enough to rebuild every report (DVC's truth).
+
+A record holds what was trained (resolved config, ModelSpec, input, dataset and its manifest
+hash), what it costs (params, GMACs, and the measured latency and memory with where they were
+measured), how it scored (every protocol at the best checkpoint, CMC included), and where it
+came from (git commit of the code, MLflow run id). Everything a rerun may change without the
+results changing (ids, wall times, latency measured on a busy machine) sits under the keys in
+`MEASURED`, so `reproducible_part` is what two runs of the same inputs must agree on.
+Paths are stored as given in params, never resolved against this machine.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from harness.cli import UserError
+from harness.io import write_json_atomic
+
+SCHEMA = "nvan-bench run record 1"
+# The params a training run's results depend on, i.e. what `dvc.yaml` declares for train@<preset>
+# (mlflow only routes the logging): the record holds these, so it changes exactly when DVC reruns.
+RUN_PARAMS = {"seed": None, "data": ("dataset", "frames", "height", "width"), "model": None, "train": None,
+              "eval": None, "ray": ("num_workers", "cpus_per_worker", "use_gpu", "gpus_per_worker"),
+              "cost": ("measure", "warmup", "repeats")}
+MEASURED = ("run",)  # top-level keys that differ between identical runs
+COST_MEASURED = ("latency", "peak_memory_mb")  # likewise inside "cost"
+REQUIRED = ("label", "kind", "preset", "dataset", "input", "spec", "config", "cost", "scores", "best_epoch",
+            "git_commit", "run")
+
+
+def _plain(value: Any) -> Any:
+    """JSON-ready: tuples as lists, non-finite floats as None (JSON has no NaN)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def run_config(config: dict) -> dict:
+    """The part of a params tree (config.model_dump(mode='json')) that decides a run: RUN_PARAMS and
+    the trained preset's `presets.<name>` block."""
+    kept = {key: config[key] if fields is None else {f: config[key][f] for f in fields}
+            for key, fields in RUN_PARAMS.items()}
+    preset = config["model"]["preset"]
+    return kept | {"presets": {preset: config.get("presets", {}).get(preset, {})}}
+
+
+def run_record(*, label: str, kind: str, config: dict, spec, manifest: dict, cost: dict, scores: dict,
+               cmc: dict, best_epoch: int, epochs: int, git_commit: str, run: dict) -> dict:
+    """The record of one run. `config` is the params as given (config.model_dump(mode='json'); the record
+    keeps its `run_config`), `spec` a ModelSpec, `scores` {protocol: metrics}, `cmc` {protocol: [rank-1 ..
+    rank-n]}, `run` the measured part (ids, seconds, device)."""
+    data = config["data"]
+    return _plain({
+        "schema": SCHEMA,
+        "label": label,
+        "kind": kind,
+        "preset": config["model"]["preset"],
+        "dataset": {"name": data["dataset"], "format": manifest.get("format"),
+                    "manifest_hash": manifest.get("content_hash"), "synthetic": bool(manifest.get("synthetic", False))},
+        "input": f"{data['frames']}x{data['height']}x{data['width']}",
+        "spec": asdict(spec),
+        "config": run_config(config),
+        "cost": cost,
+        "scores": {p: s | {"cmc": cmc.get(p)} for p, s in scores.items()},
+        "best_epoch": best_epoch,
+        "epochs": epochs,
+        "git_commit": git_commit,
+        "run": run,
+    })
+
+
+def reproducible_part(record: dict) -> dict:
+    """The record without what may differ between two runs of the same inputs (ids, timings, latency)."""
+    part = {k: v for k, v in record.items() if k not in MEASURED}
+    part["cost"] = {k: v for k, v in record.get("cost", {}).items() if k not in COST_MEASURED}
+    return part
+
+
+def write_record(path: Path, record: dict) -> None:
+    """Write `record` as JSON to `path` atomically."""
+    write_json_atomic(path, record)
+
+
+def read_record(path: Path) -> dict:
+    """The record at `path`; UserError naming the file and what is wrong."""
+    fix = (f"rerun the training that writes it (`dvc repro train@{Path(path).stem}` or "
+           f"`python -m harness.train --out {path}`)")
+    try:
+        record = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"run record {path} does not exist; {fix}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"run record {path} is not readable JSON ({type(e).__name__}: {e}); {fix}") from None
+    if not isinstance(record, dict) or record.get("schema") != SCHEMA:
+        found = record.get("schema") if isinstance(record, dict) else type(record).__name__
+        raise UserError(f"{path} is not a run record of this version (schema {found!r}, expected {SCHEMA!r}); {fix}")
+    missing = [k for k in REQUIRED if k not in record]
+    if missing:
+        raise UserError(f"run record {path} lacks {missing}; {fix}")
+    return record

@@ -47,7 +47,12 @@ def read_mars(root: Path) -> pl.DataFrame:
 def _read_split(root: Path, split: str) -> pl.DataFrame:
     names_path = root / "info" / f"{split}_name.txt"
     info_path = root / "info" / f"tracks_{split}_info.mat"
-    names = [line.strip() for line in names_path.read_text().splitlines() if line.strip()]
+    try:
+        text = names_path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DatasetError(f"{names_path} is not UTF-8 text (byte {e.start}: {e.reason}); MARS name lists hold one "
+                           f"ASCII image name per line: restore {names_path.name} from the MARS info/ folder.") from None
+    names = [line.strip() for line in text.splitlines() if line.strip()]
     info = _load_mat(info_path, f"track_{split}_info")
     if info.ndim != 2 or info.shape[1] != 4:
         raise DatasetError(

@@ -390,9 +390,16 @@ def load_config(path: Path | str = DEFAULT_PARAMS, overrides: list[str] = ()) ->
     """Read `path`, apply `overrides` ('a.b=value'), validate; raise ConfigError naming the key."""
     path = Path(path)
     try:
-        tree = yaml.safe_load(path.read_text()) or {}
+        tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
         raise ConfigError(f"params file {path} not found; pass --params FILE or run from the project root") from None
+    except IsADirectoryError:
+        raise ConfigError(f"params file {path} is a folder; pass --params FILE with a YAML file") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"params file {path} is not UTF-8 text (byte {e.start}: {e.reason}); save it as UTF-8 "
+                          f"YAML") from None
+    except OSError as e:
+        raise ConfigError(f"params file {path} cannot be read ({e.strerror}); check its permissions") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"params file {path} is not valid YAML: {e}") from e
     if not isinstance(tree, dict):

@@ -27,7 +27,7 @@ from torch import nn
 
 from harness.cli import config_parser, load_from_args, run
 from harness.config import InputSize
-from harness.io import write_json_atomic
+from harness.io import check_writable, write_json_atomic
 from models.fuse import fuse_for_inference
 from models.presets import preset_spec
 from models.spec import ModelSpec, SpecError
@@ -336,6 +336,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="write the reports as JSON here")
     args = parser.parse_args(argv)
     config = load_from_args(args)
+    if args.out:
+        check_writable(args.out)
     cost = config.cost
     inputs = [InputSize.parse(s) for s in args.input] if args.input else cost.inputs
     presets = args.preset or cost.presets

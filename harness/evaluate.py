@@ -15,7 +15,7 @@ from datasets.loaders import EvalClips, eval_loader, normalize
 from harness.checkpoint import load_model
 from harness.cli import UserError, config_parser, load_from_args, run
 from harness.config import Config
-from harness.io import atomic_path, write_json_atomic
+from harness.io import atomic_path, check_writable, write_json_atomic
 from harness.metrics import Scores, score_test_set
 from harness.prepared import prepared_dataset
 from models.checkpoints import load_official_checkpoint
@@ -110,6 +110,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.preset:  # before validation: the config's checks (stripes at the input) concern this preset
         args.overrides.append(f"model.preset={args.preset}")
     config = load_from_args(args)
+    if args.out:
+        check_writable(args.out)
+    if args.save_features:
+        for name in ("features.npy", "index.parquet"):
+            check_writable(args.save_features / name)
     protocols, metric = config.eval.protocols, config.eval.metric
     if args.features:
         features, rows = load_features(args.features)

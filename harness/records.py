@@ -21,6 +21,7 @@ from harness.cli import UserError
 from harness.io import write_json_atomic
 
 SCHEMA = "nvan-bench run record 1"
+EPOCH_FILE = "epoch.json"  # in each checkpoint folder, beside state.pt: the numbers reported for its epoch
 # The params a training run's results depend on, i.e. what `dvc.yaml` declares for train@<preset>
 # (mlflow only routes the logging): the record holds these, so it changes exactly when DVC reruns.
 RUN_PARAMS = {"seed": None, "data": ("dataset", "frames", "height", "width"), "model": None, "train": None,
@@ -53,15 +54,17 @@ def run_config(config: dict) -> dict:
 
 
 def run_record(*, label: str, kind: str, config: dict, spec, manifest: dict, cost: dict, scores: dict,
-               cmc: dict, best_epoch: int, epochs: int, git_commit: str, run: dict) -> dict:
+               cmc: dict, best_epoch: int, epochs: int, git_commit: str, run: dict, status: str = "finished") -> dict:
     """The record of one run. `config` is the params as given (config.model_dump(mode='json'); the record
     keeps its `run_config`), `spec` a ModelSpec, `scores` {protocol: metrics}, `cmc` {protocol: [rank-1 ..
-    rank-n]}, `run` the measured part (ids, seconds, device)."""
+    rank-n]}, `run` the measured part (ids, seconds, device). `status`: finished, or for sweep trials
+    running, early-stopped, interrupted, failed or infeasible."""
     data = config["data"]
     return _plain({
         "schema": SCHEMA,
         "label": label,
         "kind": kind,
+        "status": status,
         "preset": config["model"]["preset"],
         "dataset": {"name": data["dataset"], "format": manifest.get("format"),
                     "manifest_hash": manifest.get("content_hash"), "synthetic": bool(manifest.get("synthetic", False))},

@@ -41,7 +41,7 @@ from harness.cost import UNITS as COST_UNITS
 from harness.cost import macs_on_meta
 from harness.io import atomic_path, check_writable, write_json_atomic
 from harness.records import read_record
-from harness.tracking import tracking_uri
+from harness.tracking import check_reachable, tracking_uri
 from models.presets import preset_spec
 
 log = logging.getLogger("harness.report")
@@ -83,6 +83,7 @@ SCHEMA = {**dict.fromkeys(_TEXT, pl.String), "synthetic": pl.Boolean, "latency_n
 
 def open_experiment(uri: str, experiment: str) -> tuple[MlflowClient, str]:
     """A client of an existing store and the id of `experiment`; UserError if either is missing."""
+    check_reachable(uri)
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
         raise UserError(no_runs_message(uri, experiment, None, "the store does not exist"))
     client = MlflowClient(uri)
@@ -147,7 +148,8 @@ def _record_row(record: dict) -> dict:
              else _param_text(config.get(p.split(".")[0], {}).get(p.split(".")[1])) for p in HOVER_PARAMS}
     return {
         "run_id": run.get("mlflow_run_id"), "parent_run_id": None, "label": record["label"], "kind": record["kind"],
-        "status": "finished", "dataset": record["dataset"]["name"], "synthetic": bool(record["dataset"]["synthetic"]),
+        "status": record.get("status", "finished"), "dataset": record["dataset"]["name"],
+        "synthetic": bool(record["dataset"]["synthetic"]),
         "preset": record["preset"], "protocol": primary, "device": run.get("device"), "input": record["input"],
         "git_commit": record["git_commit"], "start_time": start_time,
         "params_m": cost.get("params_m"), "gmacs": cost.get("gmacs"), "gmacs_paper": cost.get("gmacs_paper"),

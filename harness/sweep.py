@@ -29,9 +29,11 @@ from harness.cli import UserError, config_parser, load_from_args, run
 from harness.config import (PAPER_INPUT, TEMPORAL_POOLS, Config, ConfigError, InputSize, SweepConfig, flatten,
                             override, placement_blocks)
 from harness.cost import macs_on_meta
-from harness.io import atomic_path, write_json_atomic
+from harness.io import atomic_path, check_writable, write_json_atomic
+from harness.records import read_record, write_record
 from harness.tracking import connect, find_run, git_commit, log_metrics, set_tags, start_run, tracking_uri
-from harness.train import FINAL_KEYS, check_inputs, check_resources, fit, ray_session
+from harness.prepared import prepared_dataset
+from harness.train import FINAL_KEYS, check_inputs, check_resources, check_run_name, fit, ray_session
 from models.spec import SpecError
 
 log = logging.getLogger("harness.sweep")
@@ -189,6 +191,30 @@ def record_infeasible(base: Config, candidate: Candidate, reason: str, tags: dic
     return run_id
 
 
+def records_dir(storage: Path, sweep_name: str) -> Path:
+    """Where a sweep's trials keep their run records: on the storage every node shares."""
+    return storage / sweep_name / "records"
+
+
+def trial_record_path(storage: Path, sweep_name: str, trial_id: str) -> Path:
+    """The run record of one trial."""
+    return records_dir(storage, sweep_name) / f"{trial_id}.json"
+
+
+def _read_trial_record(path: Path) -> dict | None:
+    try:
+        return read_record(path)
+    except UserError:
+        return None
+
+
+def final_report(record: dict, metric: str, fields: dict[str, Any]) -> dict[str, Any]:
+    """What Tune is told for a trial whose run record is final (finished before Tune saved it so)."""
+    best = record["scores"].get(record["config"]["eval"]["protocols"][0], {})
+    return fields | {objective(metric): best.get(metric, math.nan), "epochs": record["epochs"],
+                     "best_epoch": record["best_epoch"], "mlflow_run_id": record["run"].get("mlflow_run_id")}
+
+
 def run_trial(params: dict[str, Any], base: dict[str, Any], sweep_name: str, parent_run_id: str) -> None:
     """Tune trainable: train one candidate (or record it infeasible) as an MLflow run nested in the sweep's."""
     config = Config.model_validate(base)
@@ -212,6 +238,13 @@ def run_trial(params: dict[str, Any], base: dict[str, Any], sweep_name: str, par
         tune.report({objective(config.sweep.metric): math.nan, COST: math.nan, "epochs": 0, "label": label,
                      "status": "infeasible", "reason": str(e), "mlflow_run_id": run_id})
         return
+    record_path = trial_record_path(config.ray.storage_path, sweep_name, trial_id)
+    fields = costs | {"label": label}
+    record = _read_trial_record(record_path)
+    if record is not None and record.get("status") == "finished":
+        # It finished before Tune saved it as such (an interrupt between the two): report, do not retrain.
+        tune.report(final_report(record, config.sweep.metric, fields))
+        return
     # A trial restarted by Tuner.restore continues its Ray Train run (and MLflow run) from the checkpoint;
     # one stopped before its Train run began starts over, without the empty MLflow run it left.
     resume = ray_run if (trial.ray.storage_path / ray_run).is_dir() else None
@@ -220,7 +253,8 @@ def run_trial(params: dict[str, Any], base: dict[str, Any], sweep_name: str, par
         if orphan := find_run(client, experiment_id, "nvan.ray_run", ray_run):
             client.delete_run(orphan)
     fit(trial, name=ray_run, resume=resume, parent_run_id=parent_run_id, tags=tags, progress=False,
-        tune_callbacks=[SweepReport(costs | {"label": label}, config.sweep.metric, trial.eval.protocols[0])])
+        tune_callbacks=[SweepReport(fields, config.sweep.metric, trial.eval.protocols[0])],
+        record_to=record_path, label=label, kind="trial")
 
 
 def release_workers(placement_group: str) -> bool:
@@ -383,6 +417,7 @@ def run_sweep(config: Config, resume: bool = False) -> SweepOutcome:
         name = f"sweep-{time.strftime('%Y%m%d-%H%M%S')}"
     start, base = time.perf_counter(), trial_base(config)
     check_inputs(base)  # user errors before Ray starts or anything is recorded
+    check_writable(config.report.out_dir / "sweeps" / name / "results.parquet")
     # MLflow and results.parquet are the records; Tune's own CSV/JSON/TensorBoard loggers only
     # duplicate them, and TensorBoard warns on the NaN objective of not yet evaluated epochs.
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
@@ -410,7 +445,9 @@ def run_sweep(config: Config, resume: bool = False) -> SweepOutcome:
         tuner.fit()
     # The experiment state on disk was written before Tune's cleanup marked interrupted trials TERMINATED.
     trials = tune.ExperimentAnalysis(str(experiment)).trials
-    results, complete = close_trials(base, trials)
+    results, complete = close_trials(base, trials, name)
+    # Interrupted before the search created every trial: more to run, whatever the trials say.
+    complete &= len(trials) >= expected_trials(sweep)
     path = config.report.out_dir / "sweeps" / name / "results.parquet"
     with atomic_path(path) as tmp:
         results.write_parquet(tmp)
@@ -418,46 +455,73 @@ def run_sweep(config: Config, resume: bool = False) -> SweepOutcome:
     return SweepOutcome(name, results, path, parent_run_id, complete, time.perf_counter() - start)
 
 
-def close_trials(base: Config, trials: list) -> tuple[pl.DataFrame, bool]:
-    """One row per Tune trial with its outcome, closing early-stopped and failed MLflow runs; and completeness."""
+def trial_outcome(tune_status: str, record: dict | None, infeasible: bool) -> str:
+    """A trial's status in the sweep table, from Tune's state of the trial and its own run record.
+
+    The record says how far the trial trained; Tune says why it stopped. A trial whose record
+    says finished is finished, whatever Tune saved (an interrupt can fall between the two).
+    """
+    if infeasible:
+        return "infeasible"
+    if record is not None and (record.get("status") == "finished"
+                               or record["epochs"] >= record["config"]["train"]["epochs"]):
+        return "finished"  # every epoch trained, even if the run stopped before its bookkeeping
+    if tune_status == "ERROR":
+        return "failed"
+    if tune_status == "TERMINATED" and record is not None:
+        return "early-stopped"  # Tune ended it before its last epoch: ASHA
+    return "interrupted"
+
+
+MLFLOW_END = {"finished": "FINISHED", "early-stopped": "KILLED", "failed": "FAILED", "interrupted": "KILLED"}
+
+
+def close_trials(base: Config, trials: list, sweep_name: str) -> tuple[pl.DataFrame, bool]:
+    """One row per Tune trial, built from the trials' run records; MLflow runs and records closed to match.
+
+    Returns the table and whether the sweep is complete (no trial left to run).
+    """
     client, experiment_id = connect(base.mlflow.tracking_uri, base.mlflow.experiment)
     metric, protocol = base.sweep.metric, base.eval.protocols[0]
+    _, manifest = prepared_dataset(base)
     rows, complete = [], True
     for trial in sorted(trials, key=lambda t: trial_number(t.experiment_tag)):
         r = trial.last_result or {}
-        run_id = r.get("mlflow_run_id") or find_run(client, experiment_id, "nvan.trial_id", trial.trial_id)
-        mlflow_status = client.get_run(run_id).data.tags.get("nvan.status") if run_id else None
-        best = (r.get("best_scores") or {}).get(protocol, {})
-        if r.get("status") == "infeasible":
-            status = "infeasible"
-        elif trial.status not in ("TERMINATED", "ERROR"):
-            status, complete = "interrupted", False
-        elif trial.status == "ERROR":
-            status = "failed"
-            if run_id and mlflow_status != "failed":
-                set_tags(client, run_id, {"nvan.status": "failed"})
-                client.set_terminated(run_id, "FAILED")
-        elif mlflow_status == "finished":
-            status = "finished"
-        else:
-            status = "early-stopped"
-            if run_id and mlflow_status != "early-stopped":
+        path = trial_record_path(base.ray.storage_path, sweep_name, trial.trial_id)
+        record = _read_trial_record(path)
+        status = trial_outcome(trial.status, record, r.get("status") == "infeasible")
+        complete &= status != "interrupted"
+        run_id = (record or {}).get("run", {}).get("mlflow_run_id") or r.get("mlflow_run_id") or find_run(
+            client, experiment_id, "nvan.trial_id", trial.trial_id)
+        best = (record or {}).get("scores", {}).get(protocol, {})
+        if record is not None and record["status"] != status:
+            write_record(path, record | {"status": status})
+        if run_id and status in MLFLOW_END and client.get_run(run_id).data.tags.get("nvan.status") != status:
+            if status in ("early-stopped", "finished"):
                 log_metrics(client, run_id, {f"best.{k}": best[k] for k in FINAL_KEYS if k in best}
-                            | {"best.epoch": r.get("best_epoch", -1)}, step=r.get("epoch", 0))
-                set_tags(client, run_id, {"nvan.status": "early-stopped"})
-                client.set_terminated(run_id, "KILLED")
+                            | {"best.epoch": record["best_epoch"]}, step=max(record["epochs"] - 1, 0))
+            set_tags(client, run_id, {"nvan.status": status})
+            client.set_terminated(run_id, MLFLOW_END[status])
         candidate, number = resolve(base, trial.config), trial_number(trial.experiment_tag)
+        costs = {}
+        if status != "infeasible":
+            costs = candidate_costs(override(base, candidate.overrides(), f"trial {number}"))
         rows.append({
             "trial": number, "trial_id": trial.trial_id,
-            "label": r.get("label") or f"t{number:03d} {candidate.label(list(trial.config))}",
+            "label": (record or {}).get("label") or r.get("label") or f"t{number:03d} "
+                     f"{candidate.label(list(trial.config))}",
             "status": status, **candidate.columns(),
-            "map": best.get("map"), "rank1": best.get("rank1"), "best_epoch": r.get("best_epoch"),
-            "epochs": r.get("epochs", 0), COST: r.get(COST), "gmacs_input": r.get("gmacs_input"),
+            "map": best.get("map"), "rank1": best.get("rank1"), "best_epoch": (record or {}).get("best_epoch"),
+            "epochs": (record or {}).get("epochs", 0), COST: costs.get(COST), "gmacs_input": costs.get("gmacs_input"),
             "seconds": r.get("time_total_s"), "mlflow_run_id": run_id, "reason": r.get("reason"),
+            "dataset": base.data.dataset, "synthetic": bool(manifest.get("synthetic", False)),
+            "input": f"{candidate.frames}x{base.data.height}x{base.data.width}",
+            "git_commit": (record or {}).get("git_commit"),
         })
     frame = pl.DataFrame(rows, schema_overrides={
         "map": pl.Float64, "rank1": pl.Float64, "best_epoch": pl.Int64, COST: pl.Float64, "gmacs_input": pl.Float64,
-        "seconds": pl.Float64, "mlflow_run_id": pl.String, "reason": pl.String, "lr": pl.Float64})
+        "seconds": pl.Float64, "mlflow_run_id": pl.String, "reason": pl.String, "lr": pl.Float64,
+        "git_commit": pl.String})
     frame = frame.with_columns(pl.col("map", "rank1", COST, "gmacs_input").fill_nan(None))
     eligible = frame.with_columns(pl.when(pl.col("status").is_in(["finished", "early-stopped"]))
                                   .then(pl.col(metric)).alias("_acc"))
@@ -467,6 +531,20 @@ def close_trials(base: Config, trials: list) -> tuple[pl.DataFrame, bool]:
     return frame, complete
 
 
+def expected_trials(sweep: SweepConfig) -> int:
+    """How many trials the sweep runs in all: num_samples, times the grid's size for a grid search."""
+    if sweep.search != "grid":
+        return sweep.num_samples
+    return sweep.num_samples * math.prod(len(v) for v in sweep.space.searched().values())
+
+
+def sweep_status(results: pl.DataFrame, complete: bool) -> str:
+    """The sweep's own status: interrupted (trials left to run), failed (a trial failed), or finished."""
+    if not complete:
+        return "interrupted"
+    return "failed" if (results["status"] == "failed").any() else "finished"
+
+
 def close_parent(base: Config, run_id: str, results: pl.DataFrame, path: Path, complete: bool) -> None:
     """Log the sweep's counts and results table to its MLflow run; close it unless interrupted."""
     client, _ = connect(base.mlflow.tracking_uri, base.mlflow.experiment)
@@ -474,8 +552,9 @@ def close_parent(base: Config, run_id: str, results: pl.DataFrame, path: Path, c
               for s in ("finished", "early-stopped", "infeasible", "failed", "interrupted")}
     log_metrics(client, run_id, counts | {"sweep.trials": results.height, "sweep.pareto": int(results["pareto"].sum())})
     client.log_artifact(run_id, str(path))
-    set_tags(client, run_id, {"nvan.status": "finished" if complete else "interrupted"})
-    client.set_terminated(run_id, "FINISHED" if complete else "KILLED")
+    status = sweep_status(results, complete)
+    set_tags(client, run_id, {"nvan.status": status})
+    client.set_terminated(run_id, {"finished": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}[status])
 
 
 def format_front(outcome: SweepOutcome, metric: str, protocol: str) -> str:
@@ -493,6 +572,10 @@ def format_front(outcome: SweepOutcome, metric: str, protocol: str) -> str:
                      f"{row[COST]:9.3f}{row['gmacs_input']:10.4f}{row['epochs']:7d}")
     if front.is_empty():
         lines.append("(no trial finished: nothing to compare)")
+    failed = outcome.results.filter(pl.col("status") == "failed")
+    for row in failed.iter_rows(named=True):
+        lines.append(f"FAILED: trial {row['label']} (MLflow run {row['mlflow_run_id']}); its error is in the Ray "
+                     f"logs under the sweep's folder")
     if not outcome.complete:
         lines.append(f"interrupted: continue with `python -m harness.sweep --resume --name {outcome.name}`")
     return "\n".join(lines)
@@ -515,7 +598,8 @@ def main(argv: list[str] | None = None) -> int:
     config = load_from_args(args)
     outcome = run_sweep(config, resume=args.resume)
     print(format_front(outcome, config.sweep.metric, config.eval.protocols[0]))
-    return 0 if outcome.complete else 130
+    # 130 as for a Ctrl-C'd command; 1 when trials failed (a bug or a broken node, not a user error).
+    return {"finished": 0, "failed": 1, "interrupted": 130}[sweep_status(outcome.results, outcome.complete)]
 
 
 if __name__ == "__main__":

@@ -20,9 +20,11 @@ from __future__ import annotations
 import os
 import subprocess
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
@@ -54,30 +56,43 @@ def git_commit() -> str:
     return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
+def check_reachable(uri: str) -> None:
+    """UserError within seconds when an HTTP tracking server does not answer its /health check.
+
+    MLflow's own client retries for minutes before it gives up on an unreachable server.
+    """
+    if not uri.startswith(("http://", "https://")):
+        return
+    import requests
+
+    try:
+        requests.get(uri.rstrip("/") + "/health", timeout=5).raise_for_status()
+    except requests.RequestException as e:
+        raise UserError(
+            f"MLflow tracking server {uri} is unreachable ({type(e).__name__}); start it "
+            f"(mlflow server ...), fix mlflow.tracking_uri in params.yaml or MLFLOW_TRACKING_URI, "
+            f"or unset both to use the local sqlite store"
+        ) from None
+
+
 def connect(uri: str, experiment: str) -> tuple[MlflowClient, str]:
     """Check the store is reachable, create it and the experiment if needed; return (client, id).
 
-    Call this on the driver before any worker or trial starts: two processes creating a
-    fresh sqlite store at once race on its migration.
+    Creating a sqlite store migrates its schema, and two processes doing that at once fail
+    ("duplicate column name"): a file lock beside the database serialises creation.
     """
-    if uri.startswith(("http://", "https://")):
-        import requests
-
-        try:
-            requests.get(uri.rstrip("/") + "/health", timeout=5).raise_for_status()
-        except requests.RequestException as e:
-            raise UserError(
-                f"MLflow tracking server {uri} is unreachable ({type(e).__name__}); start it "
-                f"(mlflow server ...), fix mlflow.tracking_uri in params.yaml or MLFLOW_TRACKING_URI, "
-                f"or unset both to use the local sqlite store"
-            ) from None
-    elif uri.startswith("sqlite:///"):
+    check_reachable(uri)
+    lock = nullcontext()
+    if uri.startswith("sqlite:///"):
         db = Path(uri.removeprefix("sqlite:///"))
         if not os.access(db.parent if db.parent.exists() else db.parent.parent, os.W_OK):
             raise UserError(f"MLflow store {db} is not writable; choose a writable mlflow.tracking_uri")
-    client = MlflowClient(uri)
-    found = client.get_experiment_by_name(experiment)
-    return client, found.experiment_id if found else client.create_experiment(experiment)
+        db.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(f"{db}.lock")
+    with lock:
+        client = MlflowClient(uri)
+        found = client.get_experiment_by_name(experiment)
+        return client, found.experiment_id if found else client.create_experiment(experiment)
 
 
 def start_run(client: MlflowClient, experiment_id: str, name: str, params: dict[str, Any],

@@ -13,6 +13,8 @@ import logging
 import math
 import os
 import platform
+import re
+import sys
 import threading
 import time
 import uuid
@@ -24,17 +26,19 @@ from typing import Any
 import yaml
 from tqdm import tqdm
 
-from harness.cli import UserError, config_parser, load_from_args, run
+from harness.checkpoint import read_state
+from harness.cli import USER_ERRORS, UserError, config_parser, load_from_args, run
 from harness.config import PAPER_INPUT, Config, InputSize, flatten
 from harness.io import check_writable
 from harness.prepared import prepared_dataset
-from harness.records import run_record, write_record
+from harness.records import EPOCH_FILE, run_record, write_record
 from harness.tracking import connect, find_run, git_commit, log_metrics, set_tags, start_run, tracking_uri
 
 log = logging.getLogger("harness.train")
 
 RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "RAY_TRAIN_METRICS_ENABLED": "0"}
 FINAL_KEYS = ("rank1", "rank5", "rank10", "rank20", "map", "minp")
+LOCAL_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray's single-machine mode, servers on loopback
 
 
 @dataclass(frozen=True)
@@ -60,8 +64,15 @@ class TrainResult:
 @contextmanager
 def ray_session(address: str | None, num_cpus: int | None = None, resources: dict[str, float] | None = None,
                 log_to_driver: bool = False):
-    """Connect to the Ray cluster at `address`, or start a local one; shut it down on exit."""
+    """Connect to the Ray cluster at `address`, or start a local one on loopback; shut it down on exit.
+
+    A local Ray serves this machine alone, so its GCS, raylet and workers listen on 127.0.0.1
+    only. Ray does that in its single-machine mode (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, read
+    by ray_constants at import, so the constant is set too when Ray is already imported).
+    Joining a cluster keeps the cluster's own network setup.
+    """
     import ray
+    import ray._private.ray_constants as ray_constants
 
     if ray.is_initialized():
         yield
@@ -69,13 +80,22 @@ def ray_session(address: str | None, num_cpus: int | None = None, resources: dic
     for key, value in RAY_ENV.items():
         os.environ.setdefault(key, value)
     local = address is None
-    ray.init(address=address, num_cpus=num_cpus if local else None, resources=resources if local else None,
-             include_dashboard=False, log_to_driver=log_to_driver,
-             runtime_env={"env_vars": {k: os.environ[k] for k in RAY_ENV}})
+    saved = os.environ.get(LOCAL_ONLY), ray_constants.ENABLE_RAY_CLUSTER
+    if local:
+        os.environ[LOCAL_ONLY], ray_constants.ENABLE_RAY_CLUSTER = "0", False
     try:
+        ray.init(address=address, num_cpus=num_cpus if local else None, resources=resources if local else None,
+                 include_dashboard=False, log_to_driver=log_to_driver,
+                 runtime_env={"env_vars": {k: os.environ[k] for k in RAY_ENV}})
         yield
     finally:
         ray.shutdown()
+        if local:
+            ray_constants.ENABLE_RAY_CLUSTER = saved[1]
+            if saved[0] is None:
+                os.environ.pop(LOCAL_ONLY, None)
+            else:
+                os.environ[LOCAL_ONLY] = saved[0]
 
 
 def numerics_env(cpu_isa: str) -> dict[str, str]:
@@ -144,11 +164,29 @@ class MlflowEpochLogger:
         log_metrics(self._client, self.run_id, numbers, step=int(metrics[0]["epoch"]))
 
 
-def _callback(uri: str, run_id: str):
+class LiveRecord:
+    """Rewrites a run's record after every epoch, before MLflow or Tune hear of the epoch (runs in the controller).
+
+    Whatever stops the run, the record holds every epoch the others saw, so a sweep's table is
+    built from records alone.
+    """
+
+    def __init__(self, path: str, record: dict[str, Any]) -> None:
+        self.path, self.record = path, record
+
+    def after_report(self, run_context, metrics: list[dict[str, Any]], checkpoint) -> None:
+        first = metrics[0]
+        scores, cmc = first.get("best_scores") or {}, first.get("best_cmc") or {}
+        write_record(Path(self.path), self.record | {
+            "status": "running", "scores": {p: s | {"cmc": cmc.get(p)} for p, s in scores.items()},
+            "best_epoch": first.get("best_epoch", -1), "epochs": first["epoch"] + 1})
+
+
+def _callback(cls, *args):
     from ray.train import UserCallback
 
     # Mixed in at call time so that importing this module does not import Ray.
-    return type("MlflowEpochCallback", (MlflowEpochLogger, UserCallback), {})(uri, run_id)
+    return type(cls.__name__ + "Callback", (cls, UserCallback), {})(*args)
 
 
 def _progress_bars(queue, done: threading.Event, enabled: bool) -> None:
@@ -241,13 +279,65 @@ def _artifacts(client, run_id: str, config: Config, result: TrainResult, cmc: li
         client.log_artifacts(run_id, checkpoint_dir, "checkpoint")
 
 
+RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+class TrainingInterrupted(Exception):
+    """Ctrl-C during training: the MLflow run is closed as interrupted; the Ray run can be resumed."""
+
+    def __init__(self, ray_run: str) -> None:
+        super().__init__(ray_run)
+        self.ray_run = ray_run
+
+
+def check_run_name(name: str, option: str) -> None:
+    """UserError unless `name` is a plain folder name (it becomes <ray.storage_path>/<name>)."""
+    if not RUN_NAME.fullmatch(name) or name in (".", ".."):
+        raise UserError(f"{option} {name!r}: a run name is a folder under ray.storage_path, so it takes letters, "
+                        f"digits, '.', '_' and '-', starting with a letter or digit (no '/' or '..')")
+
+
+def saved_epochs(run_dir: Path) -> dict[int, dict[str, Any]]:
+    """The epochs whose checkpoints a Ray run still holds: their reported metrics and "folder" (under run_dir)."""
+    found = {}
+    for file in run_dir.glob(f"checkpoint_*/{EPOCH_FILE}"):
+        try:
+            metrics = json.loads(file.read_text())
+            found[int(metrics["epoch"])] = metrics | {"folder": file.parent.name}
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # a checkpoint being written when the run stopped
+    return found
+
+
+def log_missing_epochs(client, run_id: str, saved: dict[int, dict[str, float]]) -> None:
+    """Log the metrics of checkpointed epochs that MLflow lacks (the run stopped between the two)."""
+    logged = {m.step for m in client.get_metric_history(run_id, "loss")}
+    skip = ("epoch", "checkpoint_score", "best_value", "first_step_at", "folder")
+    for epoch, metrics in sorted(saved.items()):
+        if epoch not in logged:
+            log.info("logging epoch %d of run %s, checkpointed but not in MLflow", epoch, run_id)
+            log_metrics(client, run_id, {k: v for k, v in metrics.items() if k not in skip}, step=epoch)
+
+
+def worker_causes(error: BaseException) -> list[BaseException]:
+    """The exceptions the training workers raised, unwrapped from Ray's error types."""
+    failures = getattr(error, "worker_failures", None) or {}
+    causes = []
+    for failure in failures.values():
+        cause = getattr(failure, "cause", None) or failure
+        causes.append(cause)
+    return causes
+
+
 def fit(config: Config, name: str | None = None, resume: str | None = None, parent_run_id: str | None = None,
         tags: dict[str, str] | None = None, progress: bool = True, fail_at_step: int | None = None,
-        tune_callbacks: list | None = None) -> TrainResult:
+        tune_callbacks: list | None = None, record_to: Path | None = None, label: str | None = None,
+        kind: str = "train") -> TrainResult:
     """Train `config` on the connected Ray cluster, tracked in MLflow; return the best result.
 
-    `resume` continues the Ray run of that name (and its MLflow run). `fail_at_step` injects
-    one worker failure at that global step (tests of fault tolerance only).
+    `resume` continues the Ray run of that name (and its MLflow run). `record_to` keeps a run
+    record there, rewritten every epoch (status running) and at the end (finished).
+    `fail_at_step` injects one worker failure at that global step (tests of fault tolerance only).
     """
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -257,17 +347,21 @@ def fit(config: Config, name: str | None = None, resume: str | None = None, pare
     from datasets.loaders import TrainClips
     from harness.train_loop import run_worker
 
+    given = config.model_dump(mode="json")  # recorded as the user wrote it
     # Workers do not run in the driver's working directory: ship absolute paths.
     config = absolute_paths(config)
     directory = check_inputs(config)
     check_resources(config)
     storage = config.ray.storage_path
     if resume:
+        check_run_name(resume, "--resume")
         if not (storage / resume).is_dir():
             raise UserError(f"--resume {resume}: no run {storage / resume}; list the runs there or start a new one")
         ray_run = resume
+        saved = saved_epochs(storage / ray_run)
     else:
         ray_run = name or f"{config.model.preset}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        check_run_name(ray_run, "--name")
     storage.mkdir(parents=True, exist_ok=True)
 
     uri = tracking_uri(config.mlflow.tracking_uri)
@@ -277,7 +371,23 @@ def fit(config: Config, name: str | None = None, resume: str | None = None, pare
     spec = config.spec(num_classes)
     cost = run_cost(config, spec)
     run_id = find_run(client, experiment_id, "nvan.ray_run", ray_run) if resume else None
-    if run_id is None:
+    if run_id is not None:
+        log_missing_epochs(client, run_id, saved)
+        if saved and max(saved) + 1 >= config.train.epochs:
+            if client.get_run(run_id).data.tags.get("nvan.status") == "finished":
+                raise UserError(f"--resume {resume}: the run already trained all {config.train.epochs} epochs and "
+                                f"finished; nothing to resume. Start a new run, or raise train.epochs to train it "
+                                f"further")
+            # Every epoch is trained but the run stopped before its bookkeeping: finish it, train nothing.
+            state = read_state(storage / ray_run / saved[max(saved)]["folder"])
+            best = state["best"]
+            result = TrainResult(run_id, ray_run, best["epoch"], best["scores"] or {}, best["cmc"] or {},
+                                 state["epoch"] + 1, str(storage / ray_run / saved[max(saved)]["folder"]),
+                                 saved[max(saved)].get("clips_per_s", math.nan), math.nan, math.nan, cost, spec,
+                                 manifest, saved[max(saved)].get("cpu_capability"))
+            return _finish(client, config, given, result, record_to, label, kind)
+        set_tags(client, run_id, {"nvan.status": "running"})
+    else:
         params = flatten(config) | {
             "git_commit": git_commit(), "dataset.manifest_hash": manifest.get("content_hash", "unknown"),
             "input": config.data.input.label(),
@@ -311,7 +421,11 @@ def fit(config: Config, name: str | None = None, resume: str | None = None, pare
             checkpoint_config=CheckpointConfig(num_to_keep=config.train.keep_checkpoints,
                                                checkpoint_score_attribute="checkpoint_score",
                                                checkpoint_score_order="max"),
-            callbacks=[_callback(uri, run_id), *(tune_callbacks or [])],
+            # The record first, then MLflow, then Tune: each never ahead of the one before.
+            callbacks=[*([_callback(LiveRecord, str(record_to), record_base(given, spec, manifest, cost, label, kind)
+                                                             | {"run": {"mlflow_run_id": run_id, "ray_run": ray_run}})]
+                         if record_to else []),
+                       _callback(MlflowEpochLogger, uri, run_id), *(tune_callbacks or [])],
             worker_runtime_env={"env_vars": numerics_env(config.train.cpu_isa)},
         ),
     )
@@ -329,34 +443,48 @@ def fit(config: Config, name: str | None = None, resume: str | None = None, pare
 
     thread = threading.Thread(target=target, daemon=True)
     thread.start()
-    if queue is not None:
-        _progress_bars(queue, done, progress)
-    thread.join()
+    try:
+        if queue is not None:
+            _progress_bars(queue, done, progress)
+        thread.join()
+    except KeyboardInterrupt:
+        set_tags(client, run_id, {"nvan.status": "interrupted"})
+        client.set_terminated(run_id, "KILLED")
+        raise TrainingInterrupted(ray_run) from None
     seconds = time.perf_counter() - start
     if "error" in outcome:
         set_tags(client, run_id, {"nvan.status": "failed"})
         client.set_terminated(run_id, "FAILED")
-        if isinstance(outcome["error"], ray.train.TrainingFailedError):
-            raise UserError(f"training run {ray_run} failed: {outcome['error']}") from None
-        raise outcome["error"]
+        error = outcome["error"]
+        causes = worker_causes(error)
+        if causes and all(isinstance(c, (*USER_ERRORS, UserError)) for c in causes):
+            raise UserError(f"training run {ray_run} failed: {causes[0]}") from None
+        raise error
     result = outcome["result"]
     metrics = result.metrics or {}
-    best_scores = metrics.get("best_scores") or {}
-    train_result = TrainResult(run_id, ray_run, metrics.get("best_epoch", -1), best_scores,
+    train_result = TrainResult(run_id, ray_run, metrics.get("best_epoch", -1), metrics.get("best_scores") or {},
                                metrics.get("best_cmc") or {}, metrics.get("epoch", -1) + 1,
                                result.checkpoint.path if result.checkpoint else None,
                                metrics.get("clips_per_s", math.nan), seconds,
                                metrics.get("first_step_at", math.nan) - started_at, cost, spec, manifest,
                                metrics.get("cpu_capability"))
-    primary = best_scores.get(config.eval.protocols[0], {})
-    log_metrics(client, run_id, {f"best.{k}": primary[k] for k in FINAL_KEYS if k in primary}
-                | {"best.epoch": train_result.best_epoch, "startup_s": train_result.startup_s},
-                step=metrics.get("epoch", 0))
-    cmc = train_result.best_cmc.get(config.eval.protocols[0])
-    _artifacts(client, run_id, config, train_result, cmc, train_result.checkpoint)
-    set_tags(client, run_id, {"nvan.status": "finished"})
-    client.set_terminated(run_id, "FINISHED")
-    return train_result
+    return _finish(client, config, given, train_result, record_to, label, kind)
+
+
+def _finish(client, config: Config, given: dict, result: TrainResult, record_to: Path | None, label: str | None,
+            kind: str) -> TrainResult:
+    """A trained run's bookkeeping: best scores and artifacts in MLflow, its final record, status finished."""
+    primary = result.best_scores.get(config.eval.protocols[0], {})
+    extra = {} if math.isnan(result.startup_s) else {"startup_s": result.startup_s}
+    log_metrics(client, result.run_id, {f"best.{k}": primary[k] for k in FINAL_KEYS if k in primary}
+                | {"best.epoch": result.best_epoch} | extra, step=max(result.epochs - 1, 0))
+    _artifacts(client, result.run_id, config, result, result.best_cmc.get(config.eval.protocols[0]),
+               result.checkpoint)
+    if record_to:
+        write_record(record_to, train_record(Config.model_validate(given), result, label, kind))
+    set_tags(client, result.run_id, {"nvan.status": "finished"})
+    client.set_terminated(result.run_id, "FINISHED")
+    return result
 
 
 def _worker_resources(config: Config) -> dict[str, float]:
@@ -387,16 +515,33 @@ def main(argv: list[str] | None = None) -> int:
     config = load_from_args(args)
     address = args.address or config.ray.address
     check_inputs(config)
+    for option, name in (("--name", args.name), ("--resume", args.resume)):
+        if name:
+            check_run_name(name, option)
     if args.out:
         check_writable(args.out)
     fail_at = os.environ.get("NVAN_TEST_FAIL_AT_STEP")
-    with ray_session(address, num_cpus=os.cpu_count(), log_to_driver=config.ray.log_to_driver):
-        result = fit(config, name=args.name, resume=args.resume, progress=not args.no_progress,
-                     fail_at_step=int(fail_at) if fail_at else None)
+    try:
+        with ray_session(address, num_cpus=os.cpu_count(), log_to_driver=config.ray.log_to_driver):
+            result = fit(config, name=args.name, resume=args.resume, progress=not args.no_progress,
+                         fail_at_step=int(fail_at) if fail_at else None)
+    except TrainingInterrupted as stop:
+        resume = " ".join(["python -m harness.train", *(sys.argv[1:] if argv is None else argv)])
+        resume = re.sub(r"\s--(name|resume)[= ]\S+", "", resume) + f" --resume {stop.ray_run}"
+        print(f"interrupted: MLflow run closed as interrupted; its checkpoints are in "
+              f"{config.ray.storage_path / stop.ray_run}. Continue with:\n  {resume}", file=sys.stderr)
+        return 130
     print(format_summary(result))
     if args.out:
         write_record(args.out, train_record(config, result))
     return 0
+
+
+def record_base(config: dict, spec, manifest: dict, cost: dict, label: str | None, kind: str) -> dict:
+    """A run record before any epoch: what is trained and what it costs, no scores yet."""
+    return run_record(label=label or config["model"]["preset"], kind=kind, config=config, spec=spec,
+                      manifest=manifest, cost=cost, scores={}, cmc={}, best_epoch=-1, epochs=0,
+                      git_commit=git_commit(), run={}, status="running")
 
 
 def train_record(config: Config, result: TrainResult, label: str | None = None, kind: str = "train") -> dict:

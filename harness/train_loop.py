@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import tempfile
 import time
@@ -21,10 +22,14 @@ from harness.checkpoint import read_state, rng_state, save_state, set_rng_state
 from harness.config import Config, TrainConfig
 from harness.evaluate import extract_features, score_features
 from harness.losses import reid_loss
+from harness.records import EPOCH_FILE
 from models.checkpoints import load_imagenet
 from models.spec import ModelSpec
 from models.video_reid import build_model
 
+# Ray ranks kept checkpoints by checkpoint_score and stores it as JSON, where -inf becomes null and
+# breaks a restore: epochs without an evaluation score a finite value below any accuracy instead.
+NOT_EVALUATED = -1.0
 CMC_RANKS = 50  # CMC entries kept with the best scores (the full curve is gallery-long)
 StepHook = Callable[[int, int, int, dict[str, Any]], None]  # epoch, step, steps, stats (tensors and floats)
 
@@ -107,7 +112,7 @@ class Best:
     """The best evaluation so far: epoch, the selection metric's value, every protocol's scores and CMC."""
 
     epoch: int = -1
-    value: float = -math.inf
+    value: float = NOT_EVALUATED
     scores: dict[str, dict[str, float]] | None = None
     cmc: dict[str, list[float]] | None = None  # per protocol, ranks 1..CMC_RANKS
 
@@ -158,6 +163,8 @@ def run_worker(loop_config: dict[str, Any]) -> None:
         plain.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])  # an fp16 resume keeps its loss scale
         set_rng_state(state["rng"])
         start_epoch, best = state["epoch"] + 1, Best(**state["best"])
     eval_set = EvalClips(directory, config.data.frames, config.eval.sampler) if rank == 0 else None
@@ -183,7 +190,7 @@ def run_worker(loop_config: dict[str, Any]) -> None:
         stats = train_epoch(model, loader, optimizer, config.train, device, scaler, epoch, on_step)
         stats = _mean_over_workers(stats, world, device)
         metrics: dict[str, Any] = {"epoch": epoch, "lr": scheduler.get_last_lr()[0], **stats,
-                                   "clips_per_s": stats["clips_per_s"] * world, "checkpoint_score": -math.inf}
+                                   "clips_per_s": stats["clips_per_s"] * world, "checkpoint_score": NOT_EVALUATED}
         scheduler.step()
         last = epoch + 1 == config.train.epochs
         if rank == 0 and ((epoch + 1) % config.eval.every == 0 or last):
@@ -203,8 +210,11 @@ def run_worker(loop_config: dict[str, Any]) -> None:
                     "cpu_capability": torch.backends.cpu.get_cpu_capability()}
         if rank == 0:
             with tempfile.TemporaryDirectory() as folder:
+                numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+                (Path(folder) / EPOCH_FILE).write_text(json.dumps(numbers))
                 save_state(Path(folder), plain, spec, optimizer=optimizer.state_dict(),
-                           scheduler=scheduler.state_dict(), epoch=epoch, rng=rng_state(), best=best.__dict__)
+                           scheduler=scheduler.state_dict(), scaler=scaler.state_dict() if scaler else None,
+                           epoch=epoch, rng=rng_state(), best=best.__dict__)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
         else:
             ray.train.report(metrics)

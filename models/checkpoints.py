@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -84,13 +85,34 @@ def _read(path: str | Path) -> dict[str, torch.Tensor]:
     """The tensor dict saved at `path` (tensors only, no pickled code)."""
     if not Path(path).is_file():
         raise CheckpointError(f"checkpoint file {path} does not exist; give the path of a local .pth file")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise CheckpointError(f"cannot read {path} as a PyTorch state dict: {error}") from error
+    state = safe_load(path, "a .pth state dict (official STE-NVAN checkpoints and torchvision weights are tensors)")
     if not isinstance(state, Mapping):
         raise CheckpointError(f"{path} holds a {type(state).__name__}, expected a state dict (key -> tensor)")
     return dict(state)
+
+
+def safe_load(path: str | Path, expected: str) -> object:
+    """torch.load with the weights-only unpickler, which builds tensors and plain data and nothing else.
+
+    A file that would import anything (a pickled os.system call, say) is refused before it runs;
+    that and files that are not checkpoints at all raise one-paragraph CheckpointErrors naming
+    `expected`, instead of torch's advice to turn the protection off.
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        blocked = next((line for line in lines if "GLOBAL" in line), None)
+        if blocked:
+            raise CheckpointError(f"refusing to load {path}: it holds Python objects beyond tensors and plain data "
+                                  f"({blocked}), and unpickling them could run code; give {expected}") from None
+        detail = next((line for line in lines if line.startswith("Unsupported")), lines[-1] if lines else "")
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint (the unpickler says: {detail}); "
+                              f"give {expected}") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint ({type(error).__name__}: {first}); "
+                              f"give {expected}") from None
 
 
 def _load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], name: str, expected: str) -> None:

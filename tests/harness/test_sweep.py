@@ -14,7 +14,8 @@ import pytest
 from mlflow import MlflowClient
 
 from harness.config import ConfigError, load_config
-from harness.sweep import Candidate, pareto, resolve, search_setup, trial_base
+from harness.records import read_record
+from harness.sweep import Candidate, pareto, records_dir, resolve, search_setup, trial_base, trial_outcome
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -87,6 +88,24 @@ def test_search_algorithms(tiny_config):
     assert grid is None and all("grid_search" in v for v in space.values())
 
 
+@pytest.mark.parametrize("tune_status, record_status, epochs, infeasible, expected", [
+    ("TERMINATED", "finished", 4, False, "finished"),
+    ("RUNNING", "finished", 4, False, "finished"),      # finished just before an interrupt reached Tune's state
+    ("PENDING", "finished", 4, False, "finished"),
+    ("RUNNING", "running", 4, False, "finished"),       # Ctrl-C right after its last epoch, before its bookkeeping
+    ("TERMINATED", "running", 2, False, "early-stopped"),  # ASHA stopped it (never at the last epoch)
+    ("RUNNING", "running", 2, False, "interrupted"),    # Ctrl-C during an epoch or between epochs
+    ("PENDING", None, 0, False, "interrupted"),         # never started
+    ("ERROR", "running", 2, False, "failed"),
+    ("ERROR", None, 0, False, "failed"),
+    ("TERMINATED", None, 0, True, "infeasible"),
+])
+def test_trial_outcome_follows_the_record(tune_status, record_status, epochs, infeasible, expected):
+    record = None if record_status is None else {"status": record_status, "epochs": epochs,
+                                                 "config": {"train": {"epochs": 4}}}
+    assert trial_outcome(tune_status, record, infeasible) == expected
+
+
 def test_example_cluster_params_are_valid():
     config = trial_base(load_config(ROOT / "examples" / "sweep-8gpu.yaml"))
     assert config.ray.use_gpu and config.ray.address == "auto" and config.sweep.max_concurrent == 8
@@ -148,9 +167,33 @@ def test_interrupted_sweep_resumes_and_records_every_trial(tiny_sets, tmp_path):
 
     results = pl.read_parquet(tmp_path / "reports" / "sweeps" / "t" / "results.parquet")
     assert results.height == 4 and results["trial_id"].n_unique() == 4
+    # One truth: each trained trial's row, run record and MLflow run agree on epochs and best score.
+    records = {r["run"]["mlflow_run_id"]: r for r in map(read_record, records_dir(tmp_path / "ray", "t").glob("*.json"))}
+    for row in results.filter(pl.col("status") != "infeasible").iter_rows(named=True):
+        record, run = records[row["mlflow_run_id"]], client.get_run(row["mlflow_run_id"])
+        assert record["status"] == row["status"] == run.data.tags["nvan.status"]
+        assert record["epochs"] == row["epochs"] == len(client.get_metric_history(row["mlflow_run_id"], "loss"))
+        assert record["scores"]["mars-official"]["map"] == row["map"] == run.data.metrics["best.map"]
     assert set(results["mlflow_run_id"]) == {r.info.run_id for r in runs}
     points = results.filter(pl.col("status").is_in(["finished", "early-stopped"]))
     assert points.height == 3 and points["map"].is_not_null().all()
     expected = [not d for d in dominated(points["map"].to_list(), points["gmacs"].to_list())]
     assert points["pareto"].to_list() == expected and not results.filter(status="infeasible")["pareto"].any()
     assert all(label in second.stdout for label in points.filter("pareto")["label"])
+
+
+@pytest.mark.slow
+def test_a_sweep_with_failed_trials_says_so(tiny_sets, tmp_path):
+    # The ImageNet file does not exist: every trial fails in its workers.
+    done = subprocess.run([sys.executable, "-m", "harness.sweep", *tiny_sets, "--set", f"report.out_dir={tmp_path}",
+                           "--set", "sweep.search=grid", "--set", "sweep.space={placement: [p0000]}",
+                           "--set", f"sweep.trial={{train: {{epochs: 2, imagenet_init: {tmp_path / 'none.pth'}}}}}",
+                           "--set", "sweep.scheduler=fifo", "--name", "broken", "--num-samples", "1"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "FAILED: trial t000" in done.stdout
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    sweep = [r for r in client.search_runs([client.get_experiment_by_name("nvan-bench").experiment_id])
+             if r.data.tags.get("nvan.kind") == "sweep"]
+    assert sweep[0].data.tags["nvan.status"] == "failed" and sweep[0].info.status == "FAILED"
+    assert pl.read_parquet(tmp_path / "sweeps" / "broken" / "results.parquet")["status"].to_list() == ["failed"]

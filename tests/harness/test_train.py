@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import ray
 from mlflow import MlflowClient
 
 from torch import nn
 
 from harness.cli import UserError
-from harness.train import fit, ray_session
+from harness.tracking import connect, find_run, log_metrics, start_run
+from harness.train import fit, log_missing_epochs, ray_session, saved_epochs
 from harness.train_loop import training_model
 from models.presets import preset_spec
 
@@ -83,6 +88,53 @@ def test_resume_continues_the_same_mlflow_run(local_ray, tiny_config):
     assert second.run_id == first.run_id
     client = MlflowClient(config.mlflow.tracking_uri)
     assert [s for s, _ in history(client, first.run_id, "loss")] == [0, 1]
+
+
+def test_resume_before_the_first_evaluation(local_ray, tiny_config):
+    # Epochs without an evaluation carry a checkpoint score too; Ray must be able to restore them.
+    config = tiny_config("train.epochs=3", "eval.every=3", "train.steps_per_epoch=2", "ray.max_failures=0")
+    with pytest.raises(ray.train.TrainingFailedError, match="injected failure"):
+        fit(config, name="early", progress=False, fail_at_step=3)  # in epoch 1, after epoch 0's checkpoint
+    result = fit(config, resume="early", progress=False)
+    client = MlflowClient(config.mlflow.tracking_uri)
+    assert [s for s, _ in history(client, result.run_id, "loss")] == [0, 1, 2]
+    assert client.get_run(result.run_id).data.tags["nvan.status"] == "finished" and result.best_epoch == 2
+    with pytest.raises(UserError, match="already trained all 3 epochs"):
+        fit(config, resume="early", progress=False)
+
+
+def test_a_resume_logs_checkpointed_epochs_mlflow_missed(tmp_path):
+    client, experiment_id = connect(f"sqlite:///{tmp_path / 'mlflow.db'}", "nvan-bench")
+    run_id = start_run(client, experiment_id, "r", {}, {})
+    log_metrics(client, run_id, {"loss": 2.0}, step=0)
+    for epoch, loss in ((0, 2.0), (1, 1.5)):  # epoch 1 was checkpointed, then the run stopped before MLflow heard
+        folder = tmp_path / "run" / f"checkpoint_{epoch}"
+        folder.mkdir(parents=True)
+        (folder / "epoch.json").write_text(json.dumps({"epoch": epoch, "loss": loss, "lr": 1e-3}))
+    log_missing_epochs(client, run_id, saved_epochs(tmp_path / "run"))
+    assert history(client, run_id, "loss") == [(0, 2.0), (1, 1.5)]
+
+
+@pytest.mark.slow
+def test_ctrl_c_closes_the_run_and_says_how_to_resume(tiny_sets, tmp_path):
+    args = [sys.executable, "-m", "harness.train", *tiny_sets, "--set", "train.epochs=30", "--no-progress",
+            "--name", "stopped"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        deadline = time.time() + 240
+        while not list((tmp_path / "ray" / "stopped").glob("checkpoint_*/epoch.json")) and time.time() < deadline:
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    assert "--resume stopped" in err and "--name" not in err.split("Continue with:")[1]
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = client.get_run(find_run(client, client.get_experiment_by_name("nvan-bench").experiment_id,
+                                  "nvan.ray_run", "stopped"))
+    assert run.data.tags["nvan.status"] == "interrupted" and run.info.status == "KILLED"
 
 
 def test_bad_inputs_fail_fast(local_ray, tiny_config, tmp_path):

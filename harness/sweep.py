@@ -531,6 +531,10 @@ def close_trials(base: Config, trials: list, sweep_name: str) -> tuple[pl.DataFr
     return frame, complete
 
 
+# 130 as for a Ctrl-C'd command; 1 when trials failed (a bug or a broken node, not a user error).
+EXIT_CODES = {"finished": 0, "failed": 1, "interrupted": 130}
+
+
 def expected_trials(sweep: SweepConfig) -> int:
     """How many trials the sweep runs in all: num_samples, times the grid's size for a grid search."""
     if sweep.search != "grid":
@@ -598,8 +602,7 @@ def main(argv: list[str] | None = None) -> int:
     config = load_from_args(args)
     outcome = run_sweep(config, resume=args.resume)
     print(format_front(outcome, config.sweep.metric, config.eval.protocols[0]))
-    # 130 as for a Ctrl-C'd command; 1 when trials failed (a bug or a broken node, not a user error).
-    return {"finished": 0, "failed": 1, "interrupted": 130}[sweep_status(outcome.results, outcome.complete)]
+    return EXIT_CODES[sweep_status(outcome.results, outcome.complete)]
 
 
 if __name__ == "__main__":

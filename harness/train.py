@@ -84,7 +84,10 @@ def ray_session(address: str | None, num_cpus: int | None = None, resources: dic
     if local:
         os.environ[LOCAL_ONLY], ray_constants.ENABLE_RAY_CLUSTER = "0", False
     try:
-        ray.init(address=address, num_cpus=num_cpus if local else None, resources=resources if local else None,
+        # "local" starts a new instance even when another Ray runs on this machine (ray.init()
+        # without an address would join that one instead).
+        ray.init(address=address or "local", num_cpus=num_cpus if local else None,
+                 resources=resources if local else None,
                  include_dashboard=False, log_to_driver=log_to_driver,
                  runtime_env={"env_vars": {k: os.environ[k] for k in RAY_ENV}})
         yield
@@ -446,7 +449,10 @@ def fit(config: Config, name: str | None = None, resume: str | None = None, pare
     try:
         if queue is not None:
             _progress_bars(queue, done, progress)
-        thread.join()
+        # Wake up now and then: Ctrl-C may reach one of Ray's threads, and Python handles it
+        # only when the main thread runs; a plain join() would sleep through it until the run ends.
+        while thread.is_alive():
+            thread.join(0.5)
     except KeyboardInterrupt:
         set_tags(client, run_id, {"nvan.status": "interrupted"})
         client.set_terminated(run_id, "KILLED")

@@ -1,6 +1,6 @@
 """Clip loading from the frame store vs decoding JPEGs per frame, and the preparation rate (frames/s).
 
-Run: pytest tests/benchmarks/test_data_speed.py --benchmark-only
+Run: pytest tests/benchmarks/test_data_speed.py --benchmark-only -n 0
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def one_thread():
 
 def _store_clips(dataset: TrainClips) -> None:
     for i in range(CLIPS):
-        normalize(dataset[i % len(dataset)][0])
+        normalize(dataset[i % len(dataset), i][0])
 
 
 def _jpeg_clips(root: Path, dataset: TrainClips, paths: list[list[str]]) -> None:

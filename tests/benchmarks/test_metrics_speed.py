@@ -1,6 +1,6 @@
 """Speed and peak memory of harness.metrics on MARS-shaped features.
 
-Run: pytest tests/benchmarks/test_metrics_speed.py --benchmark-only
+Run: pytest tests/benchmarks/test_metrics_speed.py --benchmark-only -n 0
 Target (issue 4): the whole mars-official scoring of the MARS test set, distances included,
 under 2 s on a 2-core CPU; a per-query Python loop is the comparison.
 """

@@ -5,7 +5,7 @@ backbone, SDPA attention and conv+BN folding (fuse_for_inference), on torch's de
 thread count. The reference has the same weights, default layouts, explicit attention and
 no folding.
 
-Run: pytest tests/benchmarks/test_model_speed.py --benchmark-only
+Run: pytest tests/benchmarks/test_model_speed.py --benchmark-only -n 0
 """
 
 import copy

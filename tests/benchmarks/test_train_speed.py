@@ -1,6 +1,6 @@
 """Training throughput of the Ray job against a plain single-process loop (same model, data, batch).
 
-Run: pytest tests/benchmarks/test_train_speed.py --benchmark-only -s
+Run: pytest tests/benchmarks/test_train_speed.py --benchmark-only -n 0 -s
 Steady state = the last epoch's clips/s of each; start-up (command to first step) is reported apart.
 """
 
@@ -29,11 +29,12 @@ STEPS, EPOCHS = 30, 3
 def config(tmp_path_factory):
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     work = tmp_path_factory.mktemp("speed")
-    write_mars(work / "raw", identities=60, cameras=6, tracklets_per_id=8, min_frames=8, max_frames=16,
+    write_mars(work / "raw", identities=60, cameras=6, tracklets_per_id=16, min_frames=8, max_frames=16,
                height=128, width=64, distractors=0, junk=0, seed=0)
     prepare("mars", work / "raw", work / "prepared" / "mars", height=128, width=64)
     return load_config(ROOT / "params.yaml", [
-        f"data.prepared_root={work / 'prepared'}", "model.preset=nvan", "model.width=8", "model.stripes=null",
+        f"data.prepared_root={work / 'prepared'}", "data.height=128", "data.width=64", "model.preset=nvan",
+        "model.width=8", "model.stripes=null", "train.epoch=tracklets",  # 30 identities x 16 tracklets: 30 steps
         f"train.epochs={EPOCHS}", f"train.steps_per_epoch={STEPS}", f"eval.every={EPOCHS + 1}",
         "eval.protocols=[mars-official]", "ray.num_workers=1", "ray.cpus_per_worker=2", "ray.max_failures=0",
         f"ray.storage_path={work / 'ray'}", f"mlflow.tracking_uri=sqlite:///{work / 'mlflow.db'}"])
@@ -44,7 +45,7 @@ def plain_loop(config) -> float:
     torch.set_num_threads(config.ray.cpus_per_worker)
     torch.manual_seed(config.seed)
     data = TrainClips(config.data.prepared_root / config.data.dataset, config.data.frames, seed=config.seed)
-    loader = train_loader(data, config.train.p, config.train.k)
+    loader = train_loader(data, config.train.p, config.train.k, mode=config.train.epoch)
     model = build_model(config.spec(data.num_classes))
     optimizer = build_optimizer(model, config.train)
     for epoch in range(EPOCHS):

@@ -33,6 +33,7 @@ def tiny_overrides(prepared_root: Path, work: Path) -> list[str]:
         "data.width=32", "model.preset=nvan", "model.width=4", "model.stripes=null", "train.epochs=3",
         "train.batch_size=8", "train.k=2", "train.lr=1e-3", "eval.every=1", "eval.protocols=[mars-official]",
         "ray.num_workers=1", "ray.cpus_per_worker=1", "ray.max_failures=0", f"ray.storage_path={work / 'ray'}",
+        "cost.measure=false",
         f"mlflow.tracking_uri=sqlite:///{work / 'mlflow.db'}",
     ]
 

@@ -1,22 +1,47 @@
-"""Bad input on every CLI: one paragraph naming the path or value, exit code 2, no traceback, nothing half-written."""
+"""Bad input on every CLI: one paragraph naming the path or value, exit code 2, no traceback, nothing half-written.
+
+The entry points run in this process (as `python -m` runs them: through harness.cli.run or
+datasets.errors.run_cli); tests elsewhere check the same path in real subprocesses.
+"""
 
 from __future__ import annotations
 
+import importlib
 import json
-import subprocess
-import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from datasets.errors import run_cli
+from harness.cli import run
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def cli(module: str, *args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+@dataclass
+class Done:
+    returncode: int
+    stderr: str
 
 
-def refused(done: subprocess.CompletedProcess, *words: str) -> bool:
+@pytest.fixture
+def cli(capsys, monkeypatch):
+    """Run `python -m MODULE ARGS` in this process: its exit code and stderr."""
+    monkeypatch.chdir(ROOT)
+
+    def call(module: str, *args: str) -> Done:
+        main = importlib.import_module(module).main
+        runner = run_cli if module.startswith("datasets.") else run
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exit_:
+            runner(main, list(args))
+        return Done(exit_.value.code, capsys.readouterr().err)
+
+    return call
+
+
+def refused(done: Done, *words: str) -> bool:
     err = done.stderr.strip()
     return (done.returncode == 2 and "Traceback" not in err and err.startswith("error: ") and "\n" not in err
             and all(w in err for w in words))
@@ -29,7 +54,7 @@ def blocked(tmp_path) -> Path:
     return tmp_path / "file" / "out"
 
 
-def test_params_file_not_utf8_or_a_folder(tmp_path):
+def test_params_file_not_utf8_or_a_folder(cli, tmp_path):
     (tmp_path / "latin1.yaml").write_bytes("model: {preset: nvan}  # caf\xe9\n".encode("latin-1"))
     done = cli("harness.cost", "--params", str(tmp_path / "latin1.yaml"), "--no-measure")
     assert refused(done, "latin1.yaml", "not UTF-8")
@@ -37,7 +62,7 @@ def test_params_file_not_utf8_or_a_folder(tmp_path):
     assert refused(done, str(tmp_path), "is a folder")
 
 
-def test_binary_cost_file_in_report(tmp_path):
+def test_binary_cost_file_in_report(cli, tmp_path):
     (tmp_path / "cost.json").write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff\xfe")
     (tmp_path / "run.json").write_text("{}")
     done = cli("harness.report", "--runs", str(tmp_path / "run.json"), "--cost", str(tmp_path / "cost.json"),
@@ -46,14 +71,14 @@ def test_binary_cost_file_in_report(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_run_and_sweep_names_stay_inside_ray_results(tiny_sets):
+def test_run_and_sweep_names_stay_inside_ray_results(cli, tiny_sets):
     done = cli("harness.train", *tiny_sets, "--name", "../escape")
     assert refused(done, "'../escape'", "no '/' or '..'")
     done = cli("harness.sweep", *tiny_sets, "--name", "../escape")
     assert refused(done, "sweep.name")
 
 
-def test_unwritable_outputs_fail_before_the_work(blocked, tmp_path, prepared_root, tiny_sets):
+def test_unwritable_outputs_fail_before_the_work(cli, blocked, tmp_path, prepared_root, tiny_sets):
     done = cli("harness.cost", "--no-measure", "--preset", "nvan", "--set", "cost.width=4", "--out", str(blocked))
     assert refused(done, str(blocked), "not a writable folder")
     done = cli("harness.report", "--runs", str(tmp_path / "run.json"), "--out-dir", str(blocked))
@@ -68,7 +93,7 @@ def test_unwritable_outputs_fail_before_the_work(blocked, tmp_path, prepared_roo
     assert refused(done, "not a writable folder")
 
 
-def test_non_utf8_mars_name_list(tmp_path):
+def test_non_utf8_mars_name_list(cli, tmp_path):
     from datasets.synthetic import write_mars
 
     root = tmp_path / "mars"

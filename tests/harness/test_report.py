@@ -365,9 +365,14 @@ def test_bad_run_records_are_user_errors(record_files, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_cli_needs_runs_or_mlflow(record_files, tmp_path):
-    neither = cli("--out-dir", str(tmp_path / "a"))
-    assert neither.returncode == 2 and "--runs FILE" in neither.stderr and "Traceback" not in neither.stderr
-    done = cli("--out-dir", str(tmp_path / "b"), *[a for p in record_files for a in ("--runs", str(p))])
-    assert done.returncode == 0, done.stderr
-    assert "training took 183 s in all" in done.stdout and "mars (synthetic)" in done.stdout
+def test_cli_needs_runs_or_mlflow(record_files, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    with pytest.raises(SystemExit) as exit_:
+        run(main, ["--out-dir", str(tmp_path / "a")])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "--runs FILE" in err and "Traceback" not in err
+    with pytest.raises(SystemExit) as exit_:
+        run(main, ["--out-dir", str(tmp_path / "b"), *[a for p in record_files for a in ("--runs", str(p))]])
+    out = capsys.readouterr().out
+    assert exit_.value.code == 0
+    assert "training took 183 s in all" in out and "mars (synthetic)" in out

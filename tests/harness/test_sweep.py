@@ -182,18 +182,24 @@ def test_interrupted_sweep_resumes_and_records_every_trial(tiny_sets, tmp_path):
     assert all(label in second.stdout for label in points.filter("pareto")["label"])
 
 
-@pytest.mark.slow
-def test_a_sweep_with_failed_trials_says_so(tiny_sets, tmp_path):
-    # The ImageNet file does not exist: every trial fails in its workers.
-    done = subprocess.run([sys.executable, "-m", "harness.sweep", *tiny_sets, "--set", f"report.out_dir={tmp_path}",
-                           "--set", "sweep.search=grid", "--set", "sweep.space={placement: [p0000]}",
-                           "--set", f"sweep.trial={{train: {{epochs: 2, imagenet_init: {tmp_path / 'none.pth'}}}}}",
-                           "--set", "sweep.scheduler=fifo", "--name", "broken", "--num-samples", "1"],
-                          capture_output=True, text=True, cwd=ROOT, timeout=300)
-    assert done.returncode == 1, done.stderr[-3000:]
-    assert "FAILED: trial t000" in done.stdout
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    sweep = [r for r in client.search_runs([client.get_experiment_by_name("nvan-bench").experiment_id])
-             if r.data.tags.get("nvan.kind") == "sweep"]
-    assert sweep[0].data.tags["nvan.status"] == "failed" and sweep[0].info.status == "FAILED"
-    assert pl.read_parquet(tmp_path / "sweeps" / "broken" / "results.parquet")["status"].to_list() == ["failed"]
+def test_a_sweep_with_failed_trials_says_so(tiny_config, tmp_path):
+    from harness.sweep import EXIT_CODES, SweepOutcome, close_parent, format_front, sweep_status
+    from harness.tracking import connect, start_run
+
+    config = tiny_config()
+    client, experiment_id = connect(config.mlflow.tracking_uri, config.mlflow.experiment)
+    results = pl.DataFrame({"label": ["t000 p0000", "t001 p0200"], "status": ["finished", "failed"],
+                            "map": [0.3, None], "rank1": [0.4, None], "gmacs": [0.1, 0.2], "gmacs_input": [0.01, 0.02],
+                            "epochs": [2, 1], "mlflow_run_id": ["a" * 32, "b" * 32], "pareto": [True, False]})
+    assert sweep_status(results, complete=True) == "failed" and EXIT_CODES["failed"] == 1
+    assert sweep_status(results, complete=False) == "interrupted"
+    assert sweep_status(results.head(1), complete=True) == "finished"
+    parent = start_run(client, experiment_id, "s", {}, {"nvan.kind": "sweep"})
+    (tmp_path / "results.parquet").write_bytes(b"")
+    close_parent(config, parent, results, tmp_path / "results.parquet", complete=True)
+    run = client.get_run(parent)
+    assert run.data.tags["nvan.status"] == "failed" and run.info.status == "FAILED"
+    assert run.data.metrics["sweep.failed"] == 1
+    text = format_front(SweepOutcome("s", results, tmp_path / "results.parquet", parent, True, 1.0), "map",
+                        "mars-official")
+    assert "FAILED: trial t001 p0200" in text

@@ -25,3 +25,12 @@ def randomize_norms():
         return model
 
     return apply
+
+
+@pytest.fixture(params=[1, 2], ids=lambda n: f"{n}-threads")
+def threads(request):
+    """Run the test with 1 and with 2 torch threads: reduction order, hence rounding, depends on them."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)

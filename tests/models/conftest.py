@@ -9,7 +9,8 @@ from torch import nn
 
 @pytest.fixture
 def randomize_norms():
-    """Give every BatchNorm random affine parameters and running stats (fresh non-local blocks are zeros)."""
+    """Give every BatchNorm random affine parameters and running stats (fresh non-local blocks are zeros;
+    the BNNeck's frozen bias too, since a loaded checkpoint may hold any value there)."""
 
     def apply(model: nn.Module, seed: int = 0) -> nn.Module:
         generator = torch.Generator().manual_seed(seed)
@@ -18,8 +19,7 @@ def randomize_norms():
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
                     n = m.num_features
                     m.weight.copy_(0.5 + torch.rand(n, generator=generator))
-                    if m.bias.requires_grad:
-                        m.bias.copy_(0.1 * torch.randn(n, generator=generator))
+                    m.bias.copy_(0.1 * torch.randn(n, generator=generator))
                     m.running_mean.copy_(0.1 * torch.randn(n, generator=generator))
                     m.running_var.copy_(0.5 + torch.rand(n, generator=generator))
         return model

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
 from authors_reference import AuthorsCNN, clip_outputs
 from models.checkpoints import load_official_checkpoint
@@ -21,23 +20,10 @@ STRIPES = (4, 4, 4, 4)
 CLIPS = (2, 4, 3, 64, 32)  # T = 4 still pools twice (4 -> 2 -> 1) with windows of 2
 
 
-def randomize_every_norm(model: nn.Module, seed: int) -> nn.Module:
-    """Random weight, bias and running statistics in every batch norm (non-local W included, so no block is the identity)."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                n = m.num_features
-                m.weight.copy_(0.5 + torch.rand(n, generator=generator))
-                m.bias.copy_(0.3 * torch.randn(n, generator=generator))
-                m.running_mean.copy_(0.2 * torch.randn(n, generator=generator))
-                m.running_var.copy_(0.5 + torch.rand(n, generator=generator))
-    return model
-
-
-def authors_and_ours(preset: str, tmp_path):
+def authors_and_ours(preset: str, tmp_path, randomize_norms):
     torch.manual_seed(0)
-    authors = randomize_every_norm(AuthorsCNN(preset, num_classes=7, width=8, stripes=STRIPES), seed=1)
+    # Every BN random, non-local W included: no block is the identity.
+    authors = randomize_norms(AuthorsCNN(preset, num_classes=7, width=8, stripes=STRIPES), seed=1)
     path = tmp_path / f"{preset}.pth"
     # The authors save nn.DataParallel(CNN(...)).state_dict(): every key starts with "module.".
     torch.save({f"module.{k}": v for k, v in authors.state_dict().items()}, path)
@@ -50,8 +36,8 @@ def relative_gap(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @pytest.mark.parametrize("preset", ["baseline", "nvan", "ste_nvan"])
-def test_eval_features_equal_the_authors_network(preset, tmp_path):
-    authors, ours = authors_and_ours(preset, tmp_path)
+def test_eval_features_equal_the_authors_network(preset, tmp_path, randomize_norms):
+    authors, ours = authors_and_ours(preset, tmp_path, randomize_norms)
     clips = torch.randn(CLIPS, dtype=torch.float64)
     with torch.no_grad():
         expected = clip_outputs(authors.eval(), clips)
@@ -61,9 +47,9 @@ def test_eval_features_equal_the_authors_network(preset, tmp_path):
 
 
 @pytest.mark.parametrize("preset", ["baseline", "nvan", "ste_nvan"])
-def test_training_outputs_equal_the_authors_network(preset, tmp_path):
+def test_training_outputs_equal_the_authors_network(preset, tmp_path, randomize_norms):
     # Train mode: batch statistics in every BN, and for the baseline the BNNeck over frames.
-    authors, ours = authors_and_ours(preset, tmp_path)
+    authors, ours = authors_and_ours(preset, tmp_path, randomize_norms)
     clips = torch.randn(CLIPS, dtype=torch.float64)
     expected_feat, expected_logits = clip_outputs(authors.train(), clips)
     feat, logits = ours.train()(clips)
@@ -71,9 +57,9 @@ def test_training_outputs_equal_the_authors_network(preset, tmp_path):
     assert relative_gap(logits, expected_logits) <= TOLERANCE
 
 
-def test_a_stem_relu_is_caught(tmp_path):
+def test_a_stem_relu_is_caught(tmp_path, randomize_norms):
     # The check has teeth: torchvision's stem (ReLU after bn1) is far outside the tolerance.
-    authors, _ = authors_and_ours("nvan", tmp_path)
+    authors, _ = authors_and_ours("nvan", tmp_path, randomize_norms)
     torch.save({f"module.{k}": v for k, v in authors.float().state_dict().items()}, tmp_path / "n.pth")
     relu = load_official_checkpoint(tmp_path / "n.pth", "nvan", stem_relu=True).double().eval()
     clips = torch.randn(CLIPS, dtype=torch.float64)

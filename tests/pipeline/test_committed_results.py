@@ -9,10 +9,8 @@ where the machine matches the one the record was made on, and skips elsewhere, s
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -20,9 +18,8 @@ import torch
 from harness.cost import cpu_name
 from harness.records import read_record, reproducible_part
 from harness.train import numerics_env
+from project_copy import DVC, ROOT, copy_project, run, strings
 
-ROOT = Path(__file__).resolve().parents[2]
-DVC = str(Path(sys.executable).with_name("dvc"))
 RECORD = ROOT / "reports" / "runs" / "baseline.json"
 
 
@@ -46,22 +43,6 @@ def mismatch() -> str | None:
     return "; ".join(differ) or None
 
 
-def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = os.environ | {"RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(cwd)}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    proc = subprocess.run(args, cwd=cwd, capture_output=True, text=True, env=env)
-    assert proc.returncode == 0, f"{args} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return proc
-
-
-def strings(value) -> list[str]:
-    if isinstance(value, dict):
-        return [s for v in value.values() for s in strings(v)]
-    if isinstance(value, list):
-        return [s for v in value for s in strings(v)]
-    return [value] if isinstance(value, str) else []
-
-
 @pytest.mark.parametrize("preset", ["baseline", "nvan", "ste_nvan"])
 def test_committed_records_are_clean_and_complete(preset):
     record = read_record(ROOT / "reports" / "runs" / f"{preset}.json")
@@ -77,14 +58,8 @@ def test_forced_rerun_reproduces_the_committed_baseline(tmp_path):
     why = mismatch()
     if why:
         pytest.skip(f"the committed record was made on another machine: {why}")
-    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
-    clone = tmp_path / "clone"
-    for name in files:  # the committed tree: code, params, dvc.lock and the run records
-        (clone / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / name, clone / name)
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
-                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "clone"]):
-        run(*cmd, cwd=clone)
+    # The committed tree: code, params, dvc.lock and the run records.
+    clone = copy_project(tmp_path / "clone", lambda name: True)
     run(DVC, "repro", "prepare@mars", cwd=clone)  # the data is not in git: it is regenerated ...
     assert run("git", "diff", "--name-only", cwd=clone).stdout == ""  # ... to the locked hashes
     run(DVC, "repro", "-f", "-s", "train@baseline", cwd=clone)

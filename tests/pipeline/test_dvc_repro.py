@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from harness.records import read_record, reproducible_part
-
-ROOT = Path(__file__).resolve().parents[2]
-DVC = str(Path(sys.executable).with_name("dvc"))
+from project_copy import DVC, ROOT, copy_project, run, strings
 
 pytestmark = pytest.mark.slow
 
@@ -43,39 +39,15 @@ def merge(base: dict, extra: dict) -> dict:
     return out
 
 
-def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = os.environ | {"RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(cwd)}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    proc = subprocess.run(args, cwd=cwd, capture_output=True, text=True, env=env)
-    assert proc.returncode == 0, f"{args} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return proc
-
-
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:
     """A git repository holding the project's files (tracked and new), with tiny params committed."""
-    repo = tmp_path_factory.mktemp("clone")
-    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                           capture_output=True, text=True, check=True).stdout.split()
-    for name in files:
-        if (ROOT / name).is_file() and not name.startswith(("reports/", "dvc.lock")):
-            (repo / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, repo / name)
-    params = merge(yaml.safe_load((ROOT / "params.yaml").read_text()), TINY)
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
-                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny"]):
-        run(*cmd, cwd=repo)
-    return repo
+    def tiny(dest: Path) -> None:
+        params = merge(yaml.safe_load((ROOT / "params.yaml").read_text()), TINY)
+        (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
-
-def strings(value) -> list[str]:
-    """Every string inside a JSON value."""
-    if isinstance(value, dict):
-        return [s for v in value.values() for s in strings(v)]
-    if isinstance(value, list):
-        return [s for v in value for s in strings(v)]
-    return [value] if isinstance(value, str) else []
+    return copy_project(tmp_path_factory.mktemp("clone"), lambda name: not name.startswith(("reports/", "dvc.lock")),
+                        untracked=True, edit=tiny)
 
 
 def ran_stages(proc: subprocess.CompletedProcess) -> set[str]:

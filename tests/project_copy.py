@@ -1,0 +1,48 @@
+"""Fresh copies of this project as git repositories, for tests that run DVC and the CLIs as a user would."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DVC = str(Path(sys.executable).with_name("dvc"))
+
+
+def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """Run a command in `cwd` with this project's code on the path; assert it succeeds."""
+    env = os.environ | {"RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(cwd)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.run(args, cwd=cwd, capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, f"{args} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+def copy_project(dest: Path, keep: Callable[[str], bool], untracked: bool = False,
+                 edit: Callable[[Path], None] | None = None) -> Path:
+    """A git repository at `dest` holding the project's files that `keep` accepts, one commit."""
+    listing = ["git", "ls-files", "--cached"] + (["--others", "--exclude-standard"] if untracked else [])
+    files = subprocess.run(listing, cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    for name in files:
+        if (ROOT / name).is_file() and keep(name):
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, dest / name)
+    if edit:
+        edit(dest)
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
+                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"]):
+        run(*cmd, cwd=dest)
+    return dest
+
+
+def strings(value) -> list[str]:
+    """Every string inside a JSON value."""
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in strings(v)]
+    return [value] if isinstance(value, str) else []

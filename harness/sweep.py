@@ -177,6 +177,20 @@ def trial_number(tag: str) -> int:
     return int(tag.split("_", 1)[0])
 
 
+def trial_tags(label: str, sweep_name: str, trial_id: str) -> dict[str, str]:
+    """The MLflow tags naming a trial's run."""
+    return {"nvan.kind": "trial", "nvan.label": label, "nvan.sweep": sweep_name, "nvan.trial_id": trial_id,
+            "nvan.ray_run": f"{sweep_name}-{trial_id}"}
+
+
+def feasibility(base: Config, candidate: Candidate, label: str) -> tuple[dict[str, float], str | None]:
+    """The candidate's costs (GMACs) and None, or no costs and why it cannot be trained."""
+    try:
+        return candidate_costs(override(base, candidate.overrides(), f"candidate {label}")), None
+    except (ConfigError, SpecError) as e:
+        return {}, str(e)
+
+
 def record_infeasible(base: Config, candidate: Candidate, reason: str, tags: dict[str, str],
                       parent_run_id: str) -> str:
     """An MLflow trial run, nested and closed, recording a candidate rejected before training."""
@@ -225,19 +239,17 @@ def run_trial(params: dict[str, Any], base: dict[str, Any], sweep_name: str, par
     candidate = resolve(config, params)
     label = f"t{number:03d} {candidate.label(list(params))}"
     ray_run = f"{sweep_name}-{trial_id}"
-    tags = {"nvan.kind": "trial", "nvan.label": label, "nvan.sweep": sweep_name, "nvan.trial_id": trial_id,
-            "nvan.ray_run": ray_run}
-    # Train runs live in the sweep's folder; their names are unique per trial.
-    train_storage = str(config.ray.storage_path / sweep_name / "train")
-    try:
-        trial = override(config, candidate.overrides() | {"ray.storage_path": train_storage}, f"candidate {label}")
-        costs = candidate_costs(trial)
-    except (ConfigError, SpecError) as e:
-        run_id = record_infeasible(config, candidate, str(e), tags, parent_run_id)
+    tags = trial_tags(label, sweep_name, trial_id)
+    costs, reason = feasibility(config, candidate, label)
+    if reason is not None:
+        run_id = record_infeasible(config, candidate, reason, tags, parent_run_id)
         # NaN objectives: Optuna records the point as failed, ASHA ignores it.
         tune.report({objective(config.sweep.metric): math.nan, COST: math.nan, "epochs": 0, "label": label,
-                     "status": "infeasible", "reason": str(e), "mlflow_run_id": run_id})
+                     "status": "infeasible", "reason": reason, "mlflow_run_id": run_id})
         return
+    # Train runs live in the sweep's folder; their names are unique per trial.
+    train_storage = str(config.ray.storage_path / sweep_name / "train")
+    trial = override(config, candidate.overrides() | {"ray.storage_path": train_storage}, f"candidate {label}")
     record_path = trial_record_path(config.ray.storage_path, sweep_name, trial_id)
     fields = costs | {"label": label}
     record = _read_trial_record(record_path)
@@ -445,7 +457,7 @@ def run_sweep(config: Config, resume: bool = False) -> SweepOutcome:
         tuner.fit()
     # The experiment state on disk was written before Tune's cleanup marked interrupted trials TERMINATED.
     trials = tune.ExperimentAnalysis(str(experiment)).trials
-    results, complete = close_trials(base, trials, name)
+    results, complete = close_trials(base, trials, name, parent_run_id)
     # Interrupted before the search created every trial: more to run, whatever the trials say.
     complete &= len(trials) >= expected_trials(sweep)
     path = config.report.out_dir / "sweeps" / name / "results.parquet"
@@ -476,7 +488,7 @@ def trial_outcome(tune_status: str, record: dict | None, infeasible: bool) -> st
 MLFLOW_END = {"finished": "FINISHED", "early-stopped": "KILLED", "failed": "FAILED", "interrupted": "KILLED"}
 
 
-def close_trials(base: Config, trials: list, sweep_name: str) -> tuple[pl.DataFrame, bool]:
+def close_trials(base: Config, trials: list, sweep_name: str, parent_run_id: str) -> tuple[pl.DataFrame, bool]:
     """One row per Tune trial, built from the trials' run records; MLflow runs and records closed to match.
 
     Returns the table and whether the sweep is complete (no trial left to run).
@@ -489,10 +501,18 @@ def close_trials(base: Config, trials: list, sweep_name: str) -> tuple[pl.DataFr
         r = trial.last_result or {}
         path = trial_record_path(base.ray.storage_path, sweep_name, trial.trial_id)
         record = _read_trial_record(path)
-        status = trial_outcome(trial.status, record, r.get("status") == "infeasible")
+        candidate, number = resolve(base, trial.config), trial_number(trial.experiment_tag)
+        label = (record or {}).get("label") or r.get("label") or f"t{number:03d} {candidate.label(list(trial.config))}"
+        # Feasibility is decided here again, not read from Tune: an interrupt can end an infeasible
+        # trial before Tune saved its report.
+        costs, reason = feasibility(base, candidate, label)
+        status = trial_outcome(trial.status, record, reason is not None)
         complete &= status != "interrupted"
         run_id = (record or {}).get("run", {}).get("mlflow_run_id") or r.get("mlflow_run_id") or find_run(
             client, experiment_id, "nvan.trial_id", trial.trial_id)
+        if reason is not None and not run_id:
+            run_id = record_infeasible(base, candidate, reason, trial_tags(label, sweep_name, trial.trial_id),
+                                       parent_run_id)
         best = (record or {}).get("scores", {}).get(protocol, {})
         if record is not None and record["status"] != status:
             write_record(path, record | {"status": status})
@@ -502,18 +522,11 @@ def close_trials(base: Config, trials: list, sweep_name: str) -> tuple[pl.DataFr
                             | {"best.epoch": record["best_epoch"]}, step=max(record["epochs"] - 1, 0))
             set_tags(client, run_id, {"nvan.status": status})
             client.set_terminated(run_id, MLFLOW_END[status])
-        candidate, number = resolve(base, trial.config), trial_number(trial.experiment_tag)
-        costs = {}
-        if status != "infeasible":
-            costs = candidate_costs(override(base, candidate.overrides(), f"trial {number}"))
         rows.append({
-            "trial": number, "trial_id": trial.trial_id,
-            "label": (record or {}).get("label") or r.get("label") or f"t{number:03d} "
-                     f"{candidate.label(list(trial.config))}",
-            "status": status, **candidate.columns(),
+            "trial": number, "trial_id": trial.trial_id, "label": label, "status": status, **candidate.columns(),
             "map": best.get("map"), "rank1": best.get("rank1"), "best_epoch": (record or {}).get("best_epoch"),
             "epochs": (record or {}).get("epochs", 0), COST: costs.get(COST), "gmacs_input": costs.get("gmacs_input"),
-            "seconds": r.get("time_total_s"), "mlflow_run_id": run_id, "reason": r.get("reason"),
+            "seconds": r.get("time_total_s"), "mlflow_run_id": run_id, "reason": reason,
             "dataset": base.data.dataset, "synthetic": bool(manifest.get("synthetic", False)),
             "input": f"{candidate.frames}x{base.data.height}x{base.data.width}",
             "git_commit": (record or {}).get("git_commit"),

@@ -175,7 +175,7 @@ def run_worker(loop_config: dict[str, Any]) -> None:
     def on_step(epoch: int, step: int, steps: int, stats: dict[str, Any]) -> None:
         if not first_step_at:
             first_step_at.append(time.time())
-        if fail_at_step is not None and epoch * len(loader) + step == fail_at_step and rank == world - 1:
+        if fail_at_step is not None and epoch * steps + step == fail_at_step and rank == world - 1:
             marker = Path(loop_config["fail_marker"])
             if not marker.exists():  # fail once, so the restarted worker gets past this step
                 marker.touch()

@@ -15,7 +15,9 @@ DVC = str(Path(sys.executable).with_name("dvc"))
 
 def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     """Run a command in `cwd` with this project's code on the path; assert it succeeds."""
-    env = os.environ | {"RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(cwd)}
+    # dvc.yaml's stages call `python`: this interpreter's, whether or not its venv is activated.
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    env = os.environ | {"RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(cwd), "PATH": path}
     env.pop("MLFLOW_TRACKING_URI", None)
     proc = subprocess.run(args, cwd=cwd, capture_output=True, text=True, env=env)
     assert proc.returncode == 0, f"{args} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"

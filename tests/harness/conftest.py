@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import importlib
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from datasets.errors import run_cli
 from datasets.prepare import prepare
 from datasets.synthetic import write_mars
+from harness.cli import run
 from harness.config import Config, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -52,3 +56,25 @@ def tiny_config(prepared_root: Path, tmp_path: Path):
         return load_config(ROOT / "params.yaml", tiny_overrides(prepared_root, tmp_path) + list(extra))
 
     return make
+
+
+@dataclass
+class Done:
+    returncode: int
+    stderr: str
+
+
+@pytest.fixture
+def cli(capsys, monkeypatch):
+    """Run `python -m MODULE ARGS` in this process (through the same runner): its exit code and stderr."""
+    monkeypatch.chdir(ROOT)
+
+    def call(module: str, *args: str) -> Done:
+        main = importlib.import_module(module).main
+        runner = run_cli if module.startswith("datasets.") else run
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exit_:
+            runner(main, list(args))
+        return Done(exit_.value.code, capsys.readouterr().err)
+
+    return call

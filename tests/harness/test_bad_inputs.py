@@ -6,42 +6,15 @@ datasets.errors.run_cli); tests elsewhere check the same path in real subprocess
 
 from __future__ import annotations
 
-import importlib
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from datasets.errors import run_cli
-from harness.cli import run
-
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@dataclass
-class Done:
-    returncode: int
-    stderr: str
-
-
-@pytest.fixture
-def cli(capsys, monkeypatch):
-    """Run `python -m MODULE ARGS` in this process: its exit code and stderr."""
-    monkeypatch.chdir(ROOT)
-
-    def call(module: str, *args: str) -> Done:
-        main = importlib.import_module(module).main
-        runner = run_cli if module.startswith("datasets.") else run
-        capsys.readouterr()
-        with pytest.raises(SystemExit) as exit_:
-            runner(main, list(args))
-        return Done(exit_.value.code, capsys.readouterr().err)
-
-    return call
-
-
-def refused(done: Done, *words: str) -> bool:
+def refused(done, *words: str) -> bool:
     err = done.stderr.strip()
     return (done.returncode == 2 and "Traceback" not in err and err.startswith("error: ") and "\n" not in err
             and all(w in err for w in words))

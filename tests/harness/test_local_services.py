@@ -13,6 +13,7 @@ import pytest
 
 from harness.cli import UserError
 from harness.tracking import connect
+from store_workers import create_store
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -38,16 +39,11 @@ def test_a_local_ray_listens_on_loopback_only():
     assert addresses <= {"127.0.0.1", "::ffff:127.0.0.1", "::1"}, addresses
 
 
-def _create(uri: str, barrier) -> None:
-    barrier.wait()
-    connect(uri, "nvan-bench")
-
-
 def test_drivers_creating_one_sqlite_store_at_once(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     context = mp.get_context("spawn")
     barrier = context.Barrier(3)
-    procs = [context.Process(target=_create, args=(uri, barrier)) for _ in range(3)]
+    procs = [context.Process(target=create_store, args=(uri, barrier)) for _ in range(3)]
     for p in procs:
         p.start()
     for p in procs:

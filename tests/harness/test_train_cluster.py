@@ -1,6 +1,8 @@
-"""The training job across two Ray nodes (ray.cluster_utils.Cluster on this machine)."""
+"""The training job across two Ray nodes (ray.cluster_utils.Cluster on this machine), through a worker failure."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 import ray
@@ -9,10 +11,23 @@ from ray.cluster_utils import Cluster
 
 from harness.train import fit, ray_session
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.slow(seconds=70)
 
 
-def test_two_nodes_one_worker_each(tiny_config):
+def history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, float]]:
+    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+
+
+def test_two_nodes_train_track_and_survive_a_failure(tiny_config, prepared_root, monkeypatch):
+    # A relative data path, as in params.yaml: workers do not share the driver's cwd.
+    monkeypatch.chdir(prepared_root.parent)
+    # P = 2 identities per step over 2 workers: one identity per worker. Mining on a worker's own
+    # share would find no negative and the triplet term would be 0; on the global batch it is not.
+    # One worker fails in epoch 1 (global step 3, 2 a epoch); Ray restarts the group from epoch 0's
+    # checkpoint and the run goes on as one MLflow run, with no epoch logged twice.
+    config = tiny_config("ray.num_workers=2", "train.epochs=3", "train.batch_size=4", "train.k=2",
+                         "train.steps_per_epoch=2", "ray.max_failures=1", "cost.measure=true",
+                         f"data.prepared_root={prepared_root.name}")
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()
@@ -20,11 +35,23 @@ def test_two_nodes_one_worker_each(tiny_config):
         with ray_session(cluster.address):
             # Each node has 1 CPU and each worker needs 1, so the two workers must span both nodes.
             assert [n["Resources"]["CPU"] for n in ray.nodes() if n["Alive"]] == [1.0, 1.0]
-            config = tiny_config("ray.num_workers=2", "train.epochs=2", "train.steps_per_epoch=2")
-            result = fit(config, progress=False)
+            result = fit(config, progress=False, fail_at_step=3)
     finally:
         cluster.shutdown()
     client = MlflowClient(config.mlflow.tracking_uri)
-    assert sorted(m.step for m in client.get_metric_history(result.run_id, "loss")) == [0, 1]
-    assert client.get_run(result.run_id).data.tags["nvan.status"] == "finished"
-    assert 0 <= result.best_scores["mars-official"]["map"] <= 1
+    runs = client.search_runs([client.get_experiment_by_name(config.mlflow.experiment).experiment_id])
+    assert [r.info.run_id for r in runs] == [result.run_id]
+    assert (config.ray.storage_path / result.ray_run / ".injected-failure").exists()
+    run = client.get_run(result.run_id)
+    losses = [v for _, v in history(client, result.run_id, "loss")]
+    assert len(losses) == 3 and losses[-1] < losses[0]
+    assert all(v > 0.05 for _, v in history(client, result.run_id, "triplet"))
+    assert run.data.params["model.preset"] == "nvan" and run.data.params["spec.non_local"] == "[0, 2, 3, 0]"
+    assert run.data.params["git_commit"] and run.data.params["dataset.manifest_hash"] != "unknown"
+    assert {"cost.gmacs", "cost.params_m", "cost.latency_ms", "best.rank1", "best.map"} <= set(run.data.metrics)
+    assert [s for s, _ in history(client, result.run_id, "map")] == [0, 1, 2]
+    assert run.data.tags["nvan.status"] == "finished" and run.data.tags["dataset"] == "mars"
+    artifacts = {a.path for a in client.list_artifacts(result.run_id)}
+    assert {"config.yaml", "metrics.json", "cmc.png"} <= artifacts
+    assert result.checkpoint and (Path(result.checkpoint) / "state.pt").exists()
+    assert 0 <= result.best_scores["mars-official"]["rank1"] <= 1

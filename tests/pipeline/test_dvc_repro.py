@@ -13,7 +13,7 @@ import yaml
 from harness.records import read_record, reproducible_part
 from project_copy import DVC, ROOT, copy_project, run, strings
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.slow(seconds=300, cores=2)
 
 TINY = {
     "synthetic": {

@@ -33,7 +33,7 @@ from harness.io import atomic_path, check_writable, write_json_atomic
 from harness.records import read_record, write_record
 from harness.tracking import connect, find_run, git_commit, log_metrics, set_tags, start_run, tracking_uri
 from harness.prepared import prepared_dataset
-from harness.train import FINAL_KEYS, check_inputs, check_resources, check_run_name, fit, ray_session
+from harness.train import FINAL_KEYS, check_inputs, check_resources, fit, ray_session
 from models.spec import SpecError
 
 log = logging.getLogger("harness.sweep")
@@ -238,8 +238,8 @@ def run_trial(params: dict[str, Any], base: dict[str, Any], sweep_name: str, par
     number = trial_number(Path(context.get_trial_dir()).name.split(f"{trial_id}_", 1)[1])
     candidate = resolve(config, params)
     label = f"t{number:03d} {candidate.label(list(params))}"
-    ray_run = f"{sweep_name}-{trial_id}"
     tags = trial_tags(label, sweep_name, trial_id)
+    ray_run = tags["nvan.ray_run"]
     costs, reason = feasibility(config, candidate, label)
     if reason is not None:
         run_id = record_infeasible(config, candidate, reason, tags, parent_run_id)

@@ -17,10 +17,8 @@ from mlflow import MlflowClient
 from torch import nn
 
 from harness.cli import UserError
-from harness.cli import run as cli_run
 from harness.tracking import connect, find_run, log_metrics, start_run
 from harness.train import fit, log_missing_epochs, ray_session, saved_epochs
-from harness.train import main as train_main
 from harness.train_loop import training_model
 from models.presets import preset_spec
 
@@ -104,13 +102,6 @@ def test_bad_inputs_fail_fast(local_ray, tiny_config, tmp_path):
             fit(tiny_config(f"ray.storage_path={locked / 'ray'}"), progress=False)
 
 
-def train_cli(capsys, *args: str) -> tuple[int, str]:
-    """harness.train's entry point in this process (exit code, stderr), for errors raised before Ray starts."""
-    with pytest.raises(SystemExit) as done:
-        cli_run(train_main, list(args))
-    return done.value.code, capsys.readouterr().err
-
-
 @pytest.mark.parametrize("override, message", [
     ("train.batch_size=9", "not divisible into P identities"),
     ("train.optimizer=lamb", "train.optimizer"),
@@ -119,9 +110,9 @@ def train_cli(capsys, *args: str) -> tuple[int, str]:
     ("data.height=128", "64 x 32 pixels (H x W) but data.height x data.width is 128 x 32"),
     ("data.dataset=duke", "datasets.prepare"),
 ])
-def test_cli_rejects_bad_config(tiny_sets, override, message, capsys):
-    code, err = train_cli(capsys, *tiny_sets, "--set", override)
-    assert code == 2 and message in err and "Traceback" not in err
+def test_cli_rejects_bad_config(cli, tiny_sets, override, message):
+    done = cli("harness.train", *tiny_sets, "--set", override)
+    assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
 
 
 @pytest.mark.slow

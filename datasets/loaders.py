@@ -117,6 +117,10 @@ class EvalClips(Dataset):
     def __len__(self) -> int:
         return len(self.pids)
 
+    def clips_per_tracklet(self) -> np.ndarray:
+        """Clips the model runs per tracklet, in row order: 1, or ceil(frames / T) under `dense`."""
+        return np.array([self.sample(int(n), self.frames, None).size // self.frames for n in self.lengths])
+
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int, int]:
         clip = self.store.read(self.offsets[i] + self.sample(int(self.lengths[i]), self.frames, None))
         return torch.from_numpy(clip), int(self.pids[i]), int(self.cameras[i]), i

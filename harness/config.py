@@ -173,6 +173,7 @@ class TrainConfig(Section):
     steps_per_epoch: int | None = Field(None, ge=1, description="cap on steps per epoch; null = one pass of the P x K sampler")
     keep_checkpoints: int = Field(2, ge=1)
     log_checkpoint: bool = False
+    compile: bool = Field(False, description="torch.compile the training model (minutes of compiling first)")
 
     @model_validator(mode="after")
     def _pk(self) -> TrainConfig:
@@ -195,6 +196,7 @@ class EvalConfig(Section):
     select_by: Literal["rank1", "map"] = "map"
     sampler: Literal["chunk_first", "segment_first", "dense", "evenly"] = "chunk_first"
     batch_size: int = Field(8, ge=1, description="tracklets per inference batch")
+    compile: bool = Field(False, description="torch.compile the BN-folded inference model at each evaluation")
 
 
 class RayConfig(Section):
@@ -218,6 +220,9 @@ class ReportConfig(Section):
     dataset: str | None = Field(None, description="null: every dataset, each in its own row of panels")
     latest_per_label: bool = Field(True, description="keep only the newest run of each label per dataset")
     published: bool = Field(True, description="plot the paper's MARS numbers on panels of datasets named mars")
+    cost_axis: Literal["gmacs", "gmacs_tracklet", "latency"] = Field(
+        "gmacs", description="x axis: GMACs per clip, GMACs per test tracklet under eval.sampler, or latency "
+                             "(ms per clip) measured on each run's training device (one row of panels per device)")
 
 
 # Temporal-pool choices of a sweep as scalar keys (Optuna wants scalar categories).
@@ -302,6 +307,9 @@ class SweepConfig(Section):
     optuna_sampler: Literal["nsga2", "tpe"] = "nsga2"
     metric: Literal["map", "rank1"] = "map"
     cost_frames: int | None = Field(None, ge=1, description="T of the costed T x 256 x 128 clip; null = the trial's")
+    cost_objective: Literal["gmacs", "latency"] = Field(
+        "gmacs", description="minimise GMACs per clip, or the latency (ms per clip) each trial measures with its "
+                             "own worker resources (needs cost.measure)")
     num_samples: int = Field(8, ge=1, description="trials; grid: repeats of the whole grid")
     max_concurrent: int = Field(2, ge=1)
     scheduler: Literal["asha", "fifo"] = "asha"

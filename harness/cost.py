@@ -3,9 +3,10 @@
 Units: MACs are multiply-accumulates of convolutions, linear layers, matrix products and
 attention (what fvcore calls "flops"; FLOPs = 2 x MACs). Elementwise work (batch norm,
 pooling, softmax, additions) is not counted, as in the ResNet and NVAN papers. Latency is
-seconds per batch of the inference model (eval mode, batch norms folded into the convolutions,
-`torch.inference_mode`), median over repeats with its spread, the threads used, the processor,
-and how many cores other processes kept busy meanwhile; MACs are those of the unfused model.
+seconds per batch of the inference model that `harness.evaluate` runs (`models.fuse.inference_model`:
+eval mode, batch norms folded into the convolutions, `torch.inference_mode`), median over repeats
+with its spread, the threads used, the device (CPU model or GPU name; CUDA events on a GPU), and
+how many cores other processes kept busy meanwhile; MACs are those of the unfused model.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from torch import nn
 from harness.cli import config_parser, load_from_args, run
 from harness.config import InputSize
 from harness.io import check_writable, write_json_atomic
-from models.fuse import fuse_for_inference
+from models.fuse import inference_model
 from models.presets import preset_spec
 from models.spec import ModelSpec, SpecError
 from models.video_reid import build_model
@@ -251,38 +252,103 @@ def _busy_seconds() -> float | None:
     return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
-def _measure(spec: ModelSpec, size: InputSize, batch: int, warmup: int, repeats: int, threads: int):
+def device_name(device: str) -> str:
+    """'cuda: <GPU name>' or 'cpu: <processor model>', the label every latency carries."""
+    if device.startswith("cuda"):
+        return f"cuda: {torch.cuda.get_device_name(torch.device(device))}"
+    return f"cpu: {cpu_name()}"
+
+
+def _measure(spec: ModelSpec, size: InputSize, batch: int, warmup: int, repeats: int, threads: int,
+             device: str = "cpu"):
     """Runs in a fresh spawned process, so its peak RSS counts this model alone."""
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(0)
-    model = fuse_for_inference(build_model(spec).eval())  # as deployed: BN folded into convs
-    clips = torch.randn(batch, size.frames, 3, size.height, size.width)
+    cuda = device.startswith("cuda")
+    model = inference_model(build_model(spec).eval()).to(device)  # what evaluation runs: BN folded into convs
+    clips = torch.randn(batch, size.frames, 3, size.height, size.width, device=device)
     with torch.inference_mode():
-        rss_before = reset_peak_rss()
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(device)
+            base = torch.cuda.memory_allocated(device)
+        else:
+            rss_before = reset_peak_rss()
         model(clips)
-        peak_mb = None if rss_before is None else peak_rss_mib(rss_before)
+        if cuda:
+            peak_mb = (torch.cuda.max_memory_allocated(device) - base) / 2**20
+        else:
+            peak_mb = None if rss_before is None else peak_rss_mib(rss_before)
         for _ in range(max(warmup - 1, 0)):
             model(clips)
         times = []
         busy, own, wall = _busy_seconds(), time.process_time(), time.perf_counter()
         for _ in range(repeats):
-            start = time.perf_counter()
-            model(clips)
-            times.append(time.perf_counter() - start)
+            if cuda:  # kernels run asynchronously: time them on the device, between events
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                model(clips)
+                end.record()
+                end.synchronize()
+                times.append(start.elapsed_time(end) / 1e3)
+            else:
+                start = time.perf_counter()
+                model(clips)
+                times.append(time.perf_counter() - start)
         busy_after = _busy_seconds()
         other = None
         if busy is not None and busy_after is not None:
             # Whatever the machine was busy with beyond this process, in cores; clock ticks round to 0.01 s.
             other = max(0.0, (busy_after - busy - (time.process_time() - own)) / (time.perf_counter() - wall))
-    return Latency.of(times, torch.get_num_threads(), f"cpu: {cpu_name()}", other), peak_mb
+    return Latency.of(times, torch.get_num_threads(), device_name(device), other), peak_mb
 
 
 def measure(spec: ModelSpec, size: InputSize, batch: int = 1, warmup: int = 2, repeats: int = 10,
-            threads: int = 0) -> tuple[Latency, float | None]:
-    """Latency per batch (s, with spread and conditions) and peak extra memory of one forward (MiB)."""
+            threads: int = 0, device: str = "cpu") -> tuple[Latency, float | None]:
+    """Latency per batch (s, with spread and conditions) and peak extra memory of one forward (MiB) on `device`."""
     with mp.get_context("spawn").Pool(1) as pool:
-        return pool.apply(_measure, (spec, size, batch, warmup, repeats, threads))
+        return pool.apply(_measure, (spec, size, batch, warmup, repeats, threads, device))
+
+
+def _measure_on_node(spec: ModelSpec, size: InputSize, batch: int, warmup: int, repeats: int, threads: int,
+                     device: str) -> tuple[Latency, float | None, dict[str, str]]:
+    import socket
+
+    import ray
+
+    latency, peak = measure(spec, size, batch, warmup, repeats, threads, device)
+    node = {"node": f"{socket.gethostname()} ({ray.util.get_node_ip_address()})",
+            "node_id": ray.get_runtime_context().get_node_id()}
+    return latency, peak, node
+
+
+def measure_where_trained(spec: ModelSpec, size: InputSize, *, cpus: int, gpus: float, env: dict[str, str],
+                          batch: int = 1, warmup: int = 2, repeats: int = 10
+                          ) -> tuple[Latency, float | None, dict[str, str]]:
+    """Latency (s per batch) and peak memory (MiB) timed by a Ray task holding one training worker's
+    resources (`cpus` threads, `gpus` GPUs, the workers' environment `env`), and the node it ran on
+    ("node": host and IP, "node_id": Ray's).
+
+    The connected Ray cluster schedules it where such a worker would run, so a GPU run is timed on
+    a GPU of the cluster, not on the driver's CPU.
+    """
+    import ray
+
+    # DEFAULT scheduling: inside a sweep trial the caller runs in Tune's placement group, which holds no
+    # CPU; the task must take its resources from the cluster, as the trial's Train workers do.
+    task = ray.remote(_measure_on_node).options(num_cpus=cpus, num_gpus=gpus, runtime_env={"env_vars": env},
+                                                scheduling_strategy="DEFAULT")
+    return ray.get(task.remote(spec, size, batch, warmup, repeats, cpus, "cuda" if gpus else "cpu"))
+
+
+def tracklet_costs(gmacs_per_clip: float, frames: int, clips_per_tracklet: list[int] | tuple[int, ...],
+                   sampler: str) -> dict:
+    """GMACs per frame and per test tracklet (mean over the test set) for clips of `frames` frames
+    run `clips_per_tracklet` times per tracklet by the test `sampler` (dense: ceil(F / T) clips)."""
+    clips = sum(clips_per_tracklet) / len(clips_per_tracklet)
+    return {"gmacs_per_frame": gmacs_per_clip / frames, "eval_sampler": sampler,
+            "test_tracklets": len(clips_per_tracklet), "clips_per_tracklet": clips,
+            "gmacs_per_tracklet": gmacs_per_clip * clips}
 
 
 def cost_of(name: str, spec: ModelSpec, size: InputSize, batch: int = 1, measure_time: bool = True,
@@ -322,7 +388,10 @@ def format_table(reports: list[CostReport]) -> str:
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
     lines = ["  ".join(str(x).rjust(w) for x, w in zip(row, widths)) for row in [head, *rows]]
     lines.insert(1, "  ".join("-" * w for w in widths))
+    devices = sorted({r.latency.device for r in reports if r.latency})
     note = ("GMACs per clip (1 MAC = 1 multiply-accumulate; FLOPs = 2 x MACs); parts exclude the classifier. "
+            "Latency: the BN-folded inference model that harness.evaluate runs"
+            + (f", on {', '.join(devices)}" if devices else "") + ". "
             f"noisy: range > {NOISY_SPREAD:.0%} of the median, or > {NOISY_OTHER_CPUS} cores of other work while timing.")
     return "\n".join(lines + [note])
 

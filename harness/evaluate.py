@@ -19,15 +19,20 @@ from harness.io import atomic_path, check_writable, write_json_atomic
 from harness.metrics import Scores, score_test_set
 from harness.prepared import prepared_dataset
 from models.checkpoints import load_official_checkpoint
+from models.fuse import inference_model
 
 log = logging.getLogger("harness.evaluate")
 
 
 @torch.inference_mode()
 def extract_features(model: nn.Module, dataset: EvalClips, batch_size: int = 8, device: str = "cpu",
-                     num_workers: int = 0, progress: bool = True) -> np.ndarray:
-    """(N, D) float32 features of every tracklet of `dataset`, in row order; dense clips are averaged."""
-    model.eval().to(device)
+                     num_workers: int = 0, progress: bool = True, compile: bool = False) -> np.ndarray:
+    """(N, D) float32 features of every tracklet of `dataset`, in row order; dense clips are averaged.
+
+    Runs `inference_model(model)`, the BN-folded copy that `harness.cost` times, so the cost table
+    describes the model evaluation runs; `model` itself is left as it was.
+    """
+    model = inference_model(model, compile).to(device)
     loader = eval_loader(dataset, 1 if dataset.dense else batch_size, num_workers)
     features = []
     for clips, _, _, _ in tqdm(loader, desc="features", unit="batch", disable=not progress, leave=False):
@@ -124,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         model = _model_from_args(args, config)
         device = "cuda" if torch.cuda.is_available() else "cpu"
         log.info("extracting features of %d test tracklets on %s", len(dataset), device)
-        features = extract_features(model, dataset, config.eval.batch_size, device)
+        features = extract_features(model, dataset, config.eval.batch_size, device, compile=config.eval.compile)
         rows = dataset.rows
         if args.save_features:
             save_features(args.save_features, features, rows)

@@ -5,9 +5,12 @@ harness/records.py) and sweep tables (`--sweep .../results.parquet`): files DVC 
 report is a function of its declared inputs. `--from-mlflow` reads an MLflow experiment instead,
 for ad-hoc views across experiments and sweeps outside DVC.
 
-Accuracy is shown in percent (runs store fractions); cost is GMACs (1e9 multiply-accumulates,
-not FLOPs) per clip at the input each run was measured, T x H x W. Datasets are never mixed in
-one plot: every (dataset, synthetic) group gets its own row of panels, table and metrics entry.
+Accuracy is shown in percent (runs store fractions). The cost axis (report.cost_axis) is GMACs
+(1e9 multiply-accumulates, not FLOPs) per clip at the input each run was measured, T x H x W;
+GMACs per test tracklet under the run's test sampler (dense evaluation runs ceil(F / T) clips
+per tracklet); or measured latency, ms per clip on the device the run trained on. Datasets
+are never mixed in one plot: every (dataset, synthetic) group gets its own row of panels,
+table and metrics entry; on the latency axis every device does too.
 """
 
 from __future__ import annotations
@@ -72,11 +75,16 @@ PANELS = (("rank1", "rank-1 (%)"), ("map", "mAP (%)"))
 HOVER_PARAMS = ("spec.width", "spec.last_stride", "spec.non_local", "spec.stripes", "spec.nl_window",
                 "spec.temporal_pool_after", "train.epochs", "train.batch_size", "train.k",
                 "train.optimizer", "train.lr", "train.amp", "eval.select_by")
+# report.cost_axis -> the column plotted (as "cost") and the Pareto front's cost.
+AXES = {"gmacs": "gmacs", "gmacs_tracklet": "gmacs_tracklet", "latency": "latency_ms"}
+AXIS_NAMES = {"gmacs": "GMACs per clip", "gmacs_tracklet": "GMACs per test tracklet",
+              "latency": "latency (ms per clip)"}
 MAX_LABELS = 30  # per panel; beyond it only Pareto and preset runs are labelled (the HTML hovers all)
 
 _TEXT = ("run_id", "parent_run_id", "label", "kind", "status", "dataset", "preset", "protocol",
-         "device", "input", "git_commit")
-_FLOAT = ("params_m", "gmacs", "gmacs_paper", "latency_ms", "latency_min_ms", "latency_max_ms", "train_s", *METRICS)
+         "device", "input", "git_commit", "eval_sampler", "latency_device")
+_FLOAT = ("params_m", "gmacs", "gmacs_paper", "gmacs_tracklet", "clips_per_tracklet", "latency_ms", "latency_min_ms",
+          "latency_max_ms", "train_s", *METRICS)
 SCHEMA = {**dict.fromkeys(_TEXT, pl.String), "synthetic": pl.Boolean, "latency_noisy": pl.Boolean,
           "start_time": pl.Int64, **dict.fromkeys(_FLOAT, pl.Float64), **dict.fromkeys(HOVER_PARAMS, pl.String)}
 
@@ -119,6 +127,8 @@ def _row(r) -> dict:
         "gmacs_paper": metrics.get("cost.gmacs_paper"), "latency_ms": metrics.get("cost.latency_ms"),
         "latency_min_ms": metrics.get("cost.latency_min_ms"), "latency_max_ms": metrics.get("cost.latency_max_ms"),
         "latency_noisy": None if metrics.get("cost.latency_noisy") is None else bool(metrics["cost.latency_noisy"]),
+        "latency_device": tags.get("cost.device"), "eval_sampler": params.get("eval.sampler"),
+        "gmacs_tracklet": metrics.get("cost.gmacs_per_tracklet"), "clips_per_tracklet": metrics.get("cost.clips_per_tracklet"),
         "train_s": None if r.info.end_time is None else (r.info.end_time - r.info.start_time) / 1e3,
         **{m: metrics.get(f"best.{m}") for m in METRICS},
         **{p: params.get(p) for p in HOVER_PARAMS},
@@ -154,7 +164,9 @@ def _record_row(record: dict) -> dict:
         "git_commit": record["git_commit"], "start_time": start_time,
         "params_m": cost.get("params_m"), "gmacs": cost.get("gmacs"), "gmacs_paper": cost.get("gmacs_paper"),
         "latency_ms": ms("median_s"), "latency_min_ms": ms("min_s"), "latency_max_ms": ms("max_s"),
-        "latency_noisy": latency.get("noisy"), "train_s": run.get("seconds"),
+        "latency_noisy": latency.get("noisy"), "latency_device": latency.get("device"), "train_s": run.get("seconds"),
+        "eval_sampler": cost.get("eval_sampler"), "gmacs_tracklet": cost.get("gmacs_per_tracklet"),
+        "clips_per_tracklet": cost.get("clips_per_tracklet"),
         **{m: best.get(m) for m in METRICS}, **hover,
     }
 
@@ -187,6 +199,9 @@ def load_sweeps(paths: list[Path]) -> pl.DataFrame:
             parent_run_id=pl.lit(path.parent.name), label=pl.col("label"), kind=pl.lit("trial"),
             status=pl.col("status"), dataset=pl.col("dataset"), synthetic=pl.col("synthetic"),
             input=pl.col("input"), gmacs=pl.col("gmacs_input"), rank1=pl.col("rank1"), map=pl.col("map"),
+            **{ours: pl.col(theirs) if theirs in table.columns else pl.lit(None, SCHEMA[ours])
+               for ours, theirs in (("latency_ms", "latency_ms"), ("latency_device", "latency_device"),
+                                    ("gmacs_tracklet", "gmacs_per_tracklet"))},
             git_commit=pl.col("git_commit") if "git_commit" in table.columns else pl.lit(None, pl.String),
         ))
     if not frames:
@@ -207,27 +222,30 @@ def load_runs(client: MlflowClient, experiment_id: str) -> pl.DataFrame:
             return pl.DataFrame(rows, schema=SCHEMA)
 
 
-def select_runs(runs: pl.DataFrame, dataset: str | None, latest_per_label: bool) -> pl.DataFrame:
-    """Runs of `dataset` (all if None) with their plot group; only each label's newest if asked."""
+def select_runs(runs: pl.DataFrame, dataset: str | None, latest_per_label: bool, axis: str = "gmacs") -> pl.DataFrame:
+    """Runs of `dataset` (all if None) with their plot group and `cost` (the `axis` column); only each
+    label's newest if asked. Latency groups are per device: times from different hardware never share a plot."""
     if dataset is not None:
         runs = runs.filter(pl.col("dataset") == dataset)
-    runs = runs.with_columns(
-        group=pl.when(pl.col("synthetic")).then(pl.col("dataset") + " (synthetic)").otherwise(pl.col("dataset"))
-        .fill_null("unknown dataset"))
+    group = pl.when(pl.col("synthetic")).then(pl.col("dataset") + " (synthetic)").otherwise(pl.col("dataset"))
+    group = group.fill_null("unknown dataset")
+    if axis == "latency":
+        group = group + " on " + pl.col("latency_device").fill_null("an unknown device")
+    runs = runs.with_columns(group=group, cost=pl.col(AXES[axis]))
     if latest_per_label:
         runs = runs.sort("start_time").unique(["group", "label"], keep="last", maintain_order=True)
-    return runs.sort(["group", "gmacs", "label"], nulls_last=True)
+    return runs.sort(["group", "cost", "label"], nulls_last=True)
 
 
 def with_front(runs: pl.DataFrame, acc: str) -> pl.DataFrame:
-    """Add bool column `pareto_<acc>`: on the front of max `acc`, min GMACs within its group."""
+    """Add bool column `pareto_<acc>`: on the front of max `acc`, min `cost` within its group."""
     # The front is found on distinct (cost, accuracy) pairs and joined back, so runs that tie exactly
     # (neither dominates the other) are all on it, not only the first one sorted.
-    front = (runs.drop_nulls(["gmacs", acc]).select("group", "gmacs", acc).unique()
-             .sort(["group", "gmacs", acc], descending=[False, False, True])
+    front = (runs.drop_nulls(["cost", acc]).select("group", "cost", acc).unique()
+             .sort(["group", "cost", acc], descending=[False, False, True])
              .filter(pl.col(acc) > pl.col(acc).cum_max().shift(1).over("group").fill_null(-math.inf))
              .with_columns(pl.lit(True).alias(f"pareto_{acc}")))
-    return (runs.join(front, on=["group", "gmacs", acc], how="left", maintain_order="left")
+    return (runs.join(front, on=["group", "cost", acc], how="left", maintain_order="left")
             .with_columns(pl.col(f"pareto_{acc}").fill_null(False)))
 
 
@@ -236,6 +254,19 @@ def plot_points(runs: pl.DataFrame) -> pl.DataFrame:
     for acc, _ in PANELS:
         runs = with_front(runs, acc)
     return runs.with_columns((pl.col(m) * 100).alias(f"{m}_pct") for m in METRICS)
+
+
+def axis_label(runs: pl.DataFrame, axis: str) -> str:
+    """What a panel's x axis shows, with the input, test sampler or device it was counted or timed at."""
+    inputs = runs["input"].drop_nulls().unique().sort().to_list()
+    at = f"at {inputs[0]} (T x H x W)" if len(inputs) == 1 else "at each run's input (T x H x W after @)"
+    if axis == "gmacs":
+        return f"GMACs per clip {at}, log scale"
+    if axis == "gmacs_tracklet":
+        samplers = ", ".join(sorted(set(runs["eval_sampler"].drop_nulls()))) or "unknown sampler"
+        return f"GMACs per test tracklet (mean over the test set; test sampler {samplers}) {at}, log scale"
+    devices = ", ".join(sorted(set(runs["latency_device"].drop_nulls()))) or "an unknown device"
+    return f"latency, ms per clip (median, batch 1) on {devices} {at}, log scale"
 
 
 @functools.cache
@@ -257,6 +288,13 @@ def _latency_text(run: dict) -> str:
     return _fmt(run["latency_ms"], ".1f") + (" noisy" if run.get("latency_noisy") else "")
 
 
+def _per_frame(run: dict) -> float | None:
+    """GMACs per frame: per clip over the T of the run's input 'TxHxW'."""
+    if run["gmacs"] is None or not run["input"]:
+        return None
+    return run["gmacs"] / int(run["input"].split("x")[0])
+
+
 def hover_text(run: dict) -> str:
     """The multi-line tooltip of one run: identity, config, cost and metrics (percent)."""
     spec = " ".join(f"{k.removeprefix('spec.')}={run[k]}" for k in HOVER_PARAMS if k.startswith("spec.") and run[k])
@@ -266,9 +304,11 @@ def hover_text(run: dict) -> str:
         f"run {run['run_id']}" + (f", sweep {run['parent_run_id']}" if run["parent_run_id"] else ""),
         f"preset {run['preset']}, input {run['input']} (T x H x W), device {run['device']}",
         f"spec: {spec}", f"config: {train}",
-        f"cost: {_fmt(run['gmacs'], '.3g')} GMACs/clip, {_fmt(run['params_m'], '.2f')} M params, "
-        f"{_latency_text(run)} ms latency (range {_fmt(run['latency_min_ms'], '.1f')}-"
-        f"{_fmt(run['latency_max_ms'], '.1f')} ms)",
+        f"cost: {_fmt(run['gmacs'], '.3g')} GMACs/clip, {_fmt(_per_frame(run), '.3g')} GMACs/frame, "
+        f"{_fmt(run['gmacs_tracklet'], '.3g')} GMACs/test tracklet "
+        f"({run['eval_sampler']}: {_fmt(run['clips_per_tracklet'], '.2f')} clips), {_fmt(run['params_m'], '.2f')} M params",
+        f"latency {_latency_text(run)} ms per clip (range {_fmt(run['latency_min_ms'], '.1f')}-"
+        f"{_fmt(run['latency_max_ms'], '.1f')} ms) on {run['latency_device'] or '–'}",
         "best (%): " + " ".join(f"{m}={_fmt(run[f'{m}_pct'], '.1f')}" for m in METRICS),
         f"git {run['git_commit']}",
     ])
@@ -339,17 +379,17 @@ def _references_for(runs: pl.DataFrame, published: pl.DataFrame | None) -> pl.Da
 
 
 def _panel(ax: Axes, runs: pl.DataFrame, refs: pl.DataFrame | None, acc: str, name: str,
-           gid: str, tips: dict[str, str]) -> list[tuple[float, float, str]]:
+           gid: str, tips: dict[str, str], axis: str = "gmacs") -> list[tuple[float, float, str]]:
     """Draw one panel's points, front and references; return the (x, y, text) labels to place."""
-    measured = runs.drop_nulls(["gmacs", acc])
+    measured = runs.drop_nulls(["cost", acc])
     inputs = runs["input"].drop_nulls().unique().sort().to_list()
     for i, run in enumerate(measured.iter_rows(named=True)):
-        ax.scatter(run["gmacs"], run[f"{acc}_pct"], gid=f"{gid}-{i}", zorder=3, **_STYLE[run["kind"]])
+        ax.scatter(run["cost"], run[f"{acc}_pct"], gid=f"{gid}-{i}", zorder=3, **_STYLE[run["kind"]])
         tips[f"{gid}-{i}"] = hover_text(run)
-    front = measured.filter(pl.col(f"pareto_{acc}")).sort("gmacs")
+    front = measured.filter(pl.col(f"pareto_{acc}")).sort("cost")
     # Ringed points keep a one-run front visible; the step shows the best accuracy reachable per cost.
-    ax.step(front["gmacs"], front[f"{acc}_pct"], where="post", color="tab:red", lw=1.5, zorder=2, marker="o",
-            markersize=11, markerfacecolor="none", label="Pareto front (max accuracy, min GMACs)")
+    ax.step(front["cost"], front[f"{acc}_pct"], where="post", color="tab:red", lw=1.5, zorder=2, marker="o",
+            markersize=11, markerfacecolor="none", label="Pareto front (max accuracy, min cost)")
     labels = []
     if refs is not None:
         for i, ref in enumerate(refs.iter_rows(named=True)):
@@ -362,15 +402,14 @@ def _panel(ax: Axes, runs: pl.DataFrame, refs: pl.DataFrame | None, acc: str, na
     shown = measured if len(measured) <= MAX_LABELS else measured.filter(
         pl.col(f"pareto_{acc}") | (pl.col("kind") == "train"))
     suffix = pl.lit("") if len(inputs) <= 1 else " @" + pl.col("input").fill_null("?")
-    labels += shown.select("gmacs", f"{acc}_pct", pl.col("label") + suffix).rows()
+    labels += shown.select("cost", f"{acc}_pct", pl.col("label") + suffix).rows()
     if measured.is_empty() and refs is None:
-        ax.text(0.5, 0.5, "no run with both GMACs and accuracy yet", transform=ax.transAxes, ha="center")
+        ax.text(0.5, 0.5, "no run with both this cost and accuracy yet", transform=ax.transAxes, ha="center")
     else:
         ax.set_xscale("log")
         ax.xaxis.set_major_formatter(_PlainLog(labelOnlyBase=False))
         ax.xaxis.set_minor_formatter(_PlainLog(labelOnlyBase=False))
-    at = f"at {inputs[0]} (T x H x W)" if len(inputs) == 1 else "at each run's input (T x H x W after @)"
-    ax.set_xlabel(f"GMACs per clip {at}, log scale")
+    ax.set_xlabel(axis_label(runs, axis))
     ax.set_ylabel(name)
     stars = " (stars: paper, real MARS)" if refs is not None else ""
     ax.set_title(f"{runs['group'][0]}: {name.split()[0]} vs cost{stars}")
@@ -378,13 +417,14 @@ def _panel(ax: Axes, runs: pl.DataFrame, refs: pl.DataFrame | None, acc: str, na
     return labels
 
 
-def draw(points: pl.DataFrame, published: pl.DataFrame | None) -> tuple[Figure, dict[str, str]]:
+def draw(points: pl.DataFrame, published: pl.DataFrame | None, axis: str = "gmacs") -> tuple[Figure, dict[str, str]]:
     """The Pareto figure, a row of rank-1 and mAP panels per dataset group, and its tooltips by SVG id."""
     groups = points["group"].unique(maintain_order=True).to_list()
     fig = Figure(figsize=(14, 5.5 * len(groups)), layout="constrained")
     FigureCanvasAgg(fig)  # no pyplot: no global figure state, no backend switch
     axes = fig.subplots(len(groups), 2, squeeze=False)
-    fig.suptitle("Accuracy at the best checkpoint vs cost (GMACs = 1e9 multiply-accumulates per clip)")
+    fig.suptitle(f"Accuracy at the best checkpoint vs {AXIS_NAMES[axis]}"
+                 + (" (GMACs = 1e9 multiply-accumulates)" if axis != "latency" else ""))
     tips: dict[str, str] = {}
     pending = []
     for row, group in enumerate(groups):
@@ -392,7 +432,7 @@ def draw(points: pl.DataFrame, published: pl.DataFrame | None) -> tuple[Figure, 
         refs = _references_for(runs, published)
         for col, (acc, name) in enumerate(PANELS):
             ax = axes[row][col]
-            pending.append((ax, _panel(ax, runs, refs, acc, name, f"pt-{row}-{col}", tips)))
+            pending.append((ax, _panel(ax, runs, refs, acc, name, f"pt-{row}-{col}", tips, axis)))
     legend = {label: h for ax in axes.flat for h, label in zip(*ax.get_legend_handles_labels())}
     fig.legend(legend.values(), legend.keys(), loc="outside lower center", ncols=len(legend))
     fig.canvas.draw()  # settle the layout, then freeze it so label boxes stay where they were measured
@@ -414,8 +454,8 @@ def svg_with_tooltips(fig: Figure, tips: dict[str, str]) -> str:
     return svg
 
 
-COLUMNS = ("Pareto", "run", "dataset", "kind", "status", "input", "params (M)", "GMACs", "latency (ms)",
-           "rank-1", "rank-5", "rank-10", "rank-20", "mAP", "mINP", "MLflow run", "git commit")
+COLUMNS = ("Pareto", "run", "dataset", "kind", "status", "input", "params (M)", "GMACs", "GMACs/tracklet",
+           "test sampler", "latency (ms)", "latency on", "rank-1", "rank-5", "rank-10", "rank-20", "mAP", "mINP", "MLflow run", "git commit")
 
 
 def _short_commit(commit: str | None) -> str:
@@ -430,16 +470,22 @@ def table_rows(points: pl.DataFrame) -> list[list[str]]:
         front = ", ".join(n.split()[0] for acc, n in PANELS if r[f"pareto_{acc}"])
         rows.append([f"★ {front}" if front else "", r["label"], r["group"], r["kind"], r["status"],
                      r["input"] or "–", _fmt(r["params_m"], ".2f"), _fmt(r["gmacs"], ".3g"),
-                     _latency_text(r), *(_fmt(r[f"{m}_pct"], ".1f") for m in METRICS),
+                     _fmt(r["gmacs_tracklet"], ".3g"), r["eval_sampler"] or "–", _latency_text(r),
+                     r["latency_device"] or "–", *(_fmt(r[f"{m}_pct"], ".1f") for m in METRICS),
                      r["run_id"], _short_commit(r["git_commit"])])
     return rows
 
 
-_INTRO = ("Accuracy (percent) at each run's best checkpoint on its primary protocol; GMACs = 1e9 "
-          "multiply-accumulates (not FLOPs) per clip at the run's input, T x H x W; latency: median ms per "
-          "batch of 1 clip on the CPU of the machine that started the run, marked noisy when its range exceeds "
-          "25 % of the median or other work used more than a quarter of a core meanwhile. ★ marks runs on the "
-          "Pareto front (max accuracy, min GMACs) of their dataset.")
+def intro(axis: str) -> str:
+    """The paragraph above the tables: units, where latency comes from, what the Pareto front minimises."""
+    return ("Accuracy (percent) at each run's best checkpoint on its primary protocol; GMACs = 1e9 "
+            "multiply-accumulates (not FLOPs) per clip at the run's input, T x H x W; GMACs/tracklet: per test "
+            "tracklet, mean over the test set, under the run's test sampler (dense runs ceil(F / T) clips of a "
+            "tracklet of F frames, the others one); latency: median ms per batch of 1 clip of the BN-folded "
+            "model that evaluation runs, timed with one training worker's resources on the device in 'latency "
+            "on', marked noisy when its range exceeds 25 % of the median or other work used more than a quarter "
+            f"of a core meanwhile. ★ marks runs on the Pareto front (max accuracy, min {AXIS_NAMES[axis]}) of "
+            f"their {'dataset and device' if axis == 'latency' else 'dataset'}.")
 
 
 def _published_rows(published: pl.DataFrame) -> list[list[str]]:
@@ -451,7 +497,7 @@ _PUBLISHED_HEAD = ["published model", "rank-1", "mAP", f"GMACs at {PAPER_INPUT.l
 
 
 _COST_HEAD = ["preset", "input T×H×W", "width", "params (M)", "GMACs", "batch", "latency (ms)", "range (ms)",
-              "threads", "peak memory (MiB)"]
+              "threads", "device", "peak memory (MiB)"]
 _COST_KEYS = ("name", "input", "model_width", "params", "gmacs")
 
 
@@ -484,23 +530,24 @@ def cost_rows(records: list[dict]) -> list[list[str]]:
         span = f"{1e3 * lat['min_s']:.1f}-{1e3 * lat['max_s']:.1f}" if lat else "–"
         rows.append([r["name"], r["input"], str(r["model_width"]), f"{r['params'] / 1e6:.2f}", f"{r['gmacs']:.3g}",
                      str(r.get("batch", "–")), _fmt(median, ".1f") + (" noisy" if lat.get("noisy") else ""), span,
-                     str(lat.get("threads", "–")), _fmt(r.get("peak_memory_mb"), ".1f")])
+                     str(lat.get("threads", "–")), lat.get("device", "–"), _fmt(r.get("peak_memory_mb"), ".1f")])
     return rows
 
 
 _COST_INTRO = ("Every preset at the paper's input and width and as this benchmark trains it, from "
-               "`python -m harness.cost`: GMACs per clip; latency (median and range of the timed runs) and "
-               "peak memory per batch, measured on the CPU of the machine that ran the cost stage.")
+               "`python -m harness.cost`: GMACs per clip; latency (median and range of the timed runs) and peak "
+               "memory per batch of the BN-folded model that evaluation runs, measured on the device named, on "
+               "the machine that ran the cost stage.")
 
 
 def markdown(points: pl.DataFrame, published: pl.DataFrame | None, source: str,
-             costs: list[dict] | None = None) -> str:
+             costs: list[dict] | None = None, axis: str = "gmacs") -> str:
     """benchmark.md: an intro, one table per dataset group, the cost table and the paper's numbers."""
     def table(head: list[str], rows: list[list[str]]) -> list[str]:
         cells = [head, ["---"] * len(head), *rows]
         return ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in cells]
 
-    lines = ["# nvan-bench benchmark", "", f"Runs of {source}. {_INTRO}", ""]
+    lines = ["# nvan-bench benchmark", "", f"Runs of {source}. {intro(axis)}", ""]
     for group in points["group"].unique(maintain_order=True):
         lines += [f"## {group}", "", *table(list(COLUMNS), table_rows(points.filter(pl.col("group") == group))), ""]
     if costs:
@@ -512,7 +559,7 @@ def markdown(points: pl.DataFrame, published: pl.DataFrame | None, source: str,
 
 
 def html_page(svg: str, points: pl.DataFrame, published: pl.DataFrame | None, source: str,
-              costs: list[dict] | None = None) -> str:
+              costs: list[dict] | None = None, axis: str = "gmacs") -> str:
     """pareto.html: the figure with hover tooltips and the tables, inline and offline."""
     def table(head: list[str], rows: list[list[str]]) -> str:
         cells = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
@@ -536,7 +583,7 @@ table {{ border-collapse: collapse; font-size: 0.85em; }}
 td, th {{ border: 1px solid #ccc; padding: 2px 6px; text-align: right; }}
 </style></head><body>
 <h1>nvan-bench: accuracy vs cost</h1>
-<p>Runs of {html.escape(source)}. {html.escape(_INTRO)} Hover a point for its run's config and metrics.</p>
+<p>Runs of {html.escape(source)}. {html.escape(intro(axis))} Hover a point for its run's config and metrics.</p>
 {svg}
 {"".join(parts)}
 </body></html>
@@ -550,27 +597,27 @@ def metrics(points: pl.DataFrame) -> dict:
     for r in newest.iter_rows(named=True):
         out.setdefault(r["group"], {})[r["label"]] = {
             "rank1_pct": r["rank1_pct"], "map_pct": r["map_pct"], "minp_pct": r["minp_pct"],
-            "gmacs": r["gmacs"], "params_m": r["params_m"], "latency_ms": r["latency_ms"],
-            "latency_noisy": r["latency_noisy"],
+            "gmacs": r["gmacs"], "gmacs_per_tracklet": r["gmacs_tracklet"], "params_m": r["params_m"],
+            "latency_ms": r["latency_ms"], "latency_noisy": r["latency_noisy"],
         }
     return out
 
 
 def write_report(points: pl.DataFrame, published: pl.DataFrame | None, out_dir: Path, source: str,
-                 costs: list[dict] | None = None) -> list[Path]:
+                 costs: list[dict] | None = None, axis: str = "gmacs") -> list[Path]:
     """Write pareto.png/.html, benchmark.md, metrics.json, pareto.csv (and cost.json) atomically; return them."""
-    fig, tips = draw(points, published)
+    fig, tips = draw(points, published, axis)
     paths = [out_dir / n for n in ("pareto.png", "pareto.html", "benchmark.md", "metrics.json", "pareto.csv")]
     with atomic_path(paths[0]) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     with atomic_path(paths[1]) as tmp:
-        tmp.write_text(html_page(svg_with_tooltips(fig, tips), points, published, source, costs))
+        tmp.write_text(html_page(svg_with_tooltips(fig, tips), points, published, source, costs, axis))
     with atomic_path(paths[2]) as tmp:
-        tmp.write_text(markdown(points, published, source, costs))
+        tmp.write_text(markdown(points, published, source, costs, axis))
     write_json_atomic(paths[3], metrics(points))
     with atomic_path(paths[4]) as tmp:
-        columns = ("group", "dataset", "synthetic", "label", "kind", "status", "input", "gmacs",
-                   *(f"{m}_pct" for m in METRICS), "pareto_rank1", "pareto_map", "run_id")
+        columns = ("group", "dataset", "synthetic", "label", "kind", "status", "input", "gmacs", "gmacs_tracklet",
+                   "latency_ms", "latency_device", *(f"{m}_pct" for m in METRICS), "pareto_rank1", "pareto_map", "run_id")
         points.select(columns).write_csv(tmp, float_precision=4)
     if costs:
         paths.append(out_dir / "cost.json")
@@ -592,14 +639,15 @@ def collect_runs(*, records: list[Path] = (), sweeps: list[Path] = (),
 
 def build_report(out_dir: Path, *, records: list[Path] = (), sweeps: list[Path] = (),
                  mlflow: tuple[str, str] | None = None, dataset: str | None = None, latest_per_label: bool = True,
-                 published: bool = True, cost_files: list[Path] | None = None) -> tuple[list[Path], pl.DataFrame]:
-    """Write every report into `out_dir` from run records and sweep tables (or an MLflow experiment); return
-    the files written and the plotted points."""
+                 published: bool = True, cost_files: list[Path] | None = None,
+                 axis: str = "gmacs") -> tuple[list[Path], pl.DataFrame]:
+    """Write every report into `out_dir` from run records and sweep tables (or an MLflow experiment), accuracy
+    against the cost `axis` (report.cost_axis); return the files written and the plotted points."""
     for name in ("pareto.png", "pareto.html", "benchmark.md", "metrics.json", "pareto.csv", "cost.json"):
         check_writable(out_dir / name)
     costs = load_costs(cost_files or [])
     every, source = collect_runs(records=records, sweeps=sweeps, mlflow=mlflow)
-    runs = select_runs(every, dataset, latest_per_label)
+    runs = select_runs(every, dataset, latest_per_label, axis)
     if runs.is_empty():
         have = sorted(every["dataset"].drop_nulls().unique().to_list())
         why = f"datasets with runs: {have}" if have else "it is empty"
@@ -608,8 +656,9 @@ def build_report(out_dir: Path, *, records: list[Path] = (), sweeps: list[Path] 
         raise UserError(f"nothing to report: {source} hold no run{f' of dataset {dataset!r}' if dataset else ''} "
                         f"({why}); pass --runs FILE for each run record, or --dataset NAME")
     points = plot_points(runs)
-    refs = published_points() if published and (points["dataset"] == "mars").any() else None
-    paths = write_report(points, refs, out_dir, source, costs)
+    # The paper's numbers have GMACs per clip from our cost model, and no latency on any device of ours.
+    refs = published_points() if published and axis == "gmacs" and (points["dataset"] == "mars").any() else None
+    paths = write_report(points, refs, out_dir, source, costs, axis)
     log.info("%d runs in %d dataset group(s) -> %s", len(points), points["group"].n_unique(),
              ", ".join(str(p) for p in paths))
     return paths, points
@@ -620,11 +669,14 @@ def format_summary(points: pl.DataFrame) -> str:
     lines = []
     for group in points["group"].unique(maintain_order=True):
         rows = points.filter(pl.col("group") == group)
-        lines += [f"{group}: rank-1 / mAP (%) at the best checkpoint, GMACs per clip, latency, training time",
-                  f"  {'run':<28}{'rank-1':>8}{'mAP':>8}{'GMACs':>10}{'latency ms':>16}{'trained s':>11}"]
+        lines += [f"{group}: rank-1 / mAP (%) at the best checkpoint, GMACs per clip and per test tracklet, "
+                  f"latency (ms per clip), training time",
+                  f"  {'run':<28}{'rank-1':>8}{'mAP':>8}{'GMACs':>10}{'GMACs/trk':>11}{'latency ms':>16}"
+                  f"{'trained s':>11}"]
         for r in rows.iter_rows(named=True):
             lines.append(f"  {r['label'][:27]:<28}{_fmt(r['rank1_pct'], '8.1f')}{_fmt(r['map_pct'], '8.1f')}"
-                         f"{_fmt(r['gmacs'], '10.4g')}{_latency_text(r):>16}{_fmt(r['train_s'], '11.0f')}")
+                         f"{_fmt(r['gmacs'], '10.4g')}{_fmt(r['gmacs_tracklet'], '11.4g')}{_latency_text(r):>16}"
+                         f"{_fmt(r['train_s'], '11.0f')}")
         total = rows["train_s"].drop_nulls().sum()
         if total:
             lines.append(f"  training took {total:.0f} s in all ({total / 60:.1f} min)")
@@ -644,6 +696,8 @@ def main(argv: list[str] | None = None) -> int:
                                           "null = every dataset, each in its own row of panels)")
     parser.add_argument("--experiment", help="with --from-mlflow: the experiment (default: mlflow.experiment)")
     parser.add_argument("--out-dir", type=Path, help="output folder (default: report.out_dir)")
+    parser.add_argument("--cost-axis", choices=sorted(AXES),
+                        help="x axis of the plots and Pareto fronts (default: report.cost_axis)")
     parser.add_argument("--cost", type=Path, action="append", default=[],
                         help="a `python -m harness.cost --out` file to merge into cost.json and the tables (repeatable)")
     args = parser.parse_args(argv)
@@ -655,7 +709,8 @@ def main(argv: list[str] | None = None) -> int:
         else None
     _, points = build_report(args.out_dir or cfg.report.out_dir, records=args.runs, sweeps=args.sweep, mlflow=mlflow,
                              dataset=args.dataset or cfg.report.dataset, latest_per_label=cfg.report.latest_per_label,
-                             published=cfg.report.published, cost_files=args.cost)
+                             published=cfg.report.published, cost_files=args.cost,
+                             axis=args.cost_axis or cfg.report.cost_axis)
     print(format_summary(points))
     return 0
 

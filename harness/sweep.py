@@ -6,7 +6,9 @@ before any training (an MLflow run with nvan.status=infeasible), counts the cand
 on the meta device, then runs `harness.train.fit`: a Ray Train job with its own workers and
 resources, tracked as an MLflow run nested under the sweep's. `SweepReport` forwards each
 epoch to Tune with both objectives added, so Optuna (max accuracy, min GMACs) and ASHA (early
-stopping on accuracy) see them. The driver then closes the trials' runs, marks the Pareto
+stopping on accuracy) see them. The cost objective is GMACs, or (sweep.cost_objective: latency)
+the latency each trial measures before training, with one of its workers' resources on the
+cluster, so on the device it trains on. The driver then closes the trials' runs, marks the Pareto
 front and writes reports/sweeps/<name>/results.parquet.
 """
 
@@ -33,14 +35,25 @@ from harness.io import atomic_path, check_writable, write_json_atomic
 from harness.records import read_record, write_record
 from harness.tracking import connect, find_run, git_commit, log_metrics, set_tags, start_run, tracking_uri
 from harness.prepared import prepared_dataset
-from harness.train import FINAL_KEYS, check_inputs, check_resources, fit, ray_session
+from datasets.loaders import TrainClips
+from harness.train import FINAL_KEYS, check_inputs, check_resources, fit, ray_session, run_cost
 from models.spec import SpecError
 
 log = logging.getLogger("harness.sweep")
 
-COST = "gmacs"  # the cost objective's key in Tune results and the results table
+COST = "gmacs"  # GMACs per clip at T x 256 x 128: Tune results and results-table key
+LATENCY = "latency_ms"  # measured ms per clip on the trial's device: likewise
 STATE_FILE = "nvan-sweep.json"  # beside Tune's experiment state: the config and parent run to resume with
 EXTRA_DIMS = ("sampler", "stride", "lr", "width")  # searched dimensions named in labels only when searched
+
+
+def cost_key(sweep: SweepConfig) -> str:
+    """The cost objective's key in Tune results and the results table: GMACs or latency (ms per clip)."""
+    return LATENCY if sweep.cost_objective == "latency" else COST
+
+
+COST_LABELS = {COST: f"GMACs per clip at T x {PAPER_INPUT.height} x {PAPER_INPUT.width} (1 MAC = 1 multiply-accumulate)",
+               LATENCY: "latency, ms per clip (median), measured with each trial's worker resources"}
 
 
 def objective(metric: str) -> str:
@@ -136,6 +149,9 @@ def trial_base(config: Config) -> Config:
             f"train.epochs = {base.train.epochs}; raise sweep.trial.train.epochs, lower the grace period, "
             f"or set sweep.scheduler: fifo"
         )
+    if sweep.cost_objective == "latency" and not base.cost.measure:
+        raise ConfigError("sweep.cost_objective = 'latency' minimises the latency each trial measures, but "
+                          "cost.measure is false; set cost.measure: true, or sweep.cost_objective: gmacs")
     # Tune starts trials in their own folders and possibly on other nodes: no relative paths.
     paths = {"data.prepared_root": str(base.data.prepared_root.resolve()),
              "ray.storage_path": str(base.ray.storage_path.resolve()),
@@ -244,15 +260,22 @@ def run_trial(params: dict[str, Any], base: dict[str, Any], sweep_name: str, par
     if reason is not None:
         run_id = record_infeasible(config, candidate, reason, tags, parent_run_id)
         # NaN objectives: Optuna records the point as failed, ASHA ignores it.
-        tune.report({objective(config.sweep.metric): math.nan, COST: math.nan, "epochs": 0, "label": label,
+        tune.report({objective(config.sweep.metric): math.nan, COST: math.nan, LATENCY: math.nan, "epochs": 0,
+                     "label": label,
                      "status": "infeasible", "reason": reason, "mlflow_run_id": run_id})
         return
     # Train runs live in the sweep's folder; their names are unique per trial.
     train_storage = str(config.ray.storage_path / sweep_name / "train")
     trial = override(config, candidate.overrides() | {"ray.storage_path": train_storage}, f"candidate {label}")
     record_path = trial_record_path(config.ray.storage_path, sweep_name, trial_id)
-    fields = costs | {"label": label}
     record = _read_trial_record(record_path)
+    cost = None
+    if config.sweep.cost_objective == "latency":
+        # Timed before training, with this trial's worker resources; a resumed trial keeps its first figure.
+        directory = check_inputs(trial)
+        cost = (record or {}).get("cost") or run_cost(
+            trial, trial.spec(TrainClips(directory, trial.data.frames).num_classes), directory)
+    fields = costs | {"label": label, LATENCY: latency_ms(cost)}
     if record is not None and record.get("status") == "finished":
         # It finished before Tune saved it as such (an interrupt between the two): report, do not retrain.
         tune.report(final_report(record, config.sweep.metric, fields))
@@ -266,7 +289,13 @@ def run_trial(params: dict[str, Any], base: dict[str, Any], sweep_name: str, par
             client.delete_run(orphan)
     fit(trial, name=ray_run, resume=resume, parent_run_id=parent_run_id, tags=tags, progress=False,
         tune_callbacks=[SweepReport(fields, config.sweep.metric, trial.eval.protocols[0])],
-        record_to=record_path, label=label, kind="trial")
+        record_to=record_path, label=label, kind="trial", cost=cost)
+
+
+def latency_ms(cost: dict[str, Any] | None) -> float:
+    """Median latency (ms per clip) of a run's cost, NaN where it was not measured."""
+    latency = (cost or {}).get("latency") or {}
+    return 1e3 * latency["median_s"] if "median_s" in latency else math.nan
 
 
 def release_workers(placement_group: str) -> bool:
@@ -289,8 +318,8 @@ class TrialEnds(tune.Callback):
     next trials would wait for CPUs forever.
     """
 
-    def __init__(self, metric: str, epochs: int) -> None:
-        self.metric, self.epochs = metric, epochs
+    def __init__(self, metric: str, epochs: int, cost: str = COST) -> None:
+        self.metric, self.epochs, self.cost = metric, epochs, cost
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
         r = trial.last_result or {}
@@ -301,7 +330,8 @@ class TrialEnds(tune.Callback):
             release_workers(r["placement_group"])
         outcome = "finished" if r.get("epochs", 0) >= self.epochs else "stopped early"
         print(f"trial {r.get('label', trial.trial_id)} {outcome}: {self.metric} "
-              f"{100 * r.get(objective(self.metric), math.nan):.2f}% at {r.get(COST, math.nan):.3f} GMACs "
+              f"{100 * r.get(objective(self.metric), math.nan):.2f}% at {r.get(self.cost, math.nan):.3f} "
+              f"{'GMACs' if self.cost == COST else 'ms'} "
               f"after {r.get('epochs', 0)} epoch(s)", flush=True)
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
@@ -328,7 +358,8 @@ def search_setup(sweep: SweepConfig, seed: int) -> tuple[Any, dict[str, Any]]:
     sampler = (optuna.samplers.NSGAIISampler(population_size=min(50, start), seed=seed)
                if sweep.optuna_sampler == "nsga2" else
                optuna.samplers.TPESampler(n_startup_trials=min(10, start), seed=seed))
-    return OptunaSearch(metric=[objective(sweep.metric), COST], mode=["max", "min"], sampler=sampler), choices
+    return OptunaSearch(metric=[objective(sweep.metric), cost_key(sweep)], mode=["max", "min"],
+                        sampler=sampler), choices
 
 
 def scheduler_for(sweep: SweepConfig, epochs: int):
@@ -453,7 +484,7 @@ def run_sweep(config: Config, resume: bool = False) -> SweepOutcome:
                                             num_samples=sweep.num_samples, max_concurrent_trials=sweep.max_concurrent,
                                             reuse_actors=False),
                 run_config=tune.RunConfig(name=name, storage_path=str(base.ray.storage_path), verbose=0,
-                                          callbacks=[TrialEnds(sweep.metric, base.train.epochs)]))
+                                          callbacks=[TrialEnds(sweep.metric, base.train.epochs, cost_key(sweep))]))
         tuner.fit()
     # The experiment state on disk was written before Tune's cleanup marked interrupted trials TERMINATED.
     trials = tune.ExperimentAnalysis(str(experiment)).trials
@@ -526,6 +557,9 @@ def close_trials(base: Config, trials: list, sweep_name: str, parent_run_id: str
             "trial": number, "trial_id": trial.trial_id, "label": label, "status": status, **candidate.columns(),
             "map": best.get("map"), "rank1": best.get("rank1"), "best_epoch": (record or {}).get("best_epoch"),
             "epochs": (record or {}).get("epochs", 0), COST: costs.get(COST), "gmacs_input": costs.get("gmacs_input"),
+            LATENCY: latency_ms((record or {}).get("cost")),
+            "gmacs_per_tracklet": ((record or {}).get("cost") or {}).get("gmacs_per_tracklet"),
+            "latency_device": (((record or {}).get("cost") or {}).get("latency") or {}).get("device"),
             "seconds": r.get("time_total_s"), "mlflow_run_id": run_id, "reason": reason,
             "dataset": base.data.dataset, "synthetic": bool(manifest.get("synthetic", False)),
             "input": f"{candidate.frames}x{base.data.height}x{base.data.width}",
@@ -533,12 +567,13 @@ def close_trials(base: Config, trials: list, sweep_name: str, parent_run_id: str
         })
     frame = pl.DataFrame(rows, schema_overrides={
         "map": pl.Float64, "rank1": pl.Float64, "best_epoch": pl.Int64, COST: pl.Float64, "gmacs_input": pl.Float64,
+        LATENCY: pl.Float64, "latency_device": pl.String, "gmacs_per_tracklet": pl.Float64,
         "seconds": pl.Float64, "mlflow_run_id": pl.String, "reason": pl.String, "lr": pl.Float64,
         "git_commit": pl.String})
-    frame = frame.with_columns(pl.col("map", "rank1", COST, "gmacs_input").fill_nan(None))
+    frame = frame.with_columns(pl.col("map", "rank1", COST, "gmacs_input", LATENCY).fill_nan(None))
     eligible = frame.with_columns(pl.when(pl.col("status").is_in(["finished", "early-stopped"]))
                                   .then(pl.col(metric)).alias("_acc"))
-    frame = frame.with_columns(pareto(eligible, "_acc"))
+    frame = frame.with_columns(pareto(eligible, "_acc", cost_key(base.sweep)))
     for row in frame.filter(pl.col("mlflow_run_id").is_not_null()).iter_rows(named=True):
         set_tags(client, row["mlflow_run_id"], {"nvan.pareto": str(row["pareto"]).lower()})
     return frame, complete
@@ -574,19 +609,23 @@ def close_parent(base: Config, run_id: str, results: pl.DataFrame, path: Path, c
     client.set_terminated(run_id, {"finished": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}[status])
 
 
-def format_front(outcome: SweepOutcome, metric: str, protocol: str) -> str:
-    """The Pareto front as a console table, cheapest first (accuracy in percent, GMACs per clip)."""
-    front = outcome.results.filter("pareto").sort(COST)
+def format_front(outcome: SweepOutcome, metric: str, protocol: str, cost: str = COST) -> str:
+    """The Pareto front as a console table, cheapest first (accuracy in percent; GMACs per clip, latency in ms)."""
+    front = outcome.results.filter("pareto").sort(cost)
     counts = outcome.results["status"].value_counts(sort=True)
     lines = [f"sweep {outcome.name}: {outcome.results.height} trials ("
              + ", ".join(f"{n} {s}" for s, n in counts.iter_rows()) + f") in {outcome.seconds:.0f} s; "
              f"results {outcome.path}",
-             f"Pareto front: max {metric} ({protocol}, best checkpoint) vs min GMACs per clip at T x "
-             f"{PAPER_INPUT.height} x {PAPER_INPUT.width} (1 MAC = 1 multiply-accumulate)",
-             f"{'label':<36}{'status':>14}{metric + ' %':>9}{'rank1 %':>9}{'GMACs':>9}{'GMACs@in':>10}{'epochs':>7}"]
+             f"Pareto front: max {metric} ({protocol}, best checkpoint) vs min {COST_LABELS[cost]}",
+             f"{'label':<36}{'status':>14}{metric + ' %':>9}{'rank1 %':>9}{'GMACs':>9}{'GMACs@in':>10}{'ms':>9}"
+             f"{'epochs':>7}"]
     for row in front.iter_rows(named=True):
+        ms = row.get(LATENCY)
         lines.append(f"{row['label']:<36}{row['status']:>14}{100 * row[metric]:9.2f}{100 * row['rank1']:9.2f}"
-                     f"{row[COST]:9.3f}{row['gmacs_input']:10.4f}{row['epochs']:7d}")
+                     f"{row[COST]:9.3f}{row['gmacs_input']:10.4f}{'-' if ms is None else f'{ms:.1f}':>9}"
+                     f"{row['epochs']:7d}")
+    if cost == LATENCY and front.height:
+        lines.append(f"latency measured on: {', '.join(sorted(set(front['latency_device'].drop_nulls())))}")
     if front.is_empty():
         lines.append("(no trial finished: nothing to compare)")
     failed = outcome.results.filter(pl.col("status") == "failed")
@@ -614,7 +653,7 @@ def main(argv: list[str] | None = None) -> int:
             args.overrides.append(f"{key}={value}")
     config = load_from_args(args)
     outcome = run_sweep(config, resume=args.resume)
-    print(format_front(outcome, config.sweep.metric, config.eval.protocols[0]))
+    print(format_front(outcome, config.sweep.metric, config.eval.protocols[0], cost_key(config.sweep)))
     return EXIT_CODES[sweep_status(outcome.results, outcome.complete)]
 
 

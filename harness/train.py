@@ -211,20 +211,29 @@ def _progress_bars(queue, done: threading.Event, enabled: bool) -> None:
         bar.close()
 
 
-def run_cost(config: Config, spec) -> dict[str, Any]:
-    """Params, GMACs per clip (at the run's input and the paper's) and, if cost.measure, latency and memory."""
-    from harness.cost import cost_of, macs_on_meta
+def run_cost(config: Config, spec, directory: Path) -> dict[str, Any]:
+    """Params; GMACs per clip (at the run's input and the paper's), per frame and per test tracklet; and,
+    if cost.measure, latency and memory timed with one training worker's resources on the cluster."""
+    from datasets.loaders import EvalClips
+    from harness.cost import cost_of, macs_on_meta, measure_where_trained, tracklet_costs
 
-    report = cost_of(config.model.preset, spec, config.data.input, measure_time=config.cost.measure,
-                     repeats=config.cost.repeats, warmup=config.cost.warmup, threads=config.ray.cpus_per_worker)
-    return {
+    report = cost_of(config.model.preset, spec, config.data.input, measure_time=False)
+    clips = EvalClips(directory, config.data.frames, config.eval.sampler).clips_per_tracklet()
+    cost = {
         "params": report.params, "params_m": report.params / 1e6, "gmacs": report.gmacs, "input": report.input_label,
         "gmacs_paper": macs_on_meta(spec, PAPER_INPUT) / 1e9 if _fits(spec, PAPER_INPUT) else None,
         "paper_input": PAPER_INPUT.label(),
-        # Measured on the driver's CPU, whatever the workers train on: the device says so.
-        "latency": report.latency.as_dict() if report.latency else None,
-        "peak_memory_mb": report.peak_memory_mb,
+        **tracklet_costs(report.gmacs, config.data.frames, clips.tolist(), config.eval.sampler),
+        "latency": None, "peak_memory_mb": None,
     }
+    if config.cost.measure:
+        resources = _worker_resources(config)
+        latency, peak, node = measure_where_trained(
+            spec, config.data.input, cpus=config.ray.cpus_per_worker, gpus=resources.get("GPU", 0),
+            env=numerics_env(config.train.cpu_isa), warmup=config.cost.warmup, repeats=config.cost.repeats)
+        cost |= {"latency": latency.as_dict() | node | {"batch": 1, "model": "BN-folded, as evaluation runs it"},
+                 "peak_memory_mb": peak}
+    return cost
 
 
 def cost_metrics(cost: dict[str, Any]) -> dict[str, float]:
@@ -234,6 +243,8 @@ def cost_metrics(cost: dict[str, Any]) -> dict[str, float]:
     return {
         "cost.params_m": cost["params_m"], "cost.gmacs": cost["gmacs"],
         "cost.gmacs_paper": cost["gmacs_paper"] if cost.get("gmacs_paper") is not None else nan,
+        "cost.gmacs_per_frame": cost["gmacs_per_frame"], "cost.gmacs_per_tracklet": cost["gmacs_per_tracklet"],
+        "cost.clips_per_tracklet": cost["clips_per_tracklet"],
         "cost.latency_ms": 1e3 * latency["median_s"] if latency else nan,
         "cost.latency_min_ms": 1e3 * latency["min_s"] if latency else nan,
         "cost.latency_max_ms": 1e3 * latency["max_s"] if latency else nan,
@@ -335,11 +346,12 @@ def worker_causes(error: BaseException) -> list[BaseException]:
 def fit(config: Config, name: str | None = None, resume: str | None = None, parent_run_id: str | None = None,
         tags: dict[str, str] | None = None, progress: bool = True, fail_at_step: int | None = None,
         tune_callbacks: list | None = None, record_to: Path | None = None, label: str | None = None,
-        kind: str = "train") -> TrainResult:
+        kind: str = "train", cost: dict[str, Any] | None = None) -> TrainResult:
     """Train `config` on the connected Ray cluster, tracked in MLflow; return the best result.
 
     `resume` continues the Ray run of that name (and its MLflow run). `record_to` keeps a run
     record there, rewritten every epoch (status running) and at the end (finished).
+    `cost` is the run's `run_cost`, when the caller measured it already (a sweep minimising latency).
     `fail_at_step` injects one worker failure at that global step (tests of fault tolerance only).
     """
     import ray
@@ -372,7 +384,7 @@ def fit(config: Config, name: str | None = None, resume: str | None = None, pare
     num_classes = TrainClips(directory, config.data.frames).num_classes
     manifest = json.loads((directory / "manifest.json").read_text())
     spec = config.spec(num_classes)
-    cost = run_cost(config, spec)
+    cost = cost if cost is not None else run_cost(config, spec, directory)
     run_id = find_run(client, experiment_id, "nvan.ray_run", ray_run) if resume else None
     if run_id is not None:
         log_missing_epochs(client, run_id, saved)
@@ -406,7 +418,7 @@ def fit(config: Config, name: str | None = None, resume: str | None = None, pare
         log.info("MLflow run %s (experiment %s, %s)", run_id, config.mlflow.experiment, uri)
         log_metrics(client, run_id, cost_metrics(cost))
         if cost["latency"]:
-            set_tags(client, run_id, {"cost.device": cost["latency"]["device"]})
+            set_tags(client, run_id, {"cost.device": cost["latency"]["device"], "cost.node": cost["latency"]["node"]})
 
     queue = Queue() if progress else None
     loop_config = {"config": config.model_dump(mode="json"), "progress": queue, "fail_at_step": fail_at_step,

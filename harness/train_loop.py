@@ -119,7 +119,8 @@ class Best:
 
 def evaluate_model(model: nn.Module, dataset: EvalClips, config: Config, device: torch.device) -> tuple[dict, dict]:
     """Metrics dict for reporting (primary protocol unprefixed, every protocol prefixed) and the CMCs."""
-    features = extract_features(model, dataset, config.eval.batch_size, str(device), progress=False)
+    features = extract_features(model, dataset, config.eval.batch_size, str(device), progress=False,
+                                compile=config.eval.compile)
     scores = score_features(features, dataset.rows, config.eval.protocols, config.eval.metric)
     primary = config.eval.protocols[0]
     metrics = dict(scores[primary].as_dict())
@@ -151,6 +152,8 @@ def run_worker(loop_config: dict[str, Any]) -> None:
     spec = config.spec(data.num_classes)
     model = ray.train.torch.prepare_model(training_model(spec, config.train.imagenet_init, config.train.sync_bn))
     plain = getattr(model, "module", model)
+    if config.train.compile:  # compiled around DDP, so its bucketed all-reduce still overlaps the backward
+        model = torch.compile(model)
     optimizer = build_optimizer(model, config.train)
     scheduler = build_scheduler(optimizer, config.train)
     scaler = torch.amp.GradScaler(device.type) if config.train.amp == "fp16" else None

@@ -172,3 +172,30 @@ def test_cli_rejects_bad_input_size():
         capture_output=True, text=True, cwd=ROOT,
     )
     assert proc.returncode == 2 and "TxHxW" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("sampler", ["dense", "chunk_first"])
+def test_gmacs_per_tracklet_match_a_hand_count(prepared_root, sampler):
+    """Under `dense` a tracklet of F frames runs ceil(F / T) clips; other test samplers run one."""
+    import polars as pl
+
+    from harness.config import load_config
+    from harness.train import run_cost
+
+    frames = 3
+    lengths = pl.read_parquet(prepared_root / "mars" / "tracklets.parquet").filter(
+        pl.col("split") == "test")["num_frames"].to_list()
+    assert len(set(lengths)) > 2 and max(lengths) > 2 * frames  # tracklets of one, two and more clips
+    by_hand = [1 + (n - 1) // frames if sampler == "dense" else 1 for n in lengths]
+    config = load_config(Path(__file__).resolve().parents[2] / "params.yaml", [
+        f"data.prepared_root={prepared_root}", f"data.frames={frames}", "data.height=64", "data.width=32",
+        "model.preset=nvan", "model.width=4", "model.stripes=null", f"eval.sampler={sampler}", "cost.measure=false"])
+    spec = config.spec(5)
+    cost = run_cost(config, spec, prepared_root / "mars")
+    per_clip = macs_on_meta(spec, InputSize(frames=frames, height=64, width=32)) / 1e9
+    assert cost["gmacs"] == pytest.approx(per_clip, rel=1e-12)
+    assert cost["test_tracklets"] == len(lengths)
+    assert cost["clips_per_tracklet"] == pytest.approx(sum(by_hand) / len(lengths), rel=1e-12)
+    assert cost["gmacs_per_tracklet"] == pytest.approx(per_clip * sum(by_hand) / len(lengths), rel=1e-12)
+    assert cost["gmacs_per_frame"] == pytest.approx(per_clip / frames, rel=1e-12)
+    assert cost["eval_sampler"] == sampler and cost["latency"] is None

@@ -66,7 +66,7 @@ def store(tmp_path_factory):
 
 
 def dominated(points: pl.DataFrame, acc: str) -> list[bool]:
-    rows = points.select("group", "gmacs", acc).rows()
+    rows = points.select("group", "cost", acc).rows()
     return [any(g2 == g and c2 <= c and a2 >= a and (c2 < c or a2 > a) for g2, c2, a2 in rows) for g, c, a in rows]
 
 
@@ -100,7 +100,7 @@ def test_pareto_front_matches_brute_force():
     n = 60
     frame = pl.DataFrame({
         "group": rng.choice(["a", "b"], n).tolist(),
-        "gmacs": rng.choice([0.5, 1.0, 2.0, 4.0, 8.0, 16.0], n).tolist(),  # many cost ties
+        "cost": rng.choice([0.5, 1.0, 2.0, 4.0, 8.0, 16.0], n).tolist(),  # many cost ties
         "rank1": rng.choice([0.2, 0.4, 0.6, 0.8], n).tolist(),  # and exact duplicates
     })
     flags = with_front(frame, "rank1")["pareto_rank1"].to_list()
@@ -191,7 +191,7 @@ def test_report_files(store, tmp_path):
     rows = [line for line in md.splitlines() if re.match(r"\| .*\| [0-9a-f]{32} \|", line)]
     assert len(rows) == len(points)
     ste = next(r for r in rows if "| ste_nvan | mars (synthetic) |" in r).split(" | ")
-    assert ste[7] == "0.3" and ste[9:15] == ["45.0", "46.0", "47.0", "48.0", "36.0", "18.0"]
+    assert ste[7] == "0.3" and ste[12:18] == ["45.0", "46.0", "47.0", "48.0", "36.0", "18.0"]
     assert ste[-1] == "0123456789ab-dirty |"
     for r in points.iter_rows(named=True):
         cells = next(row for row in rows if f"| {r['run_id']} |" in row).split(" | ")
@@ -203,7 +203,8 @@ def test_report_files(store, tmp_path):
     metrics = json.loads(paths[3].read_text())
     assert set(metrics) == {"mars", "mars (synthetic)"}
     assert metrics["mars (synthetic)"]["nvan"] == {"rank1_pct": 50.0, "map_pct": 35.0, "minp_pct": 17.5, "gmacs": 1.0,
-                                                   "params_m": 1.5, "latency_ms": 12.5, "latency_noisy": None}
+                                                   "gmacs_per_tracklet": None, "params_m": 1.5, "latency_ms": 12.5,
+                                                   "latency_noisy": None}
     csv = pl.read_csv(paths[4])
     assert len(csv) == len(points) and set(csv["group"]) == {"mars", "mars (synthetic)"}
     assert csv.filter(pl.col("pareto_map"))["label"].to_list() == points.filter(pl.col("pareto_map"))["label"].to_list()
@@ -236,7 +237,7 @@ def test_cost_table_merges_the_cost_files(store, tmp_path, cost_files):
     assert expected[1]["macs"] == macs_on_meta(spec, InputSize(frames=4, height=256, width=128))
     md = (tmp_path / "benchmark.md").read_text()
     for r in expected:
-        assert f"| {r['name']} | 4x256x128 | 8 | {r['params'] / 1e6:.2f} | {r['gmacs']:.3g} | 1 | – | – | – | – |" in md
+        assert f"| {r['name']} | 4x256x128 | 8 | {r['params'] / 1e6:.2f} | {r['gmacs']:.3g} | 1 | – | – | – | – | – |" in md
     assert "<h2>Cost of each preset</h2>" in (tmp_path / "pareto.html").read_text()
 
 
@@ -294,7 +295,8 @@ def test_cli_end_to_end(store, tmp_path):
 
 
 def make_record(label: str, dataset: str = "mars", synthetic: bool = True, gmacs: float = 0.5, rank1: float = 0.4,
-                mean_ap: float = 0.3, noisy: bool = False, finished: str = "2026-11-30T10:00:00Z") -> dict:
+                mean_ap: float = 0.3, noisy: bool = False, finished: str = "2026-11-30T10:00:00Z",
+                clips: float = 1.0, latency_s: float = 0.01, device: str = "cpu: test") -> dict:
     """A run record as harness.train --out writes it (harness/records.py)."""
     from harness.config import load_config
     from harness.records import run_record
@@ -303,12 +305,15 @@ def make_record(label: str, dataset: str = "mars", synthetic: bool = True, gmacs
     spec = config.spec(10)
     scores = {"mars-official": {"rank1": rank1, "rank5": rank1 + 0.1, "rank10": rank1 + 0.2, "rank20": rank1 + 0.3,
                                 "map": mean_ap, "minp": mean_ap / 2, "num_queries": 50.0}}
-    latency = {"median_s": 0.01, "min_s": 0.009, "max_s": 0.02 if noisy else 0.011, "q1_s": 0.0095,
-               "q3_s": 0.0105, "repeats": 5, "threads": 2, "device": "cpu: test", "other_cpus": 0.0,
+    latency = {"median_s": latency_s, "min_s": 0.9 * latency_s, "max_s": (2 if noisy else 1.1) * latency_s,
+               "q1_s": 0.95 * latency_s, "q3_s": 1.05 * latency_s, "repeats": 5, "threads": 2, "device": device,
+               "other_cpus": 0.0,
                "spread": 1.1 if noisy else 0.2, "noisy": noisy}
     return run_record(label=label, kind="train", config=config.model_dump(mode="json"), spec=spec,
                       manifest={"format": "mars", "content_hash": "blake2b:00", "synthetic": synthetic},
-                      cost={"params_m": 1.5, "gmacs": gmacs, "gmacs_paper": 8 * gmacs, "latency": latency},
+                      cost={"params_m": 1.5, "gmacs": gmacs, "gmacs_paper": 8 * gmacs, "latency": latency,
+                            "eval_sampler": "dense" if clips != 1 else "chunk_first", "clips_per_tracklet": clips,
+                            "gmacs_per_tracklet": clips * gmacs},
                       scores=scores, cmc={"mars-official": [rank1, rank1 + 0.1]}, best_epoch=3, epochs=4,
                       git_commit="0123456789abcdef0123456789abcdef01234567",
                       run={"mlflow_run_id": f"{label:0>32}", "seconds": 61.0, "finished_at": finished, "device": "cpu"})
@@ -377,3 +382,41 @@ def test_cli_needs_runs_or_mlflow(record_files, tmp_path, capsys, monkeypatch):
     out = capsys.readouterr().out
     assert exit_.value.code == 0
     assert "training took 183 s in all" in out and "mars (synthetic)" in out
+
+
+def test_report_on_measured_latency_keeps_devices_apart(tmp_path):
+    """report.cost_axis latency: fronts on ms per clip, one row of panels per device, no paper stars."""
+    runs = [("baseline", 0.5, 0.40, 0.020, "cpu: A"), ("nvan", 1.0, 0.50, 0.010, "cpu: A"),
+            ("ste_nvan", 0.3, 0.45, 0.030, "cpu: A"), ("nvan", 1.0, 0.50, 0.002, "cuda: B")]
+    paths = []
+    for i, (label, gmacs, rank1, seconds, device) in enumerate(runs):
+        paths.append(tmp_path / f"{i}.json")
+        paths[-1].write_text(json.dumps(make_record(label, gmacs=gmacs, rank1=rank1, latency_s=seconds, device=device,
+                                                    finished=f"2026-11-30T10:0{i}:00Z")))
+    _, points = build_report(tmp_path / "out", records=paths, axis="latency", latest_per_label=False)
+    assert set(points["group"]) == {"mars (synthetic) on cpu: A", "mars (synthetic) on cuda: B"}
+    on_a = points.filter(pl.col("group") == "mars (synthetic) on cpu: A").sort("cost")
+    assert on_a["cost"].to_list() == pytest.approx([10.0, 20.0, 30.0])
+    # By latency nvan (10 ms, 50 %) dominates both; by GMACs ste_nvan (0.3) and baseline (0.5) would be on the front.
+    assert on_a["pareto_rank1"].to_list() == [True, False, False]
+    md = (tmp_path / "out" / "benchmark.md").read_text()
+    assert "min latency (ms per clip)" in md and "published" not in md.lower()
+    fig, _ = draw(points, None, "latency")
+    labels = {ax.get_xlabel() for ax in fig.axes}
+    assert any("on cpu: A" in x and "ms per clip" in x for x in labels) and any("on cuda: B" in x for x in labels)
+
+
+def test_report_on_gmacs_per_tracklet(tmp_path):
+    """Dense evaluation multiplies a clip's GMACs by the clips per tracklet, and can reorder the front."""
+    paths = []
+    for i, (label, gmacs, rank1, clips) in enumerate([("baseline", 0.5, 0.4, 1.0), ("nvan", 0.3, 0.5, 4.0)]):
+        paths.append(tmp_path / f"{label}.json")
+        paths[-1].write_text(json.dumps(make_record(label, gmacs=gmacs, rank1=rank1, clips=clips,
+                                                    finished=f"2026-11-30T10:0{i}:00Z")))
+    _, per_clip = build_report(tmp_path / "a", records=paths)
+    _, per_tracklet = build_report(tmp_path / "b", records=paths, axis="gmacs_tracklet")
+    assert per_clip.sort("label")["pareto_rank1"].to_list() == [False, True]  # nvan is cheaper per clip
+    assert per_tracklet.sort("label")["cost"].to_list() == pytest.approx([0.5, 1.2])
+    assert per_tracklet.sort("label")["pareto_rank1"].to_list() == [True, True]
+    fig, _ = draw(per_tracklet, None, "gmacs_tracklet")
+    assert "GMACs per test tracklet" in fig.axes[0].get_xlabel() and "chunk_first, dense" in fig.axes[0].get_xlabel()

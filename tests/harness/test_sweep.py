@@ -78,12 +78,16 @@ def test_trial_overrides_are_validated_with_their_key(tiny_config):
     with pytest.raises(ConfigError, match="leaves ASHA nothing to stop"):
         trial_base(tiny_config("sweep.trial.train.epochs=1"))
     assert trial_base(tiny_config("sweep.trial.train.epochs=1", "sweep.scheduler=fifo")).train.epochs == 1
+    with pytest.raises(ConfigError, match="cost.measure is false; set cost.measure: true"):
+        trial_base(tiny_config("sweep.cost_objective=latency", "cost.measure=false"))
 
 
 def test_search_algorithms(tiny_config):
     config = tiny_config("sweep.space={placement: [p0000, p0200], frames: [2, 4]}")
     optuna, space = search_setup(config.sweep, seed=0)
     assert optuna.metric == ["best.map", "gmacs"] and optuna.mode == ["max", "min"]
+    optuna, _ = search_setup(tiny_config("sweep.cost_objective=latency").sweep, seed=0)
+    assert optuna.metric == ["best.map", "latency_ms"] and optuna.mode == ["max", "min"]
     assert set(space) == {"placement", "frames"}
     grid, space = search_setup(tiny_config("sweep.search=grid").sweep, seed=0)
     assert grid is None and all("grid_search" in v for v in space.values())
@@ -146,8 +150,12 @@ def trial_runs(client: MlflowClient) -> list:
 
 @pytest.mark.slow(seconds=120)
 def test_interrupted_sweep_resumes_and_records_every_trial(tiny_sets, tmp_path):
-    """3 grid points, one infeasible; stopped (SIGINT) after the first trial finishes, then resumed."""
+    """3 grid points, one infeasible; stopped (SIGINT) after the first trial finishes, then resumed.
+
+    The cost objective is the latency each trial measures on its own worker resources.
+    """
     args = [sys.executable, "-m", "harness.sweep", *tiny_sets,
+            "--set", "sweep.cost_objective=latency", "--set", "cost.measure=true", "--set", "cost.repeats=3",
             "--set", f"report.out_dir={tmp_path / 'reports'}", "--set", "sweep.search=grid",
             "--set", "sweep.space={placement: [p0200], stripes: [0, 8, 16]}",  # s16: 16 stripes > 8 rows
             "--set", "sweep.trial={train: {epochs: 2, steps_per_epoch: 2}, eval: {every: 1}}", "--set", "sweep.grace_period=1",
@@ -200,9 +208,15 @@ def test_interrupted_sweep_resumes_and_records_every_trial(tiny_sets, tmp_path):
     assert set(results["mlflow_run_id"]) == {r.info.run_id for r in runs}
     points = results.filter(pl.col("status").is_in(["finished", "early-stopped"]))
     assert points.height == 2 and points["map"].is_not_null().all()
-    expected = [not d for d in dominated(points["map"].to_list(), points["gmacs"].to_list())]
+    for row in points.iter_rows(named=True):
+        latency = records[row["mlflow_run_id"]]["cost"]["latency"]
+        assert row["latency_ms"] == 1e3 * latency["median_s"] and row["latency_device"] == latency["device"]
+        assert latency["threads"] == 1 and latency["device"].startswith("cpu: ")
+    # The front is on measured latency, not GMACs.
+    expected = [not d for d in dominated(points["map"].to_list(), points["latency_ms"].to_list())]
     assert points["pareto"].to_list() == expected and not results.filter(status="infeasible")["pareto"].any()
     assert all(label in second.stdout for label in points.filter("pareto")["label"])
+    assert "vs min latency, ms per clip" in second.stdout and "latency measured on: cpu: " in second.stdout
 
 
 def test_a_sweep_with_failed_trials_says_so(tiny_config, tmp_path):

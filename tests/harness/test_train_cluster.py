@@ -11,13 +11,11 @@ from ray.cluster_utils import Cluster
 
 from harness.train import fit, ray_session
 
-pytestmark = pytest.mark.slow(seconds=70)
-
-
 def history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, float]]:
     return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
 
 
+@pytest.mark.slow(seconds=70)
 def test_two_nodes_train_track_and_survive_a_failure(tiny_config, prepared_root, monkeypatch):
     # A relative data path, as in params.yaml: workers do not share the driver's cwd.
     monkeypatch.chdir(prepared_root.parent)
@@ -55,3 +53,24 @@ def test_two_nodes_train_track_and_survive_a_failure(tiny_config, prepared_root,
     assert {"config.yaml", "metrics.json", "cmc.png"} <= artifacts
     assert result.checkpoint and (Path(result.checkpoint) / "state.pt").exists()
     assert 0 <= result.best_scores["mars-official"]["rank1"] <= 1
+
+
+@pytest.mark.slow(seconds=25)
+def test_latency_is_timed_where_workers_train_not_on_the_driver(tiny_config, prepared_root):
+    """The head (the driver's node) has no CPU for a worker: the timing must run on the other node."""
+    from harness.train import run_cost
+
+    config = tiny_config("cost.measure=true", "cost.repeats=2")
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    worker_node = cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    try:
+        with ray_session(cluster.address):
+            head = ray.get_runtime_context().get_node_id()
+            cost = run_cost(config, config.spec(5), prepared_root / "mars")
+    finally:
+        cluster.shutdown()
+    latency = cost["latency"]
+    assert latency["node_id"] == worker_node.node_id != head
+    assert latency["threads"] == config.ray.cpus_per_worker and latency["device"].startswith("cpu: ")
+    assert latency["model"].startswith("BN-folded") and latency["median_s"] > 0 and cost["peak_memory_mb"] > 0

@@ -173,7 +173,6 @@ class TrainConfig(Section):
     steps_per_epoch: int | None = Field(None, ge=1, description="cap on steps per epoch; null = one pass of the P x K sampler")
     keep_checkpoints: int = Field(2, ge=1)
     log_checkpoint: bool = False
-    compile: bool = Field(False, description="torch.compile the training model (minutes of compiling first)")
 
     @model_validator(mode="after")
     def _pk(self) -> TrainConfig:

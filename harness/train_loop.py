@@ -152,8 +152,6 @@ def run_worker(loop_config: dict[str, Any]) -> None:
     spec = config.spec(data.num_classes)
     model = ray.train.torch.prepare_model(training_model(spec, config.train.imagenet_init, config.train.sync_bn))
     plain = getattr(model, "module", model)
-    if config.train.compile:  # compiled around DDP, so its bucketed all-reduce still overlaps the backward
-        model = torch.compile(model)
     optimizer = build_optimizer(model, config.train)
     scheduler = build_scheduler(optimizer, config.train)
     scaler = torch.amp.GradScaler(device.type) if config.train.amp == "fp16" else None

@@ -90,7 +90,7 @@ def test_evaluation_runs_the_model_the_cost_table_times(trained, prepared_root):
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # the caller's model is untouched
 
 
-@pytest.mark.slow(seconds=40)
+@pytest.mark.slow(seconds=30)
 def test_compiled_evaluation_matches_eager(trained, prepared_root):
     """eval.compile changes speed, not features (1e-5 of their scale)."""
     folder, _ = trained
@@ -99,37 +99,6 @@ def test_compiled_evaluation_matches_eager(trained, prepared_root):
     eager = extract_features(model, dataset, batch_size=5, progress=False)
     compiled = extract_features(model, dataset, batch_size=5, progress=False, compile=True)
     assert np.abs(compiled - eager).max() <= 1e-5 * np.abs(eager).max()
-
-
-@pytest.mark.slow(seconds=150)
-def test_a_compiled_training_step_matches_eager(trained, prepared_root):
-    """train.compile changes speed, not a step's loss or gradients (1e-5).
-
-    One step: over several, Adam amplifies rounding differences in near-zero gradients (as any change of
-    kernels or threads does), so whole epochs are not expected to agree to 1e-5.
-    """
-    from datasets.loaders import normalize
-
-    folder, _ = trained
-    model, _ = load_model(folder)
-    data = TrainClips(prepared_root / "mars", 4, seed=0)
-    clips, labels, _ = next(iter(train_loader(data, 4, 2)))
-    results = []
-    # float64: the unscaled attention logits amplify float32 rounding in the backward to ~1 % of a gradient.
-    model = model.double().train()
-    for step in (model, torch.compile(model)):
-        model.zero_grad()
-        features, logits = step(normalize(clips).double())
-        # Smooth terms only: batch-hard mining's argmax can flip on a 1e-7 distance change, and then
-        # the gradients differ for reasons no compiler can avoid.
-        loss = torch.nn.functional.cross_entropy(logits, labels) + features.square().mean()
-        loss.backward()
-        results.append((loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
-    (loss_eager, grads_eager), (loss_compiled, grads_compiled) = results
-    assert loss_compiled == pytest.approx(loss_eager, rel=1e-5)
-    assert grads_compiled.keys() == grads_eager.keys()
-    for name, grad in grads_eager.items():
-        assert (grads_compiled[name] - grad).abs().max() <= 1e-5 * max(grad.abs().max(), 1e-3), name
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:

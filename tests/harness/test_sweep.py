@@ -148,7 +148,7 @@ def trial_runs(client: MlflowClient) -> list:
     return [r for r in client.search_runs([experiment]) if r.data.tags.get("nvan.kind") == "trial"]
 
 
-@pytest.mark.slow(seconds=120)
+@pytest.mark.slow(seconds=140)
 def test_interrupted_sweep_resumes_and_records_every_trial(tiny_sets, tmp_path):
     """3 grid points, one infeasible; stopped (SIGINT) after the first trial finishes, then resumed.
 

@@ -31,7 +31,7 @@ import torch
 
 from harness.cli import UserError, config_parser, load_from_args, run
 from harness.config import ConfigError, InputSize
-from harness.cost import Latency, _busy_seconds, _rss_kb, cpu_name, peak_rss_mib, reset_peak_rss
+from harness.cost import Latency, _rss_kb, cpu_name, peak_rss_mib, reset_peak_rss, time_steps
 from harness.io import atomic_path, check_writable
 from harness.losses import reid_loss
 from models.fuse import inference_model
@@ -160,9 +160,7 @@ def _measure(spec: ModelSpec, size: InputSize, s: Setting, warmup: int, repeats:
             torch.cuda.synchronize()
         peak = (torch.cuda.max_memory_allocated() / 2**20 if cuda
                 else float("nan") if bare_kib is None else peak_rss_mib(bare_kib))
-        busy, own, wall = _busy_seconds(), time.process_time(), time.perf_counter()
-        times = [_timed(step, cuda) for _ in range(repeats)]
-        busy_after, other = _busy_seconds(), None
+        times, other = time_steps(step, repeats, cuda)
     except Exception as e:
         # oneDNN may stay broken after a failed allocation, so a smaller batch gets a fresh process.
         if not _is_oom(e, memory_cap_mb is not None):
@@ -171,26 +169,9 @@ def _measure(spec: ModelSpec, size: InputSize, s: Setting, warmup: int, repeats:
     finally:
         if memory_cap_mb is not None:
             resource.setrlimit(resource.RLIMIT_AS, limit)
-    if busy is not None and busy_after is not None:
-        # As harness.cost: what the machine was busy with beyond this process, in cores.
-        other = max(0.0, (busy_after - busy - (time.process_time() - own)) / (time.perf_counter() - wall))
     latency = Latency.of(times, torch.get_num_threads(), result["device"], other)
     compile_s = max(first_s - latency.median_s, 0.0) if s.compile else 0.0
     return result | {"status": "ok", "note": "", "latency": latency, "peak_memory_mb": peak, "compile_s": compile_s}
-
-
-def _timed(step, cuda: bool) -> float:
-    """Seconds of one step: CUDA events around it on a GPU, the wall clock on a CPU."""
-    if cuda:
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        step()
-        end.record()
-        torch.cuda.synchronize()
-        return start.elapsed_time(end) / 1e3
-    start = time.perf_counter()
-    step()
-    return time.perf_counter() - start
 
 
 def bench_one(spec: ModelSpec, size: InputSize, s: Setting, warmup: int, repeats: int, threads: int = 0,

@@ -259,6 +259,32 @@ def device_name(device: str) -> str:
     return f"cpu: {cpu_name()}"
 
 
+def _timed(step, cuda: bool) -> float:
+    """Seconds of one call of `step`: CUDA events around it on a GPU, the wall clock on a CPU."""
+    if cuda:  # kernels run asynchronously: time them on the device, between events
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        step()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3
+    start = time.perf_counter()
+    step()
+    return time.perf_counter() - start
+
+
+def time_steps(step, repeats: int, cuda: bool) -> tuple[list[float], float | None]:
+    """Seconds of each of `repeats` calls of `step`, and the cores other processes kept busy meanwhile
+    (None where /proc/stat is unavailable)."""
+    busy, own, wall = _busy_seconds(), time.process_time(), time.perf_counter()
+    times = [_timed(step, cuda) for _ in range(repeats)]
+    busy_after = _busy_seconds()
+    if busy is None or busy_after is None:
+        return times, None
+    # Whatever the machine was busy with beyond this process, in cores; clock ticks round to 0.01 s.
+    return times, max(0.0, (busy_after - busy - (time.process_time() - own)) / (time.perf_counter() - wall))
+
+
 def _measure(spec: ModelSpec, size: InputSize, batch: int, warmup: int, repeats: int, threads: int,
              device: str = "cpu"):
     """Runs in a fresh spawned process, so its peak RSS counts this model alone."""
@@ -281,25 +307,7 @@ def _measure(spec: ModelSpec, size: InputSize, batch: int, warmup: int, repeats:
             peak_mb = None if rss_before is None else peak_rss_mib(rss_before)
         for _ in range(max(warmup - 1, 0)):
             model(clips)
-        times = []
-        busy, own, wall = _busy_seconds(), time.process_time(), time.perf_counter()
-        for _ in range(repeats):
-            if cuda:  # kernels run asynchronously: time them on the device, between events
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                model(clips)
-                end.record()
-                end.synchronize()
-                times.append(start.elapsed_time(end) / 1e3)
-            else:
-                start = time.perf_counter()
-                model(clips)
-                times.append(time.perf_counter() - start)
-        busy_after = _busy_seconds()
-        other = None
-        if busy is not None and busy_after is not None:
-            # Whatever the machine was busy with beyond this process, in cores; clock ticks round to 0.01 s.
-            other = max(0.0, (busy_after - busy - (time.process_time() - own)) / (time.perf_counter() - wall))
+        times, other = time_steps(lambda: model(clips), repeats, cuda)
     return Latency.of(times, torch.get_num_threads(), device_name(device), other), peak_mb
 
 

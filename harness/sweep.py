@@ -545,6 +545,7 @@ def close_trials(base: Config, trials: list, sweep_name: str, parent_run_id: str
             run_id = record_infeasible(base, candidate, reason, trial_tags(label, sweep_name, trial.trial_id),
                                        parent_run_id)
         best = (record or {}).get("scores", {}).get(protocol, {})
+        cost = (record or {}).get("cost") or {}
         if record is not None and record["status"] != status:
             write_record(path, record | {"status": status})
         if run_id and status in MLFLOW_END and client.get_run(run_id).data.tags.get("nvan.status") != status:
@@ -557,9 +558,8 @@ def close_trials(base: Config, trials: list, sweep_name: str, parent_run_id: str
             "trial": number, "trial_id": trial.trial_id, "label": label, "status": status, **candidate.columns(),
             "map": best.get("map"), "rank1": best.get("rank1"), "best_epoch": (record or {}).get("best_epoch"),
             "epochs": (record or {}).get("epochs", 0), COST: costs.get(COST), "gmacs_input": costs.get("gmacs_input"),
-            LATENCY: latency_ms((record or {}).get("cost")),
-            "gmacs_per_tracklet": ((record or {}).get("cost") or {}).get("gmacs_per_tracklet"),
-            "latency_device": (((record or {}).get("cost") or {}).get("latency") or {}).get("device"),
+            LATENCY: latency_ms(cost), "gmacs_per_tracklet": cost.get("gmacs_per_tracklet"),
+            "latency_device": (cost.get("latency") or {}).get("device"),
             "seconds": r.get("time_total_s"), "mlflow_run_id": run_id, "reason": reason,
             "dataset": base.data.dataset, "synthetic": bool(manifest.get("synthetic", False)),
             "input": f"{candidate.frames}x{base.data.height}x{base.data.width}",

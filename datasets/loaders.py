@@ -52,12 +52,12 @@ def _check(name: str, allowed: tuple[str, ...], frames: int, purpose: str) -> No
 
 
 class TrainClips(Dataset):
-    """Training clips: item (i, draw) -> (uint8 (T, 3, H, W), label 0..num_classes-1, camera), flipped with p = 0.5.
+    """Training clips: item (i, epoch, draw) -> (uint8 (T, 3, H, W), label 0..num_classes-1, camera), flipped with p = 0.5.
 
-    `i` is the tracklet's row and `draw` its draw number in the epoch (see PKSampler). Frames and
+    `i` is the tracklet's row and `draw` its draw number in `epoch` (see PKSampler). Frames and
     flip come from a generator keyed by (seed, epoch, draw), so they depend neither on the number
-    of loader workers nor on the number of data-parallel ranks, and a tracklet drawn twice gets
-    two independent draws. Call `set_epoch` before each epoch.
+    of loader workers (persistent or not) nor on the number of data-parallel ranks, and a tracklet
+    drawn twice gets two independent draws.
     """
 
     def __init__(
@@ -67,7 +67,7 @@ class TrainClips(Dataset):
         _check(sampler, TRAIN_SAMPLERS, frames, "training")
         rows = load_split(directory, "train")
         self.store = FrameStore(directory)
-        self.frames, self.flip, self.seed, self.epoch = frames, flip, seed, 0
+        self.frames, self.flip, self.seed = frames, flip, seed
         self.sample = frame_sampler(sampler, stride)
         self.pids = np.unique(rows["pid"].to_numpy())
         self.labels = np.searchsorted(self.pids, rows["pid"].to_numpy())
@@ -80,16 +80,12 @@ class TrainClips(Dataset):
         """Number of training identities."""
         return len(self.pids)
 
-    def set_epoch(self, epoch: int) -> None:
-        """Draw the next items' frames and flips for `epoch`."""
-        self.epoch = epoch
-
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, int, int]:
-        i, draw = item
-        rng = np.random.default_rng([self.seed, self.epoch, draw])
+    def __getitem__(self, item: tuple[int, int, int]) -> tuple[torch.Tensor, int, int]:
+        i, epoch, draw = item
+        rng = np.random.default_rng([self.seed, epoch, draw])
         clip = self.store.read(self.offsets[i] + self.sample(int(self.lengths[i]), self.frames, rng))
         if self.flip and rng.random() < 0.5:
             clip = np.ascontiguousarray(clip[..., ::-1])
@@ -99,7 +95,8 @@ class TrainClips(Dataset):
 class EvalClips(Dataset):
     """Evaluation clips: item i -> (uint8 clip, pid, camera, i) where i indexes the split's rows.
 
-    The clip is (T, 3, H, W), or for `dense` (n_clips, T, 3, H, W) with n_clips = ceil(frames / T).
+    The clip is (T, 3, H, W), or for `dense` (n_clips, T, 3, H, W) with n_clips = ceil(frames / T);
+    item (i, c) of a `dense` set is tracklet i's clip c alone, (T, 3, H, W).
     """
 
     def __init__(self, directory: Path, frames: int, sampler: str = "chunk_first", stride: int = 1,
@@ -121,29 +118,62 @@ class EvalClips(Dataset):
         """Clips the model runs per tracklet, in row order: 1, or ceil(frames / T) under `dense`."""
         return np.array([self.sample(int(n), self.frames, None).size // self.frames for n in self.lengths])
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int, int]:
-        clip = self.store.read(self.offsets[i] + self.sample(int(self.lengths[i]), self.frames, None))
+    def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, int, int, int]:
+        # (i, c) reads only clip c of a dense tracklet, so a batch of clips can cross tracklets.
+        i, c = item if isinstance(item, tuple) else (item, None)
+        frames = self.sample(int(self.lengths[i]), self.frames, None)
+        clip = self.store.read(self.offsets[i] + (frames if c is None else frames[c]))
         return torch.from_numpy(clip), int(self.pids[i]), int(self.cameras[i]), i
 
 
 def train_loader(
     dataset: TrainClips, p: int, k: int, num_workers: int = 0, num_replicas: int = 1, rank: int = 0,
-    mode: str = "identities",
+    mode: str = "identities", pin_memory: bool = False, prefetch_factor: int = 4,
 ) -> DataLoader:
-    """This rank's share of batches of P identities x K clips (P over all ranks); call `set_epoch(loader, e)` each epoch."""
+    """This rank's share of batches of P identities x K clips (P over all ranks); call `set_epoch(loader, e)` each epoch.
+
+    `pin_memory` (for a CUDA device) makes the host-to-device copy asynchronous. Workers persist
+    across epochs (no restart of `num_workers` processes each epoch) and keep `prefetch_factor`
+    batches each in flight.
+    """
     sampler = PKSampler(dataset.labels, p, k, dataset.seed, num_replicas, rank, mode)
-    return DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers)
+    more = {"persistent_workers": True, "prefetch_factor": prefetch_factor} if num_workers else {}
+    return DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, pin_memory=pin_memory, **more)
 
 
-def eval_loader(dataset: EvalClips, batch_size: int, num_workers: int = 0) -> DataLoader:
-    """Clips in row order; dense clips differ in length per tracklet, so they need batch_size 1."""
+def eval_loader(dataset: EvalClips, batch_size: int, num_workers: int = 0, rows: range | None = None,
+                pin_memory: bool = False) -> DataLoader:
+    """Clips of `rows` (default all) in row order, `batch_size` tracklets a batch; dense clips differ in
+    length per tracklet, so they need batch_size 1 here (`dense_loader` batches them by clip)."""
     if dataset.dense and batch_size != 1:
         raise DatasetError(f"dense evaluation yields a different number of clips per tracklet; use batch_size 1, "
                            f"not {batch_size}.")
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    rows = range(len(dataset)) if rows is None else rows
+    batches = [list(rows[s:s + batch_size]) for s in range(0, len(rows), batch_size)]
+    return _eval_batches(dataset, batches, num_workers, pin_memory)
+
+
+def dense_loader(dataset: EvalClips, batch_size: int, num_workers: int = 0, rows: range | None = None,
+                 pin_memory: bool = False) -> DataLoader:
+    """The dense clips of the tracklets of `rows` (default all), in row then clip order, `batch_size` clips a batch.
+
+    A tracklet's clips may be split over two batches; batch[3] names each clip's tracklet row.
+    """
+    if not dataset.dense:
+        raise DatasetError("dense_loader needs an EvalClips with sampler 'dense'.")
+    rows = range(len(dataset)) if rows is None else rows
+    counts = dataset.clips_per_tracklet()
+    pairs = [(i, c) for i in rows for c in range(counts[i])]
+    batches = [pairs[s:s + batch_size] for s in range(0, len(pairs), batch_size)]
+    return _eval_batches(dataset, batches, num_workers, pin_memory)
+
+
+def _eval_batches(dataset: EvalClips, batches: list[list], num_workers: int, pin_memory: bool) -> DataLoader:
+    # One pass per evaluation: workers kept alive after it would only hold memory until the next one.
+    return DataLoader(dataset, batch_sampler=batches, num_workers=num_workers, pin_memory=pin_memory,
+                      persistent_workers=False)
 
 
 def set_epoch(loader: DataLoader, epoch: int) -> None:
-    """Point a train loader's PK sampler and dataset at `epoch`."""
+    """Point a train loader's PK sampler at `epoch`."""
     loader.batch_sampler.set_epoch(epoch)
-    loader.dataset.set_epoch(epoch)

@@ -21,28 +21,34 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 from PIL import Image
-from tqdm import tqdm
 
 from datasets.atomic import atomic_directory
 from datasets.duke import read_duke
 from datasets.errors import DatasetError, run_cli
 from datasets.mars import read_mars
-from datasets.store import StoreWriter
+from datasets.progress import Progress
+from datasets.store import FORMATS, Frame, JpegWriter, RawWriter
 from datasets.synthetic import SYNTHETIC_MARKER
 from datasets.tracklets import SPLITS, require_splits
 
 log = logging.getLogger(__name__)
 
 READERS = {"mars": read_mars, "duke": read_duke}
-CHUNK_FRAMES = 256  # frames per worker task: 25 MB of pixels at 256x128, written by the worker itself
+# Frames per worker task: at 256x128, 25 MB of pixels the worker writes itself (raw) or ~2 MB of JPEG it returns.
+CHUNK_FRAMES = 256
 CODE_FILES = ("atomic.py", "duke.py", "mars.py", "prepare.py", "store.py", "tracklets.py")
+Writer = RawWriter | JpegWriter
 
 
 def prepare(
     layout: str, root: Path, out: Path, height: int = 256, width: int = 128, workers: int = 0,
-    skip_corrupt: bool = False,
+    skip_corrupt: bool = False, store: str = "raw", quality: int = 95,
 ) -> dict:
-    """Validate, index and pack the dataset at `root` into `out`; return the manifest. workers=0 decodes in-process."""
+    """Validate, index and pack the dataset at `root` into `out`; return the manifest. workers=0 decodes in-process.
+
+    `store` is the frame store's format ("raw" or "jpeg"); `quality` (1-100) is the JPEG quality
+    of frames the jpeg store must encode (those whose source is not a JPEG at height x width).
+    """
     if layout not in READERS:
         raise DatasetError(f"unknown dataset layout {layout!r}; use one of {sorted(READERS)}.")
     if height < 1 or width < 1 or workers < 0:
@@ -50,9 +56,12 @@ def prepare(
             f"--height {height}, --width {width} and --workers {workers}: sizes must be positive pixel counts and "
             f"workers >= 0 (0 decodes in this process)."
         )
+    _check_store(store, quality)
     table = READERS[layout](root)
     with atomic_directory(out) as tmp:
-        table, dropped_frames, content_hash = _pack(table, Path(root), tmp, height, width, workers, skip_corrupt)
+        writer = _writer(store, tmp, int(table["num_frames"].sum()), height, width, quality)
+        table, dropped_frames, content_hash = _pack(table, Path(root), writer, workers, skip_corrupt,
+                                                    f"prepare {Path(out).name}")
         dropped_tracklets = table.filter(pl.col("num_frames") == 0)["tracklet"].to_list()
         for key in dropped_tracklets:
             log.warning("dropped tracklet %s: all its frames are corrupt", key)
@@ -60,23 +69,40 @@ def prepare(
         require_splits(table, f"{layout} root {root} after --skip-corrupt",
                        "too many frames are corrupt; restore the images logged above from the dataset archive.")
         manifest = _manifest(layout, table, height, width, content_hash, dropped_frames, dropped_tracklets)
+        manifest["store"] = writer.describe()
         manifest["synthetic"] = (Path(root) / SYNTHETIC_MARKER).exists()
         table.write_parquet(tmp / "tracklets.parquet")
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 
 
+def _check_store(store: str, quality: int) -> None:
+    """Reject an unknown --store or a --jpeg-quality outside 1..100."""
+    if store not in FORMATS:
+        raise DatasetError(f"--store {store!r} is not a frame store format; use raw (decoded pixels: fastest to "
+                           f"read, 96 KB a 256x128 frame) or jpeg (JPEG bytes decoded on read: ~10x smaller).")
+    if not 1 <= quality <= 100:
+        raise DatasetError(f"--jpeg-quality {quality} is outside 1..100; use e.g. the default 95 (frames the jpeg "
+                           f"store has to re-encode lose little at 90 or more).")
+
+
+def _writer(store: str, tmp: Path, capacity: int, height: int, width: int, quality: int) -> Writer:
+    """A new, empty store of format `store` in `tmp` for `capacity` frames of height x width pixels."""
+    if store == "jpeg":
+        return JpegWriter(tmp, capacity, height, width, quality)
+    return RawWriter(tmp, capacity, height, width)
+
+
 def _pack(
-    table: pl.DataFrame, root: Path, tmp: Path, height: int, width: int, workers: int, skip_corrupt: bool,
+    table: pl.DataFrame, root: Path, writer: Writer, workers: int, skip_corrupt: bool, desc: str,
 ) -> tuple[pl.DataFrame, list[str], str]:
     """Decode every frame into the store; return the table with offsets, the dropped frames and the input hash."""
     paths = table["frames"].explode().to_list()
-    writer = StoreWriter(tmp, len(paths), height, width)
     kept = np.ones(len(paths), dtype=bool)
     digest = hashlib.blake2b(table.drop("frames").write_csv().encode(), digest_size=32)
     dropped = []
-    with tqdm(total=len(paths), unit="frame", desc=f"prepare {tmp.name}", disable=None) as bar:
-        for start, digests, corrupt in _decoded(writer, root, paths, workers):
+    with Progress(len(paths), desc, "frames") as progress:
+        for start, digests, corrupt, encoded in _decoded(writer, root, paths, workers):
             for i, reason in corrupt:
                 path = root / paths[start + i]
                 if not skip_corrupt:
@@ -89,7 +115,8 @@ def _pack(
                 dropped.append(paths[start + i])
             for path, d in zip(paths[start:start + len(digests)], digests):
                 digest.update(path.encode() + b"\0" + d)
-            bar.update(len(digests))
+            writer.write(start, encoded)
+            progress.update(len(digests))
     writer.close(kept)
     num_frames = table["num_frames"].to_numpy().copy()
     if dropped:
@@ -109,9 +136,9 @@ def _pack(
 
 
 def _decoded(
-    writer: StoreWriter, root: Path, paths: list[str], workers: int,
-) -> Iterator[tuple[int, list[bytes], list[tuple[int, str]]]]:
-    """Decode all frames into the store; yield (first index, per-file digests, corrupt (index, reason)) per chunk."""
+    writer: Writer, root: Path, paths: list[str], workers: int,
+) -> Iterator[tuple[int, list[bytes], list[tuple[int, str]], object]]:
+    """Decode all frames; per chunk, in order, yield (first index, file digests, corrupt (index, reason), encoded)."""
     starts = range(0, len(paths), CHUNK_FRAMES)
     if workers == 0:
         for s in starts:
@@ -131,25 +158,28 @@ def _decoded(
 
 
 def _decode_chunk(
-    writer: StoreWriter, root: str, paths: list[str], start: int,
-) -> tuple[list[bytes], list[tuple[int, str]]]:
-    """Decode and resize `paths` into store rows start.., return each file's digest and the corrupt ones."""
+    writer: Writer, root: str, paths: list[str], start: int,
+) -> tuple[list[bytes], list[tuple[int, str]], object]:
+    """Decode and resize `paths` (store rows start..); return file digests, the corrupt ones, `encode`'s result."""
     _, _, height, width = writer.shape
-    frames = np.zeros((len(paths), 3, height, width), np.uint8)
+    frames: list[Frame | None] = []
     digests, corrupt = [], []
     for i, path in enumerate(paths):
         data = (Path(root) / path).read_bytes()
         digests.append(hashlib.blake2b(data, digest_size=16).digest())
         try:
-            image = Image.open(io.BytesIO(data)).convert("RGB")
+            image = Image.open(io.BytesIO(data))
+            is_jpeg = image.format == "JPEG"  # convert() returns an image without a format
+            image = image.convert("RGB")
         except (OSError, ValueError, SyntaxError) as e:  # PIL's errors for truncated or garbled files
             corrupt.append((i, str(e)))
+            frames.append(None)
             continue
-        if image.size != (width, height):
+        native = image.size == (width, height)
+        if not native:
             image = image.resize((width, height), Image.Resampling.BILINEAR)
-        frames[i] = np.asarray(image).transpose(2, 0, 1)
-    writer.write(start, frames)
-    return digests, corrupt
+        frames.append((np.asarray(image), data if is_jpeg and native else None))
+    return digests, corrupt, writer.encode(start, frames)
 
 
 def _manifest(
@@ -194,8 +224,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--width", type=int, default=128, help="frame width in pixels (default 128)")
     parser.add_argument("--workers", type=int, default=0, help="decoding processes; 0 decodes in this process")
     parser.add_argument("--skip-corrupt", action="store_true", help="drop undecodable frames instead of failing")
+    parser.add_argument("--store", default="raw",
+                        help="frame store format: raw (decoded pixels, fastest to read; the default) or jpeg "
+                             "(JPEG bytes decoded on read, ~10x smaller; source JPEGs at the target size kept as is)")
+    parser.add_argument("--jpeg-quality", type=int, default=95,
+                        help="quality 1-100 of frames the jpeg store has to encode (resized or not JPEG; default 95)")
     args = parser.parse_args(argv)
-    manifest = prepare(args.format, args.root, args.out, args.height, args.width, args.workers, args.skip_corrupt)
+    manifest = prepare(args.format, args.root, args.out, args.height, args.width, args.workers, args.skip_corrupt,
+                       args.store, args.jpeg_quality)
     log.info("prepared %s: %d frames, %s", args.out, manifest["frames"], json.dumps(manifest["splits"]))
     return 0
 

@@ -88,7 +88,7 @@ def frame_sampler(name: str, stride: int = 1) -> FrameSampler:
 
 
 EPOCH_MODES = ("identities", "tracklets")
-Draw = tuple[int, int]  # (tracklet row, draw number unique within the epoch)
+Draw = tuple[int, int, int]  # (tracklet row, epoch, draw number unique within the epoch)
 
 
 class PKSampler(Sampler[list[Draw]]):
@@ -96,9 +96,11 @@ class PKSampler(Sampler[list[Draw]]):
 
     `p` is the identities of a whole step over all ranks; rank r gets the r-th block of
     p / num_replicas of them, so the ranks together see exactly the batch one process would,
-    whatever the number of replicas. Each item is (tracklet, draw): the draw number is the item's
-    position in the epoch's global plan, so a tracklet drawn twice gets its own frames and flip.
-    The plan depends only on seed and epoch.
+    whatever the number of replicas. Each item is (tracklet, epoch, draw): the draw number is the
+    item's position in the epoch's global plan, so a tracklet drawn twice gets its own frames and
+    flip. The epoch travels with the item because persistent loader workers keep their own copy of
+    the dataset, which a `set_epoch` in the main process never reaches. The plan depends only on
+    seed and epoch.
 
     - `mode="identities"` (the STE-NVAN authors' epoch, util/utils.py Get_Video_train_DataLoader):
       one pass over the identities, shuffled, p per step with the remainder dropped; each identity
@@ -172,6 +174,6 @@ class PKSampler(Sampler[list[Draw]]):
             batches = []
             for step, tracklets in enumerate(self.global_steps()):
                 draws = step * self.p * self.k + np.arange(self.p * self.k)
-                batches.append([(int(t), int(d)) for t, d in zip(tracklets[mine], draws[mine])])
+                batches.append([(int(t), self.epoch, int(d)) for t, d in zip(tracklets[mine], draws[mine])])
             self._plans = {self.epoch: batches}
         return self._plans[self.epoch]

@@ -17,6 +17,7 @@ from PIL import Image
 from datasets.loaders import TrainClips, normalize
 from datasets.prepare import prepare
 from datasets.sampling import chunk_random
+from datasets.store import FrameStore
 from datasets.synthetic import write_mars
 
 HEIGHT, WIDTH, FRAMES, CLIPS = 256, 128, 8, 32  # 256 frames per round
@@ -48,14 +49,14 @@ def one_thread():
 
 def _store_clips(dataset: TrainClips) -> None:
     for i in range(CLIPS):
-        normalize(dataset[i % len(dataset), i][0])
+        normalize(dataset[i % len(dataset), 0, i][0])
 
 
 def _jpeg_clips(root: Path, dataset: TrainClips, paths: list[list[str]]) -> None:
     """The usual re-ID pipeline: PIL decode, resize, to float tensor, normalise, per frame."""
     for i in range(CLIPS):
         j = i % len(dataset)
-        rng = np.random.default_rng([dataset.seed, dataset.epoch, j])
+        rng = np.random.default_rng([dataset.seed, 0, j])
         frames = []
         for k in chunk_random(len(paths[j]), FRAMES, rng):
             image = Image.open(root / paths[j][k]).convert("RGB").resize((WIDTH, HEIGHT), Image.Resampling.BILINEAR)
@@ -91,3 +92,23 @@ def _frame_paths(prepared: Path) -> list[list[str]]:
     """Raw frame paths of the training tracklets, in TrainClips order."""
     rows = pl.read_parquet(prepared / "tracklets.parquet").filter(pl.col("split") == "train")
     return rows["frames"].to_list()
+
+
+def _store_reads(store: FrameStore, starts: np.ndarray) -> None:
+    for start in starts:
+        store.read(start + np.arange(FRAMES))
+
+
+@pytest.mark.parametrize("fmt", ["raw", "jpeg"])
+def test_random_clip_reads_per_store(benchmark, raw: Path, fmt: str):
+    """Frames/s one loader worker reads from a raw and a JPEG store (page cache warm: dropping it needs root,
+    so the raw figure is an upper bound where the store does not fit in RAM), and bytes on disk per frame."""
+    out = raw.parent / f"prepared-{fmt}"
+    manifest = prepare("mars", raw, out, HEIGHT, WIDTH, store=fmt)
+    store = FrameStore(out)
+    # Clips of consecutive frames at random places, as a chunk or segment sampler reads them from a tracklet.
+    starts = np.random.default_rng(0).integers(0, len(store) - FRAMES, CLIPS)
+    benchmark(_store_reads, store, starts)
+    on_disk = sum(p.stat().st_size for p in out.glob("frames.*") if p.name != "frames.json")
+    benchmark.extra_info.update(frames=len(store), frames_per_s=round(CLIPS * FRAMES / benchmark.stats.stats.mean),
+                                bytes_per_frame=round(on_disk / len(store)), store=manifest["store"])

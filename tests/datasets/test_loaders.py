@@ -28,12 +28,12 @@ def test_train_clips_come_from_their_tracklet_with_whole_clip_flips(mars_prepare
     assert plain.num_classes == rows["pid"].n_unique() and len(plain) == rows.height
     flips = 0
     for i in range(len(plain)):
-        clip, label, camera = plain[i, i]
+        clip, label, camera = plain[i, 0, i]
         assert clip.shape == (4, 3, 64, 32) and clip.dtype == torch.uint8
         assert plain.pids[label] == rows["pid"][i] and camera == rows["camera"][i]
         frames = store.read(rows["frame_offset"][i] + np.arange(rows["num_frames"][i]))
         assert all(any(np.array_equal(f, g) for g in frames) for f in clip.numpy())
-        other = flipped[i, i][0]
+        other = flipped[i, 0, i][0]
         flips += not torch.equal(other, clip)
         assert torch.equal(other, clip) or torch.equal(other, clip.flip(-1))
     assert 0 < flips < len(plain)
@@ -42,11 +42,10 @@ def test_train_clips_come_from_their_tracklet_with_whole_clip_flips(mars_prepare
 def test_train_clips_are_deterministic_per_seed_and_epoch(mars_prepared: Path):
     a, b = TrainClips(mars_prepared, 4, seed=1), TrainClips(mars_prepared, 4, seed=1)
     long = int(np.argmax(a.lengths))
-    assert torch.equal(a[long, 0][0], b[long, 0][0])
+    assert torch.equal(a[long, 0, 0][0], b[long, 0, 0][0])
     draws = set()
     for epoch in range(6):
-        a.set_epoch(epoch)
-        draws.add(a[long, 0][0].numpy().tobytes())
+        draws.add(a[long, epoch, 0][0].numpy().tobytes())
     assert len(draws) > 1
 
 
@@ -54,9 +53,21 @@ def test_every_draw_of_a_tracklet_gets_its_own_frames_and_flip(mars_prepared: Pa
     # An identity with fewer tracklets than K draws one tracklet several times in a step.
     data = TrainClips(mars_prepared, 4, seed=2)
     long = int(np.argmax(data.lengths))
-    clips = {data[long, draw][0].numpy().tobytes() for draw in range(12)}
+    clips = {data[long, 0, draw][0].numpy().tobytes() for draw in range(12)}
     assert len(clips) > 1
-    assert torch.equal(data[long, 5][0], data[long, 5][0])
+    assert torch.equal(data[long, 0, 5][0], data[long, 0, 5][0])
+
+
+def test_persistent_loader_workers_draw_each_epoch_as_one_process(mars_prepared: Path):
+    # Persistent workers keep their own dataset copy: the epoch must reach them with each item.
+    dataset = TrainClips(mars_prepared, 4, seed=3)
+    inline, workers = train_loader(dataset, p=2, k=2), train_loader(dataset, p=2, k=2, num_workers=2)
+    assert workers.persistent_workers
+    for epoch in range(3):
+        set_epoch(inline, epoch)
+        set_epoch(workers, epoch)
+        for (a, la, _), (b, lb, _) in zip(inline, workers, strict=True):
+            assert torch.equal(a, b) and torch.equal(la, lb)
 
 
 def test_train_loader_batches_p_identities(duke_prepared: Path):

@@ -1,6 +1,9 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +16,7 @@ from PIL import Image
 import datasets.prepare as prepare_module
 from datasets.errors import DatasetError
 from datasets.prepare import prepare
+from datasets.progress import INTERVAL_ENV, Progress, duration
 from datasets.store import FrameStore
 from datasets.synthetic import SYNTHETIC_MARKER
 
@@ -107,7 +111,9 @@ def test_skip_corrupt_drops_frames_and_empty_tracklets(mars_raw, mars_copy: Path
                           _decoded(mars_copy, kept, 64, 32))
 
 
-def test_interrupted_run_keeps_the_previous_output(mars_raw, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+@pytest.mark.parametrize("store", ["raw", "jpeg"])
+def test_interrupted_run_keeps_the_previous_output(mars_raw, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   store: str):
     out = tmp_path / "out"
     prepare("mars", mars_raw[0], out, height=32, width=16)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
@@ -115,15 +121,17 @@ def test_interrupted_run_keeps_the_previous_output(mars_raw, tmp_path: Path, mon
     def interrupt(*args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(prepare_module.StoreWriter, "write", interrupt)
+    writer = prepare_module.RawWriter if store == "raw" else prepare_module.JpegWriter
+    monkeypatch.setattr(writer, "encode", interrupt)
     with pytest.raises(KeyboardInterrupt):
-        prepare("mars", mars_raw[0], out, height=64, width=32)
+        prepare("mars", mars_raw[0], out, height=64, width=32, store=store)
     assert list(tmp_path.iterdir()) == [out]
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, cwd=Path(__file__).parents[2])
+def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, cwd=Path(__file__).parents[2],
+                          env=env)
 
 
 def test_cli_reports_bad_input_in_one_paragraph_with_exit_code_2(tmp_path: Path):
@@ -150,3 +158,77 @@ def test_cli_synthesizes_and_prepares(tmp_path: Path):
 def test_data_without_the_synthetic_marker_is_real(mars_copy: Path, tmp_path: Path):
     (mars_copy / SYNTHETIC_MARKER).unlink()
     assert prepare("mars", mars_copy, tmp_path / "out", height=64, width=32)["synthetic"] is False
+
+
+def test_cli_logs_progress_without_a_terminal(mars_raw, tmp_path: Path):
+    # Pipes, not a TTY: as under DVC or a cluster scheduler, where a tqdm bar shows nothing.
+    done = _cli("datasets.prepare", "--format", "mars", "--root", str(mars_raw[0]), "--out", str(tmp_path / "mars"),
+                "--height", "64", "--width", "32", env={**os.environ, INTERVAL_ENV: "0"})
+    assert done.returncode == 0, done.stderr
+    frames = json.loads((tmp_path / "mars" / "manifest.json").read_text())["frames"]
+    line = rf"datasets.progress: prepare mars: {frames:,}/{frames:,} frames \(100.0%\)"
+    assert re.search(rf"{line}, [\d,]+ frames/s, about 0 s left\n", done.stderr), done.stderr
+    assert re.search(rf"{line} in \d+ s, [\d,]+ frames/s\n", done.stderr), done.stderr
+    assert done.stdout == ""
+
+
+class Clock:
+    """A settable clock (seconds)."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_progress_logs_at_most_every_interval_and_a_last_line(caplog: pytest.LogCaptureFixture):
+    clock = Clock()
+    caplog.set_level(logging.INFO, logger="datasets.progress")
+    with Progress(1_191_003, "prepare mars", "frames", interval_s=5.0, terminal=False, clock=clock) as progress:
+        for now, n in [(2.0, 4096), (5.84, 8192), (8.0, 4096), (10.8, 4096), (10.9, 4096)]:
+            clock.now = now
+            progress.update(n)
+        clock.now = 600.0
+    assert caplog.messages == [
+        "prepare mars: 12,288/1,191,003 frames (1.0%), 2,104 frames/s, about 9 min left",  # 5.84 s after the start
+        "prepare mars: 24,576/1,191,003 frames (2.1%), 2,255 frames/s, about 9 min left",  # 5.06 s after that line
+        "prepare mars: 24,576/1,191,003 frames (2.1%) in 10 min, 41 frames/s",
+    ]
+
+
+def test_progress_interval_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch,
+                                                      caplog: pytest.LogCaptureFixture):
+    caplog.set_level(logging.INFO, logger="datasets.progress")
+    monkeypatch.setenv(INTERVAL_ENV, "0")
+    clock = Clock()
+    with Progress(3, "copy", "files", terminal=False, clock=clock) as progress:
+        for _ in range(3):
+            progress.update(1)  # no time passes: the first line cannot show a rate
+    assert caplog.messages == ["copy: 1/3 files (33.3%)", "copy: 2/3 files (66.7%)", "copy: 3/3 files (100.0%)",
+                               "copy: 3/3 files (100.0%) in 0 s"]
+    caplog.clear()
+    with pytest.raises(KeyError), Progress(3, "copy", "files", terminal=False, clock=clock) as progress:
+        progress.update(1)
+        raise KeyError("disk gone")
+    assert caplog.messages == ["copy: 1/3 files (33.3%)"]  # no last line: the error has the last word
+    monkeypatch.delenv(INTERVAL_ENV)
+    assert Progress(3, "copy", "files", terminal=False).interval_s == 30.0
+    for bad in ("soon", "-1", "nan"):
+        monkeypatch.setenv(INTERVAL_ENV, bad)
+        with pytest.raises(DatasetError, match=f"{INTERVAL_ENV}={bad!r} must be a number of seconds >= 0"):
+            Progress(3, "copy", "files", terminal=False)
+
+
+def test_progress_on_a_terminal_draws_a_bar_and_logs_nothing(caplog: pytest.LogCaptureFixture,
+                                                            capsys: pytest.CaptureFixture):
+    caplog.set_level(logging.INFO, logger="datasets.progress")
+    with Progress(4, "copy", "files", interval_s=0.0, terminal=True) as progress:
+        progress.update(4)
+    assert caplog.messages == []
+    assert "copy: 100%" in capsys.readouterr().err
+
+
+def test_durations_are_rounded_for_reading():
+    assert [duration(s) for s in (0.4, 45, 89, 90, 560, 5399, 5400, 9000)] == [
+        "0 s", "45 s", "89 s", "2 min", "9 min", "90 min", "1.5 h", "2.5 h"]

@@ -100,7 +100,7 @@ def mars_sized_labels() -> np.ndarray:
 
 
 def tracklets(batch) -> list[int]:
-    return [t for t, _ in batch]
+    return [t for t, _, _ in batch]
 
 
 def test_identity_epoch_is_one_pass_over_the_identities():
@@ -113,7 +113,7 @@ def test_identity_epoch_is_one_pass_over_the_identities():
         assert len(counts) == 8 and set(counts.values()) == {4}
         seen += list(counts)
     assert len(seen) == len(set(seen)) == 78 * 8  # each identity at most once; the remainder dropped
-    draws = [d for batch in sampler for _, d in batch]
+    draws = [d for batch in sampler for _, _, d in batch]
     assert draws == list(range(78 * 32))  # every draw numbered once
 
 

@@ -74,7 +74,8 @@ def least_batch(spec: ModelSpec, size: InputSize, mode: str) -> int:
     return 2 if mode == "train" and (spec.head == "clip" or frames < 2) else 1
 
 
-def _model(spec: ModelSpec, s: Setting, device: torch.device) -> torch.nn.Module:
+def bench_model(spec: ModelSpec, s: Setting, device: torch.device) -> torch.nn.Module:
+    """The model `s` measures: fresh weights (seed 0), BN-folded for inference, in `s`'s memory layout, on `device`."""
     torch.manual_seed(0)
     model = build_model(spec)
     # What evaluation runs: BN folded into the convolutions.
@@ -85,7 +86,7 @@ def _model(spec: ModelSpec, s: Setting, device: torch.device) -> torch.nn.Module
     return model.to(device)
 
 
-def _step_fn(model, compiled, s: Setting, clips: torch.Tensor, device: torch.device):
+def step_fn(model, compiled, s: Setting, clips: torch.Tensor, device: torch.device):
     """A closure running one inference or training step on `clips`."""
     amp = nullcontext() if s.amp == "none" else torch.autocast(
         device.type, dtype=torch.bfloat16 if s.amp == "bf16" else torch.float16)
@@ -125,13 +126,13 @@ def _measure(spec: ModelSpec, size: InputSize, s: Setting, warmup: int, repeats:
     result = {"device": f"cuda: {torch.cuda.get_device_name()}" if cuda else f"cpu: {cpu_name()}",
               "threads": torch.get_num_threads(), "memory_kind": "cuda max allocated" if cuda else "cpu peak rss"}
     bare_kib = None if cuda else reset_peak_rss()
-    model = _model(spec, s, device)
+    model = bench_model(spec, s, device)
     compiled = torch.compile(model) if s.compile else model
     if memory_cap_mb is not None:
         # One smallest step first: thread pools, kernels and lazy imports set up under the cap fail in ways
         # that are not allocation errors (an OpenMP abort, a half-imported module).
         warm = torch.randn(least_batch(spec, size, s.mode), size.frames, 3, size.height, size.width, device=device)
-        _step_fn(model, model, s, warm, device)()
+        step_fn(model, model, s, warm, device)()
         model.zero_grad(set_to_none=True)
         del warm
         reset_peak_rss()  # hand freed heap back so VmSize is what is really mapped
@@ -141,7 +142,7 @@ def _measure(spec: ModelSpec, size: InputSize, s: Setting, warmup: int, repeats:
         resource.setrlimit(resource.RLIMIT_AS, ((_rss_kb("VmSize") + memory_cap_mb * 1024) * 1024, limit[1]))
     try:
         clips = torch.randn(s.batch, size.frames, 3, size.height, size.width, device=device)
-        step = _step_fn(model, compiled, s, clips, device)
+        step = step_fn(model, compiled, s, clips, device)
         first = time.perf_counter()
         step()  # the first step compiles (torch.compile) and allocates optimizer state
         if cuda:

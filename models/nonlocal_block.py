@@ -54,7 +54,9 @@ class NonLocalBlock(nn.Module):
     def _tokens(y: torch.Tensor, frames: int) -> torch.Tensor:
         """(B, C', T, h, w) -> (B * T / frames, 1, frames * h * w, C') contiguous, one row per window."""
         b, c, t, h, w = y.shape
-        return y.permute(0, 2, 3, 4, 1).reshape(b * t // frames, 1, frames * h * w, c)
+        # A view for channels-last input; otherwise (batch 1 on CPU, NCDHW input) a copy: SDPA takes its fused
+        # kernel only for a last-dimension stride of 1, and falls back to the slower math kernel.
+        return y.permute(0, 2, 3, 4, 1).reshape(b * t // frames, 1, frames * h * w, c).contiguous()
 
     @staticmethod
     def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

@@ -77,7 +77,9 @@ def test_oom_halves_the_batch_and_records_it():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the cap is on CPU virtual memory")
 def test_oom_even_at_batch_one_is_a_row_not_a_crash(monkeypatch, tmp_path):
-    table = run_bench(monkeypatch, tmp_path, "--batch", "1", "--mode", "infer", "--memory-cap-mb", "1")
+    # One 16 x 256 x 128 clip needs far more than 1 MiB beyond the built model.
+    table = run_bench(monkeypatch, tmp_path, "--batch", "1", "--mode", "infer", "--memory-cap-mb", "1",
+                      "--input", "16x256x128")
     [row] = table.iter_rows(named=True)
     assert row["status"] == "oom" and row["batch"] == row["batch_requested"] == 1 and not row["oom_backoff"]
     assert all(math.isnan(row[c]) for c in ("clips_per_s", "step_ms_median", "peak_memory_mb"))

@@ -11,6 +11,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from models.presets import PRESETS, preset_spec
 from models.spec import STAGE_BLOCKS, ModelSpec, SpecError
 
+# URI schemes of ray.storage_path: those pyarrow.fs.FileSystem.from_uri opens (pyarrow 25), as Ray Train does.
+STORAGE_SCHEMES = ("file", "s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss")
+
 DEFAULT_PARAMS = Path("params.yaml")
 
 
@@ -75,6 +78,9 @@ class DataConfig(Section):
     dataset: str = "mars"
     sources: dict[str, SourceParams] = {}
     prepare_workers: int = Field(0, ge=0, description="decoding processes for prepare; 0 = in process")
+    store: Literal["raw", "jpeg"] = Field(
+        "raw", description="frame store prepare writes: raw pixels (fastest from page cache) or JPEG bytes "
+                           "(about 10x smaller, decoded in loader workers; for NFS or nodes with little RAM)")
     prepared_root: Path = Path("data/prepared")
     frames: int = Field(8, ge=1)
     height: int = Field(256, ge=16)
@@ -166,12 +172,16 @@ class TrainConfig(Section):
     sync_bn: bool = False
     grad_accum: int = Field(1, ge=1, description="steps whose gradients are summed before an update")
     imagenet_init: Path | None = None
-    loader_workers: int = Field(0, ge=0)
+    loader_workers: int | None = Field(
+        None, ge=0, description="DataLoader processes per training worker; null: ray.cpus_per_worker - 1 on GPU "
+                                "(the rest feed the device), 0 on CPU (every core computes)")
     cpu_isa: Literal["avx2", "native"] = Field(
         "avx2", description="x86 CPU kernels of the training workers: avx2 pins them, so CPU training gives "
                             "the same numbers on AVX-512 machines too; native lets torch choose (faster there)")
     steps_per_epoch: int | None = Field(None, ge=1, description="cap on steps per epoch; null = one pass of the P x K sampler")
-    keep_checkpoints: int = Field(2, ge=1)
+    keep_checkpoints: int = Field(2, ge=1, description="best checkpoints kept by score; the latest is always kept")
+    checkpoint_every: int | None = Field(
+        None, ge=1, description="epochs between full checkpoints besides evaluation epochs; null: evaluation epochs only")
     log_checkpoint: bool = False
 
     @model_validator(mode="after")
@@ -194,7 +204,8 @@ class EvalConfig(Section):
     metric: Literal["cosine", "euclidean"] = "cosine"
     select_by: Literal["rank1", "map"] = "map"
     sampler: Literal["chunk_first", "segment_first", "dense", "evenly"] = "chunk_first"
-    batch_size: int = Field(8, ge=1, description="tracklets per inference batch")
+    batch_size: int = Field(8, ge=1, description="clips per inference forward: one per tracklet; dense packs the "
+                                                 "clips of several tracklets")
     compile: bool = Field(False, description="torch.compile the BN-folded inference model at each evaluation")
 
 
@@ -204,9 +215,29 @@ class RayConfig(Section):
     use_gpu: bool = False
     cpus_per_worker: int = Field(1, ge=1)
     gpus_per_worker: float = Field(1, ge=0)
-    storage_path: Path = Path("ray_results")
+    storage_path: str = Field("ray_results", min_length=1,
+                              description="runs and checkpoints: a folder every node mounts, or a URI (s3://, gs://, ...)")
     max_failures: int = Field(0, ge=0)
     log_to_driver: bool = False
+
+    @field_validator("storage_path")
+    @classmethod
+    def _storage_scheme(cls, value: str) -> str:
+        scheme, sep, _ = value.partition("://")
+        if sep and scheme.lower() not in STORAGE_SCHEMES:
+            raise ValueError(f"ray.storage_path {value!r}: {scheme!r} is not a filesystem Ray Train can write to; "
+                             f"use a folder every node mounts, or a URI with one of {list(STORAGE_SCHEMES)}")
+        return value
+
+    @model_validator(mode="after")
+    def _whole_gpus(self) -> RayConfig:
+        if self.use_gpu and self.gpus_per_worker != int(self.gpus_per_worker):
+            raise ValueError(
+                f"ray.gpus_per_worker = {self.gpus_per_worker:g}: DDP training gives each worker a whole GPU (NCCL "
+                f"fails when two ranks share one); use 1 (or a whole number), and more workers for more GPUs")
+        if self.use_gpu and self.gpus_per_worker < 1:
+            raise ValueError("ray.gpus_per_worker must be at least 1 with ray.use_gpu: true")
+        return self
 
 
 class MlflowConfig(Section):

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.cli import UserError
+from harness import storage
 from harness.io import write_json_atomic
 
 SCHEMA = "nvan-bench run record 1"
@@ -87,17 +88,20 @@ def reproducible_part(record: dict) -> dict:
     return part
 
 
-def write_record(path: Path, record: dict) -> None:
-    """Write `record` as JSON to `path` atomically."""
-    write_json_atomic(path, record)
+def write_record(path: Path | str, record: dict) -> None:
+    """Write `record` as JSON to `path` (a file, or a URI under ray.storage_path) whole, never half."""
+    if storage.is_uri(path):
+        storage.write_text(path, json.dumps(record, indent=2) + "\n")
+    else:
+        write_json_atomic(path, record)
 
 
-def read_record(path: Path) -> dict:
-    """The record at `path`; UserError naming the file and what is wrong."""
-    fix = (f"rerun the training that writes it (`dvc repro train@{Path(path).stem}` or "
+def read_record(path: Path | str) -> dict:
+    """The record at `path` (a file or a URI); UserError naming it and what is wrong."""
+    fix = (f"rerun the training that writes it (`dvc repro train@{Path(str(path).partition('?')[0]).stem}` or "
            f"`python -m harness.train --out {path}`)")
     try:
-        record = json.loads(Path(path).read_text(encoding="utf-8"))
+        record = json.loads(storage.read_text(path))
     except FileNotFoundError:
         raise UserError(f"run record {path} does not exist; {fix}") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:

@@ -27,11 +27,12 @@ import polars as pl
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
+from harness import storage
 from harness.cli import UserError, config_parser, load_from_args, run
 from harness.config import (PAPER_INPUT, TEMPORAL_POOLS, Config, ConfigError, InputSize, SweepConfig, flatten,
                             override, placement_blocks)
 from harness.cost import macs_on_meta
-from harness.io import atomic_path, check_writable, write_json_atomic
+from harness.io import atomic_path, check_writable
 from harness.records import read_record, write_record
 from harness.tracking import connect, find_run, git_commit, log_metrics, set_tags, start_run, tracking_uri
 from harness.prepared import prepared_dataset
@@ -154,7 +155,7 @@ def trial_base(config: Config) -> Config:
                           "cost.measure is false; set cost.measure: true, or sweep.cost_objective: gmacs")
     # Tune starts trials in their own folders and possibly on other nodes: no relative paths.
     paths = {"data.prepared_root": str(base.data.prepared_root.resolve()),
-             "ray.storage_path": str(base.ray.storage_path.resolve()),
+             "ray.storage_path": storage.absolute(base.ray.storage_path),
              "mlflow.tracking_uri": tracking_uri(base.mlflow.tracking_uri)}
     if base.train.imagenet_init:
         paths["train.imagenet_init"] = str(base.train.imagenet_init.resolve())
@@ -179,9 +180,13 @@ class SweepReport(TuneReportCallback):
     def __init__(self, fields: dict[str, Any], metric: str, protocol: str) -> None:
         super().__init__()
         self.fields, self.metric, self.protocol = fields, metric, protocol
+        self.reported_through = -1
 
     def after_report(self, run_context, metrics: list[dict[str, Any]], checkpoint) -> None:
         first = metrics[0]
+        if first["epoch"] <= self.reported_through:  # retrained after a restart from a sparser checkpoint
+            return
+        self.reported_through = first["epoch"]
         best = (first.get("best_scores") or {}).get(self.protocol, {})
         first = first | self.fields | {"epochs": first["epoch"] + 1,
                                        objective(self.metric): best.get(self.metric, math.nan)}
@@ -221,17 +226,12 @@ def record_infeasible(base: Config, candidate: Candidate, reason: str, tags: dic
     return run_id
 
 
-def records_dir(storage: Path, sweep_name: str) -> Path:
-    """Where a sweep's trials keep their run records: on the storage every node shares."""
-    return storage / sweep_name / "records"
+def trial_record_path(root: str, sweep_name: str, trial_id: str) -> str:
+    """The run record of one trial: on the storage every node shares (a folder or a URI)."""
+    return storage.join(root, sweep_name, "records", f"{trial_id}.json")
 
 
-def trial_record_path(storage: Path, sweep_name: str, trial_id: str) -> Path:
-    """The run record of one trial."""
-    return records_dir(storage, sweep_name) / f"{trial_id}.json"
-
-
-def _read_trial_record(path: Path) -> dict | None:
+def _read_trial_record(path: str) -> dict | None:
     try:
         return read_record(path)
     except UserError:
@@ -265,7 +265,7 @@ def run_trial(params: dict[str, Any], base: dict[str, Any], sweep_name: str, par
                      "status": "infeasible", "reason": reason, "mlflow_run_id": run_id})
         return
     # Train runs live in the sweep's folder; their names are unique per trial.
-    train_storage = str(config.ray.storage_path / sweep_name / "train")
+    train_storage = storage.join(config.ray.storage_path, sweep_name, "train")
     trial = override(config, candidate.overrides() | {"ray.storage_path": train_storage}, f"candidate {label}")
     record_path = trial_record_path(config.ray.storage_path, sweep_name, trial_id)
     record = _read_trial_record(record_path)
@@ -282,7 +282,7 @@ def run_trial(params: dict[str, Any], base: dict[str, Any], sweep_name: str, par
         return
     # A trial restarted by Tuner.restore continues its Ray Train run (and MLflow run) from the checkpoint;
     # one stopped before its Train run began starts over, without the empty MLflow run it left.
-    resume = ray_run if (trial.ray.storage_path / ray_run).is_dir() else None
+    resume = ray_run if storage.is_dir(storage.join(trial.ray.storage_path, ray_run)) else None
     if resume is None:
         client, experiment_id = connect(trial.mlflow.tracking_uri, trial.mlflow.experiment)
         if orphan := find_run(client, experiment_id, "nvan.ray_run", ray_run):
@@ -407,19 +407,20 @@ class SweepOutcome:
 def _start(config: Config, name: str, resume: bool) -> tuple[Config, str]:
     """The sweep's config and MLflow parent run: new ones, or those saved by the sweep being resumed."""
     base = trial_base(config)  # config errors before anything is created
-    state = base.ray.storage_path / name / STATE_FILE
+    folder = storage.join(base.ray.storage_path, name)
+    state = storage.join(folder, STATE_FILE)
     if resume:
-        if not state.exists():
-            raise UserError(f"--resume: no sweep {name!r} at {state.parent}; check --name and ray.storage_path")
-        saved = json.loads(state.read_text())
+        if not storage.exists(state):
+            raise UserError(f"--resume: no sweep {name!r} at {folder}; check --name and ray.storage_path")
+        saved = json.loads(storage.read_text(state))
         # The sweep continues as it started; only where Ray runs may change.
         address = config.ray.address
         config = override(Config.model_validate(saved["config"]), {"ray.address": address}, "--address")
         client, _ = connect(base.mlflow.tracking_uri, base.mlflow.experiment)
         set_tags(client, saved["parent_run_id"], {"nvan.status": "running"})
         return config, saved["parent_run_id"]
-    if state.parent.exists():
-        raise UserError(f"sweep {name!r} already exists at {state.parent}; resume it with --resume --name {name}, "
+    if storage.exists(folder):
+        raise UserError(f"sweep {name!r} already exists at {folder}; resume it with --resume --name {name}, "
                         f"or choose another --name")
     client, experiment_id = connect(base.mlflow.tracking_uri, base.mlflow.experiment)
     directory = check_inputs(base)
@@ -430,7 +431,7 @@ def _start(config: Config, name: str, resume: bool) -> tuple[Config, str]:
         "dataset": config.data.dataset, "preset": config.model.preset, "protocol": config.eval.protocols[0],
         "device": "cuda" if base.ray.use_gpu else "cpu",
         "dataset.synthetic": str(manifest.get("synthetic", False)).lower()})
-    write_json_atomic(state, {"config": config.model_dump(mode="json"), "parent_run_id": parent})
+    storage.write_text(state, json.dumps({"config": config.model_dump(mode="json"), "parent_run_id": parent}, indent=2))
     return config, parent
 
 
@@ -469,13 +470,13 @@ def run_sweep(config: Config, resume: bool = False) -> SweepOutcome:
         _check_cluster(base, config.sweep.max_concurrent)
         config, parent_run_id = _start(config, name, resume)
         base, sweep = trial_base(config), config.sweep
-        experiment = base.ray.storage_path / name
+        experiment = storage.join(base.ray.storage_path, name)
         trainable = tune.with_resources(
             tune.with_parameters(run_trial, base=base.model_dump(mode="json"), sweep_name=name,
                                  parent_run_id=parent_run_id),
             {"cpu": 0, "trial_driver": 1})
-        if resume and tune.Tuner.can_restore(str(experiment)):
-            tuner = tune.Tuner.restore(str(experiment), trainable, resume_unfinished=True, resume_errored=True)
+        if resume and tune.Tuner.can_restore(experiment):
+            tuner = tune.Tuner.restore(experiment, trainable, resume_unfinished=True, resume_errored=True)
         else:
             search_alg, space = search_setup(sweep, config.seed)
             tuner = tune.Tuner(
@@ -483,11 +484,11 @@ def run_sweep(config: Config, resume: bool = False) -> SweepOutcome:
                 tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=scheduler_for(sweep, base.train.epochs),
                                             num_samples=sweep.num_samples, max_concurrent_trials=sweep.max_concurrent,
                                             reuse_actors=False),
-                run_config=tune.RunConfig(name=name, storage_path=str(base.ray.storage_path), verbose=0,
+                run_config=tune.RunConfig(name=name, storage_path=base.ray.storage_path, verbose=0,
                                           callbacks=[TrialEnds(sweep.metric, base.train.epochs, cost_key(sweep))]))
         tuner.fit()
     # The experiment state on disk was written before Tune's cleanup marked interrupted trials TERMINATED.
-    trials = tune.ExperimentAnalysis(str(experiment)).trials
+    trials = tune.ExperimentAnalysis(experiment).trials
     results, complete = close_trials(base, trials, name, parent_run_id)
     # Interrupted before the search created every trial: more to run, whatever the trials say.
     complete &= len(trials) >= expected_trials(sweep)

@@ -15,6 +15,7 @@ import os
 import platform
 import re
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -24,8 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from tqdm import tqdm
 
+from datasets.progress import Progress
+from harness import storage
 from harness.checkpoint import read_state
 from harness.cli import USER_ERRORS, UserError, config_parser, load_from_args, run
 from harness.config import PAPER_INPUT, Config, InputSize, flatten
@@ -114,11 +116,11 @@ def numerics_env(cpu_isa: str) -> dict[str, str]:
 
 
 def absolute_paths(config: Config) -> Config:
-    """`config` with its data, storage and init paths made absolute (relative to this process's cwd)."""
+    """`config` with its data, storage and init paths made absolute (relative to this process's cwd; URIs kept)."""
     init = config.train.imagenet_init
     return config.model_copy(update={
         "data": config.data.model_copy(update={"prepared_root": config.data.prepared_root.resolve()}),
-        "ray": config.ray.model_copy(update={"storage_path": config.ray.storage_path.resolve()}),
+        "ray": config.ray.model_copy(update={"storage_path": storage.absolute(config.ray.storage_path)}),
         "train": config.train.model_copy(update={"imagenet_init": init.resolve() if init else None}),
     })
 
@@ -143,24 +145,33 @@ def check_resources(config: Config) -> None:
 
 
 def check_inputs(config: Config) -> Path:
-    """The prepared dataset folder, after checking it fits the config and the storage path is writable."""
+    """The prepared dataset folder, after checking it fits the config, the init weights exist and the
+    storage path is writable."""
     directory, _ = prepared_dataset(config)
-    storage = config.ray.storage_path.resolve()
-    probe = storage if storage.exists() else next(p for p in storage.parents if p.exists())
-    if not os.access(probe, os.W_OK):
-        raise UserError(f"ray.storage_path {storage} is not writable ({probe} denies writing); choose another")
+    init = config.train.imagenet_init
+    if init is not None and not init.is_file():
+        raise UserError(f"train.imagenet_init {init} does not exist; give the path of a torchvision resnet50 "
+                        f"state dict, or null to train from scratch")
+    storage.check_writable(config.ray.storage_path)
     return directory
 
 
 class MlflowEpochLogger:
-    """Logs each epoch's numeric metrics (rank 0's report) to one MLflow run, from the Ray controller."""
+    """Logs each epoch's numeric metrics (rank 0's report) to one MLflow run, from the Ray controller.
 
-    def __init__(self, uri: str, run_id: str) -> None:
-        self.uri, self.run_id, self._client = uri, run_id, None
+    Checkpoints are sparse (train.checkpoint_every), so workers restarted after a failure train
+    and report again the epochs since the last one: those are logged once, the first time.
+    """
+
+    def __init__(self, uri: str, run_id: str, logged_through: int = -1) -> None:
+        self.uri, self.run_id, self._client, self.logged_through = uri, run_id, None, logged_through
 
     def after_report(self, run_context, metrics: list[dict[str, Any]], checkpoint) -> None:
         from mlflow import MlflowClient
 
+        if metrics[0]["epoch"] <= self.logged_through:
+            return
+        self.logged_through = metrics[0]["epoch"]
         self._client = self._client or MlflowClient(self.uri)
         skip = ("epoch", "checkpoint_score", "best_value", "first_step_at")
         numbers = {k: v for k, v in metrics[0].items() if k not in skip}
@@ -180,7 +191,7 @@ class LiveRecord:
     def after_report(self, run_context, metrics: list[dict[str, Any]], checkpoint) -> None:
         first = metrics[0]
         scores, cmc = first.get("best_scores") or {}, first.get("best_cmc") or {}
-        write_record(Path(self.path), self.record | {
+        write_record(self.path, self.record | {
             "status": "running", "scores": {p: s | {"cmc": cmc.get(p)} for p, s in scores.items()},
             "best_epoch": first.get("best_epoch", -1), "epochs": first["epoch"] + 1})
 
@@ -192,23 +203,23 @@ def _callback(cls, *args):
     return type(cls.__name__ + "Callback", (cls, UserCallback), {})(*args)
 
 
-def _progress_bars(queue, done: threading.Event, enabled: bool) -> None:
-    bar, current = None, None
+def _progress_bars(queue, done: threading.Event) -> None:
+    """Rank 0's steps as a bar per epoch on a terminal, else as log lines (datasets.progress.Progress)."""
+    progress, current = None, None
     while not (done.is_set() and queue.empty()):
         try:
             epoch, step, steps, loss, clips = queue.get(timeout=0.5)
         except Exception:  # ray.util.queue.Empty; the queue's exception types vary by version
             continue
-        if not enabled:
-            continue
         if epoch != current:
-            if bar:
-                bar.close()
-            bar, current = tqdm(total=steps, desc=f"epoch {epoch}", unit="step"), epoch
-        bar.n = step
-        bar.set_postfix(loss=f"{loss:.3f}", clips_s=f"{clips:.1f}", refresh=True)
-    if bar:
-        bar.close()
+            if progress:
+                progress.__exit__(None, None, None)
+            progress, current = Progress(steps, f"epoch {epoch}", "steps"), epoch
+        progress.update(step - progress.done)
+        if progress.bar is not None:
+            progress.bar.set_postfix(loss=f"{loss:.3f}", clips_s=f"{clips:.1f}", refresh=True)
+    if progress:
+        progress.__exit__(None, None, None)
 
 
 def run_cost(config: Config, spec, directory: Path) -> dict[str, Any]:
@@ -290,7 +301,8 @@ def _artifacts(client, run_id: str, config: Config, result: TrainResult, cmc: li
         for file in folder.iterdir():
             client.log_artifact(run_id, str(file))
     if checkpoint_dir and config.train.log_checkpoint:
-        client.log_artifacts(run_id, checkpoint_dir, "checkpoint")
+        with tempfile.TemporaryDirectory() as local:
+            client.log_artifacts(run_id, str(storage.download(checkpoint_dir, Path(local))), "checkpoint")
 
 
 RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -311,26 +323,30 @@ def check_run_name(name: str, option: str) -> None:
                         f"digits, '.', '_' and '-', starting with a letter or digit (no '/' or '..')")
 
 
-def saved_epochs(run_dir: Path) -> dict[int, dict[str, Any]]:
-    """The epochs whose checkpoints a Ray run still holds: their reported metrics and "folder" (under run_dir)."""
+def saved_epochs(run_dir: str) -> dict[int, dict[str, Any]]:
+    """The epochs whose checkpoints a Ray run (a folder or URI) still holds: their reported metrics and "folder"."""
     found = {}
-    for file in run_dir.glob(f"checkpoint_*/{EPOCH_FILE}"):
+    for folder in storage.list_dirs(run_dir):
+        if not folder.startswith("checkpoint_"):
+            continue
         try:
-            metrics = json.loads(file.read_text())
-            found[int(metrics["epoch"])] = metrics | {"folder": file.parent.name}
+            metrics = json.loads(storage.read_text(storage.join(run_dir, folder, EPOCH_FILE)))
+            found[int(metrics["epoch"])] = metrics | {"folder": folder}
         except (OSError, ValueError, KeyError, TypeError):
             continue  # a checkpoint being written when the run stopped
     return found
 
 
-def log_missing_epochs(client, run_id: str, saved: dict[int, dict[str, float]]) -> None:
-    """Log the metrics of checkpointed epochs that MLflow lacks (the run stopped between the two)."""
+def log_missing_epochs(client, run_id: str, saved: dict[int, dict[str, float]]) -> int:
+    """Log the metrics of checkpointed epochs that MLflow lacks (the run stopped between the two);
+    return the last epoch MLflow now holds (-1 if none)."""
     logged = {m.step for m in client.get_metric_history(run_id, "loss")}
     skip = ("epoch", "checkpoint_score", "best_value", "first_step_at", "folder")
     for epoch, metrics in sorted(saved.items()):
         if epoch not in logged:
             log.info("logging epoch %d of run %s, checkpointed but not in MLflow", epoch, run_id)
             log_metrics(client, run_id, {k: v for k, v in metrics.items() if k not in skip}, step=epoch)
+    return max(logged | set(saved), default=-1)
 
 
 def worker_causes(error: BaseException) -> list[BaseException]:
@@ -345,7 +361,7 @@ def worker_causes(error: BaseException) -> list[BaseException]:
 
 def fit(config: Config, name: str | None = None, resume: str | None = None, parent_run_id: str | None = None,
         tags: dict[str, str] | None = None, progress: bool = True, fail_at_step: int | None = None,
-        tune_callbacks: list | None = None, record_to: Path | None = None, label: str | None = None,
+        tune_callbacks: list | None = None, record_to: Path | str | None = None, label: str | None = None,
         kind: str = "train", cost: dict[str, Any] | None = None) -> TrainResult:
     """Train `config` on the connected Ray cluster, tracked in MLflow; return the best result.
 
@@ -354,7 +370,6 @@ def fit(config: Config, name: str | None = None, resume: str | None = None, pare
     `cost` is the run's `run_cost`, when the caller measured it already (a sweep minimising latency).
     `fail_at_step` injects one worker failure at that global step (tests of fault tolerance only).
     """
-    import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.util.queue import Queue
@@ -367,17 +382,19 @@ def fit(config: Config, name: str | None = None, resume: str | None = None, pare
     config = absolute_paths(config)
     directory = check_inputs(config)
     check_resources(config)
-    storage = config.ray.storage_path
+    root = config.ray.storage_path
     if resume:
         check_run_name(resume, "--resume")
-        if not (storage / resume).is_dir():
-            raise UserError(f"--resume {resume}: no run {storage / resume}; list the runs there or start a new one")
+        if not storage.is_dir(storage.join(root, resume)):
+            raise UserError(f"--resume {resume}: no run {storage.join(root, resume)}; list the runs there or start "
+                            f"a new one")
         ray_run = resume
-        saved = saved_epochs(storage / ray_run)
+        saved = saved_epochs(storage.join(root, ray_run))
     else:
         ray_run = name or f"{config.model.preset}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
         check_run_name(ray_run, "--name")
-    storage.mkdir(parents=True, exist_ok=True)
+    run_dir = storage.join(root, ray_run)
+    storage.make_dirs(run_dir)
 
     uri = tracking_uri(config.mlflow.tracking_uri)
     client, experiment_id = connect(uri, config.mlflow.experiment)
@@ -386,18 +403,21 @@ def fit(config: Config, name: str | None = None, resume: str | None = None, pare
     spec = config.spec(num_classes)
     cost = cost if cost is not None else run_cost(config, spec, directory)
     run_id = find_run(client, experiment_id, "nvan.ray_run", ray_run) if resume else None
+    logged_through = -1
     if run_id is not None:
-        log_missing_epochs(client, run_id, saved)
+        logged_through = log_missing_epochs(client, run_id, saved)
         if saved and max(saved) + 1 >= config.train.epochs:
             if client.get_run(run_id).data.tags.get("nvan.status") == "finished":
                 raise UserError(f"--resume {resume}: the run already trained all {config.train.epochs} epochs and "
                                 f"finished; nothing to resume. Start a new run, or raise train.epochs to train it "
                                 f"further")
             # Every epoch is trained but the run stopped before its bookkeeping: finish it, train nothing.
-            state = read_state(storage / ray_run / saved[max(saved)]["folder"])
+            last = storage.join(run_dir, saved[max(saved)]["folder"])
+            with tempfile.TemporaryDirectory() as local:
+                state = read_state(storage.download(last, Path(local)))
             best = state["best"]
             result = TrainResult(run_id, ray_run, best["epoch"], best["scores"] or {}, best["cmc"] or {},
-                                 state["epoch"] + 1, str(storage / ray_run / saved[max(saved)]["folder"]),
+                                 state["epoch"] + 1, last,
                                  saved[max(saved)].get("clips_per_s", math.nan), math.nan, math.nan, cost, spec,
                                  manifest, saved[max(saved)].get("cpu_capability"))
             return _finish(client, config, given, result, record_to, label, kind)
@@ -421,9 +441,13 @@ def fit(config: Config, name: str | None = None, resume: str | None = None, pare
             set_tags(client, run_id, {"cost.device": cost["latency"]["device"], "cost.node": cost["latency"]["node"]})
 
     queue = Queue() if progress else None
+    # A local storage folder must be the same folder on every node: workers look for this file.
+    probe = None if storage.is_uri(root) else storage.join(run_dir, ".driver-probe")
+    if probe:
+        storage.write_text(probe, f"written by the driver on {platform.node()}\n")
     loop_config = {"config": config.model_dump(mode="json"), "progress": queue, "fail_at_step": fail_at_step,
-                   "mlflow_run_id": run_id,
-                   "fail_marker": str(storage / ray_run / ".injected-failure")}
+                   "mlflow_run_id": run_id, "manifest_hash": manifest.get("content_hash"), "storage_probe": probe,
+                   "fail_marker": storage.join(run_dir, ".injected-failure")}
     trainer = TorchTrainer(
         run_worker,
         train_loop_config=loop_config,
@@ -431,7 +455,7 @@ def fit(config: Config, name: str | None = None, resume: str | None = None, pare
                                      resources_per_worker=_worker_resources(config)),
         torch_config=TorchConfig(backend="nccl" if config.ray.use_gpu else "gloo"),
         run_config=RunConfig(
-            name=ray_run, storage_path=str(storage),
+            name=ray_run, storage_path=root,
             failure_config=FailureConfig(max_failures=config.ray.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=config.train.keep_checkpoints,
                                                checkpoint_score_attribute="checkpoint_score",
@@ -440,7 +464,7 @@ def fit(config: Config, name: str | None = None, resume: str | None = None, pare
             callbacks=[*([_callback(LiveRecord, str(record_to), record_base(given, spec, manifest, cost, label, kind)
                                                              | {"run": {"mlflow_run_id": run_id, "ray_run": ray_run}})]
                          if record_to else []),
-                       _callback(MlflowEpochLogger, uri, run_id), *(tune_callbacks or [])],
+                       _callback(MlflowEpochLogger, uri, run_id, logged_through), *(tune_callbacks or [])],
             worker_runtime_env={"env_vars": numerics_env(config.train.cpu_isa)},
         ),
     )
@@ -460,7 +484,7 @@ def fit(config: Config, name: str | None = None, resume: str | None = None, pare
     thread.start()
     try:
         if queue is not None:
-            _progress_bars(queue, done, progress)
+            _progress_bars(queue, done)
         # Wake up now and then: Ctrl-C may reach one of Ray's threads, and Python handles it
         # only when the main thread runs; a plain join() would sleep through it until the run ends.
         while thread.is_alive():
@@ -482,14 +506,16 @@ def fit(config: Config, name: str | None = None, resume: str | None = None, pare
     metrics = result.metrics or {}
     train_result = TrainResult(run_id, ray_run, metrics.get("best_epoch", -1), metrics.get("best_scores") or {},
                                metrics.get("best_cmc") or {}, metrics.get("epoch", -1) + 1,
-                               result.checkpoint.path if result.checkpoint else None,
+                               # Where the user finds it: a local path, or a URI like ray.storage_path.
+                               storage.join(root, storage.relative(result.checkpoint.path, root))
+                               if result.checkpoint else None,
                                metrics.get("clips_per_s", math.nan), seconds,
                                metrics.get("first_step_at", math.nan) - started_at, cost, spec, manifest,
                                metrics.get("cpu_capability"))
     return _finish(client, config, given, train_result, record_to, label, kind)
 
 
-def _finish(client, config: Config, given: dict, result: TrainResult, record_to: Path | None, label: str | None,
+def _finish(client, config: Config, given: dict, result: TrainResult, record_to: Path | str | None, label: str | None,
             kind: str) -> TrainResult:
     """A trained run's bookkeeping: best scores and artifacts in MLflow, its final record, status finished."""
     primary = result.best_scores.get(config.eval.protocols[0], {})
@@ -547,7 +573,7 @@ def main(argv: list[str] | None = None) -> int:
         resume = " ".join(["python -m harness.train", *(sys.argv[1:] if argv is None else argv)])
         resume = re.sub(r"\s--(name|resume)[= ]\S+", "", resume) + f" --resume {stop.ray_run}"
         print(f"interrupted: MLflow run closed as interrupted; its checkpoints are in "
-              f"{config.ray.storage_path / stop.ray_run}. Continue with:\n  {resume}", file=sys.stderr)
+              f"{storage.join(config.ray.storage_path, stop.ray_run)}. Continue with:\n  {resume}", file=sys.stderr)
         return 130
     print(format_summary(result))
     if args.out:
@@ -568,8 +594,7 @@ def train_record(config: Config, result: TrainResult, label: str | None = None, 
 
     from harness.cost import cpu_name
 
-    storage = config.ray.storage_path.resolve()
-    checkpoint = os.path.relpath(result.checkpoint, storage) if result.checkpoint else None
+    checkpoint = storage.relative(result.checkpoint, config.ray.storage_path) if result.checkpoint else None
     run = {
         "mlflow_run_id": result.run_id, "ray_run": result.ray_run, "checkpoint": checkpoint,
         "checkpoint_under": "ray.storage_path", "seconds": result.seconds, "startup_s": result.startup_s,

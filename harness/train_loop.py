@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import tempfile
 import time
@@ -18,19 +19,25 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from datasets.loaders import EvalClips, TrainClips, normalize, set_epoch, train_loader
+from harness import storage
 from harness.checkpoint import read_state, rng_state, save_state, set_rng_state
 from harness.config import Config, TrainConfig
-from harness.evaluate import extract_features, score_features
+from harness.evaluate import autocast, extract_features, score_features
 from harness.losses import reid_loss
+from harness.node_check import check_node
 from harness.records import EPOCH_FILE
 from models.checkpoints import load_imagenet
 from models.spec import ModelSpec
 from models.video_reid import build_model
 
+log = logging.getLogger("harness.train_loop")
+
 # Ray ranks kept checkpoints by checkpoint_score and stores it as JSON, where -inf becomes null and
 # breaks a restore: epochs without an evaluation score a finite value below any accuracy instead.
 NOT_EVALUATED = -1.0
 CMC_RANKS = 50  # CMC entries kept with the best scores (the full curve is gallery-long)
+# Waiting for batches longer than this share of an epoch means the GPU (or CPU) idles for data.
+LOADER_BOUND = 0.2
 StepHook = Callable[[int, int, int, dict[str, Any]], None]  # epoch, step, steps, stats (tensors and floats)
 
 
@@ -52,25 +59,27 @@ def build_scheduler(optimizer: torch.optim.Optimizer, train: TrainConfig) -> tor
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
 
 
-def autocast(device: torch.device, amp: str):
-    """The autocast context for train.amp ('none', 'bf16', 'fp16')."""
-    if amp == "none":
-        return nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
-
-
 def train_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, train: TrainConfig,
                 device: torch.device, scaler: torch.amp.GradScaler | None = None, epoch: int = 0,
                 on_step: StepHook | None = None) -> dict[str, float]:
-    """One pass over `loader`; returns mean loss parts, clips/s (this worker) and epoch time (s)."""
+    """One pass over `loader`; returns mean loss parts, clips/s (this worker), epoch time (s) and the
+    share of it spent waiting for the loader after its first batch (`loader_wait`, 0..1)."""
     model.train()
     steps = len(loader) if train.steps_per_epoch is None else min(len(loader), train.steps_per_epoch)
     totals: dict[str, torch.Tensor] = {}
-    clips_seen, start = 0, time.perf_counter()
+    clips_seen, start, waited = 0, time.perf_counter(), 0.0
     optimizer.zero_grad(set_to_none=True)
-    for step, (clips, labels, _) in enumerate(loader):
-        if step == steps:
+    batches = iter(loader)
+    for step in range(steps):
+        asked = time.perf_counter()
+        try:
+            clips, labels, _ = next(batches)
+        except StopIteration:
             break
+        if step == 0:
+            first_at = time.perf_counter()  # the first batch also pays for starting the workers: not counted
+        else:
+            waited += time.perf_counter() - asked
         clips = normalize(clips.to(device, non_blocking=True))
         labels = labels.to(device, non_blocking=True)
         update = (step + 1) % train.grad_accum == 0 or step + 1 == steps
@@ -93,9 +102,24 @@ def train_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Opt
             totals[key] = totals[key] + value if key in totals else value
         if on_step:
             on_step(epoch, step + 1, steps, stats | {"clips_per_s": clips_seen / (time.perf_counter() - start)})
-    elapsed = time.perf_counter() - start
+    end = time.perf_counter()
     means = {key: value.item() / max(steps, 1) for key, value in totals.items()}
-    return means | {"clips_per_s": clips_seen / elapsed, "epoch_time_s": elapsed}
+    after_first = end - first_at if clips_seen else 0.0
+    return means | {"clips_per_s": clips_seen / (end - start), "epoch_time_s": end - start,
+                    "loader_wait": waited / after_first if after_first > 0 else 0.0}
+
+
+def loader_warning(stats: dict[str, float], frames_per_clip: int, workers: int) -> str | None:
+    """A warning when the training loop waited for data more than LOADER_BOUND of the epoch, else None."""
+    wait = stats["loader_wait"]
+    if wait <= LOADER_BOUND:
+        return None
+    delivered = stats["clips_per_s"] * frames_per_clip  # frames/s that went through
+    return (f"the data loader is the bottleneck: the training loop waited for data {100 * wait:.0f}% of the "
+            f"{stats['epoch_time_s']:.1f} s epoch; the loader delivered {delivered:,.0f} frames/s while the model "
+            f"would take {delivered / (1 - wait):,.0f} frames/s. Raise train.loader_workers (now {workers}) with "
+            f"ray.cpus_per_worker, keep the prepared data in page cache or on local disk, or prepare a JPEG store "
+            f"(python -m datasets.prepare --store jpeg) where storage reads are the limit")
 
 
 def training_model(spec: ModelSpec, imagenet_init: Path | None = None, sync_bn: bool = False) -> nn.Module:
@@ -117,10 +141,20 @@ class Best:
     cmc: dict[str, list[float]] | None = None  # per protocol, ranks 1..CMC_RANKS
 
 
-def evaluate_model(model: nn.Module, dataset: EvalClips, config: Config, device: torch.device) -> tuple[dict, dict]:
-    """Metrics dict for reporting (primary protocol unprefixed, every protocol prefixed) and the CMCs."""
-    features = extract_features(model, dataset, config.eval.batch_size, str(device), progress=False,
-                                compile=config.eval.compile)
+def evaluate_model(model: nn.Module, dataset: EvalClips, config: Config, device: torch.device, rank: int = 0,
+                   world: int = 1) -> tuple[dict, dict] | None:
+    """Metrics dict for reporting (primary protocol unprefixed, every protocol prefixed) and the CMCs, on rank 0
+    (None on the others).
+
+    Every rank must call it: each extracts the features of its slice of the test set with its own
+    loader workers, under train.amp's autocast, and the slices are gathered for rank 0 to score.
+    """
+    _broadcast_buffers(model, world)
+    features = extract_features(model, dataset, config.eval.batch_size, str(device), loader_workers(config),
+                                progress=False, compile=config.eval.compile, amp=config.train.amp, rank=rank,
+                                world=world)
+    if rank != 0:
+        return None
     scores = score_features(features, dataset.rows, config.eval.protocols, config.eval.metric)
     primary = config.eval.protocols[0]
     metrics = dict(scores[primary].as_dict())
@@ -129,12 +163,34 @@ def evaluate_model(model: nn.Module, dataset: EvalClips, config: Config, device:
     return metrics, {name: s.cmc[:CMC_RANKS].tolist() for name, s in scores.items()}
 
 
+def save_checkpoint(folder: Path, model: nn.Module, spec: ModelSpec, optimizer: torch.optim.Optimizer,
+                    scheduler, scaler: torch.amp.GradScaler | None, epoch: int, best: Best) -> None:
+    """A full checkpoint of the training state after `epoch` in `folder` (state.pt)."""
+    save_state(folder, model, spec, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+               scaler=scaler.state_dict() if scaler else None, epoch=epoch, rng=rng_state(), best=best.__dict__)
+
+
+def restore(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler,
+            scaler: torch.amp.GradScaler | None) -> tuple[int, Best]:
+    """Load a `save_checkpoint` folder into the training objects; return the epoch to start at and the best so far."""
+    state = read_state(folder)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    if scaler is not None and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])  # an fp16 resume keeps its loss scale
+    set_rng_state(state["rng"])
+    return state["epoch"] + 1, Best(**state["best"])
+
+
 def run_worker(loop_config: dict[str, Any]) -> None:
     """Ray Train entry point: train config['config'] on this worker, reporting every epoch."""
     import ray.train
     import ray.train.torch
 
     config = Config.model_validate(loop_config["config"])
+    directory = config.data.prepared_root / config.data.dataset
+    check_node(directory, loop_config["manifest_hash"], config.train.imagenet_init, loop_config.get("storage_probe"))
     progress = loop_config.get("progress")
     fail_at_step = loop_config.get("fail_at_step")
     context = ray.train.get_context()
@@ -142,13 +198,15 @@ def run_worker(loop_config: dict[str, Any]) -> None:
     # A reused Ray worker keeps torch's first thread count: set it from what this worker was given.
     torch.set_num_threads(config.ray.cpus_per_worker)
     device = ray.train.torch.get_device()
+    # Autotuned convolution kernels: the clip shape is fixed for the whole run.
+    torch.backends.cudnn.benchmark = device.type == "cuda"
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
 
-    directory = config.data.prepared_root / config.data.dataset
     data = TrainClips(directory, config.data.frames, config.train.sampler, config.train.stride, seed=config.seed)
-    loader = train_loader(data, config.train.p, config.train.k, config.train.loader_workers, world, rank,
-                          config.train.epoch)
+    workers = loader_workers(config)
+    loader = train_loader(data, config.train.p, config.train.k, workers, world, rank, config.train.epoch,
+                          pin_memory=device.type == "cuda")
     spec = config.spec(data.num_classes)
     model = ray.train.torch.prepare_model(training_model(spec, config.train.imagenet_init, config.train.sync_bn))
     plain = getattr(model, "module", model)
@@ -160,26 +218,20 @@ def run_worker(loop_config: dict[str, Any]) -> None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as folder:
-            state = read_state(Path(folder))
-        plain.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])  # an fp16 resume keeps its loss scale
-        set_rng_state(state["rng"])
-        start_epoch, best = state["epoch"] + 1, Best(**state["best"])
-    eval_set = EvalClips(directory, config.data.frames, config.eval.sampler) if rank == 0 else None
+            start_epoch, best = restore(Path(folder), plain, optimizer, scheduler, scaler)
+    eval_set = EvalClips(directory, config.data.frames, config.eval.sampler)
 
     first_step_at: list[float] = []
+    warned = False
     shown_at = [0.0]
 
     def on_step(epoch: int, step: int, steps: int, stats: dict[str, Any]) -> None:
         if not first_step_at:
             first_step_at.append(time.time())
         if fail_at_step is not None and epoch * steps + step == fail_at_step and rank == world - 1:
-            marker = Path(loop_config["fail_marker"])
-            if not marker.exists():  # fail once, so the restarted worker gets past this step
-                marker.touch()
+            marker = loop_config["fail_marker"]
+            if not storage.exists(marker):  # fail once, so the restarted worker gets past this step
+                storage.write_text(marker, "")
                 raise RuntimeError(f"injected failure at step {fail_at_step} (test hook)")
         # Reading the loss synchronises with the device: at most once a second, and only for a bar.
         if progress is not None and rank == 0 and (time.time() - shown_at[0] >= 1 or step == steps):
@@ -193,9 +245,14 @@ def run_worker(loop_config: dict[str, Any]) -> None:
         metrics: dict[str, Any] = {"epoch": epoch, "lr": scheduler.get_last_lr()[0], **stats,
                                    "clips_per_s": stats["clips_per_s"] * world, "checkpoint_score": NOT_EVALUATED}
         scheduler.step()
+        if rank == 0 and not warned and (warning := loader_warning(stats, config.data.frames, workers)):
+            log.warning("epoch %d: %s", epoch, warning)
+            warned = True
         last = epoch + 1 == config.train.epochs
-        if rank == 0 and ((epoch + 1) % config.eval.every == 0 or last):
-            scores, cmcs = evaluate_model(plain, eval_set, config, device)
+        evaluate = (epoch + 1) % config.eval.every == 0 or last
+        evaluated = evaluate_model(plain, eval_set, config, device, rank, world) if evaluate else None
+        if evaluated is not None:
+            scores, cmcs = evaluated
             metrics |= scores
             metrics["checkpoint_score"] = scores[config.eval.select_by]
             # Ties go to the later epoch, as the authors' `cmc >= best_cmc` (train_NL.py).
@@ -209,16 +266,37 @@ def run_worker(loop_config: dict[str, Any]) -> None:
                     "placement_group": ray.get_runtime_context().get_placement_group_id(),
                     "first_step_at": first_step_at[0] if first_step_at else math.nan,
                     "cpu_capability": torch.backends.cpu.get_cpu_capability()}
-        if rank == 0:
+        every = config.train.checkpoint_every
+        if rank == 0 and (evaluate or (every is not None and (epoch + 1) % every == 0)):
             with tempfile.TemporaryDirectory() as folder:
                 numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
                 (Path(folder) / EPOCH_FILE).write_text(json.dumps(numbers))
-                save_state(Path(folder), plain, spec, optimizer=optimizer.state_dict(),
-                           scheduler=scheduler.state_dict(), scaler=scaler.state_dict() if scaler else None,
-                           epoch=epoch, rng=rng_state(), best=best.__dict__)
+                save_checkpoint(Path(folder), plain, spec, optimizer, scheduler, scaler, epoch, best)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
         else:
             ray.train.report(metrics)
+
+
+def loader_workers(config: Config) -> int:
+    """DataLoader processes per training worker: train.loader_workers, or by default all but one of the
+    worker's CPUs on a GPU (that one drives the device) and none on a CPU (every core computes)."""
+    if config.train.loader_workers is not None:
+        return config.train.loader_workers
+    return config.ray.cpus_per_worker - 1 if config.ray.use_gpu else 0
+
+
+def _broadcast_buffers(model: nn.Module, world: int) -> None:
+    """Give every rank rank 0's buffers (BN running statistics).
+
+    Without SyncBN each rank's statistics moved with its own last batches, so ranks extracting
+    their slices with their own would describe one test set with several models.
+    """
+    if world == 1:
+        return
+    import torch.distributed as dist
+
+    for buffer in model.buffers():
+        dist.broadcast(buffer, 0)
 
 
 def _mean_over_workers(stats: dict[str, float], world: int, device: torch.device) -> dict[str, float]:

@@ -78,3 +78,27 @@ def cli(capsys, monkeypatch):
         return Done(exit_.value.code, capsys.readouterr().err)
 
     return call
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A local S3 (moto's server, on loopback): (endpoint host:port, a URI query and credentials for pyarrow)."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    boto3.client("s3", endpoint_url=f"http://{host}:{port}", aws_access_key_id="testing",
+                 aws_secret_access_key="testing", region_name="us-east-1").create_bucket(Bucket="nvan-runs")
+    try:
+        yield f"{host}:{port}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_storage(s3_server: str, tmp_path: Path) -> str:
+    """A fresh ray.storage_path in the local S3, credentials and endpoint in the URI (so every Ray worker has them)."""
+    return (f"s3://testing:testing@nvan-runs/{tmp_path.name}?endpoint_override={s3_server}&scheme=http"
+            f"&region=us-east-1")

@@ -16,7 +16,8 @@ from mlflow import MlflowClient
 
 from harness.config import ConfigError, load_config
 from harness.records import read_record
-from harness.sweep import Candidate, pareto, records_dir, resolve, search_setup, trial_base, trial_outcome
+from harness import storage
+from harness.sweep import Candidate, pareto, resolve, search_setup, trial_base, trial_outcome
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -148,13 +149,15 @@ def trial_runs(client: MlflowClient) -> list:
     return [r for r in client.search_runs([experiment]) if r.data.tags.get("nvan.kind") == "trial"]
 
 
-@pytest.mark.slow(seconds=140)
-def test_interrupted_sweep_resumes_and_records_every_trial(tiny_sets, tmp_path):
+@pytest.mark.slow(seconds=160)
+def test_interrupted_sweep_resumes_and_records_every_trial(tiny_sets, tmp_path, s3_storage):
     """3 grid points, one infeasible; stopped (SIGINT) after the first trial finishes, then resumed.
 
     The cost objective is the latency each trial measures on its own worker resources.
+    ray.storage_path is an S3 URI (a local moto server): Tune's experiment, the sweep's state, the
+    trials' Train runs and run records live in the bucket, and --resume finds them there.
     """
-    args = [sys.executable, "-m", "harness.sweep", *tiny_sets,
+    args = [sys.executable, "-m", "harness.sweep", *tiny_sets, "--set", f"ray.storage_path={s3_storage}",
             "--set", "sweep.cost_objective=latency", "--set", "cost.measure=true", "--set", "cost.repeats=3",
             "--set", f"report.out_dir={tmp_path / 'reports'}", "--set", "sweep.search=grid",
             "--set", "sweep.space={placement: [p0200], stripes: [0, 8, 16]}",  # s16: 16 stripes > 8 rows
@@ -199,7 +202,11 @@ def test_interrupted_sweep_resumes_and_records_every_trial(tiny_sets, tmp_path):
     results = pl.read_parquet(tmp_path / "reports" / "sweeps" / "t" / "results.parquet")
     assert results.height == 3 and results["trial_id"].n_unique() == 3
     # One truth: each trained trial's row, run record and MLflow run agree on epochs and best score.
-    records = {r["run"]["mlflow_run_id"]: r for r in map(read_record, records_dir(tmp_path / "ray", "t").glob("*.json"))}
+    assert storage.exists(storage.join(s3_storage, "t", "nvan-sweep.json"))
+    assert len(storage.list_dirs(storage.join(s3_storage, "t", "train"))) == 2  # the two trained trials' runs
+    assert not (ROOT / "s3:").exists()  # nothing in a local folder named after the URI
+    paths = [storage.join(s3_storage, "t", "records", f"{trial_id}.json") for trial_id in results["trial_id"]]
+    records = {r["run"]["mlflow_run_id"]: r for r in map(read_record, filter(storage.exists, paths))}
     for row in results.filter(pl.col("status") != "infeasible").iter_rows(named=True):
         record, run = records[row["mlflow_run_id"]], client.get_run(row["mlflow_run_id"])
         assert record["status"] == row["status"] == run.data.tags["nvan.status"]

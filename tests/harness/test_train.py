@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -12,12 +13,16 @@ from pathlib import Path
 
 import pytest
 import ray
+import ray.train
 from mlflow import MlflowClient
 
 from torch import nn
 
+from harness.checkpoint import read_state
 from harness.cli import UserError
 from harness.tracking import connect, find_run, log_metrics, start_run
+from harness import storage
+from harness.records import read_record
 from harness.train import fit, log_missing_epochs, ray_session, saved_epochs
 from harness.train_loop import training_model
 from models.presets import preset_spec
@@ -37,20 +42,32 @@ def history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, floa
     return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
 
 
-@pytest.mark.slow(seconds=55)
-def test_resume_before_the_first_evaluation(local_ray, tiny_config):
-    # Epochs without an evaluation carry a checkpoint score too; Ray must be able to restore them.
-    config = tiny_config("train.epochs=2", "eval.every=2", "train.steps_per_epoch=2", "ray.max_failures=0")
+@pytest.mark.slow(seconds=60)
+def test_train_and_resume_on_object_storage_with_sparse_checkpoints(local_ray, tiny_config, s3_storage, tmp_path,
+                                                                    monkeypatch):
+    # ray.storage_path is an S3 URI (a local moto server): checkpoints, resume and the run record
+    # go through it, and no local folder named after the URI appears.
+    monkeypatch.chdir(tmp_path)
+    config = tiny_config("train.epochs=3", "eval.every=3", "train.checkpoint_every=2", "train.steps_per_epoch=2",
+                         "ray.max_failures=0", f"ray.storage_path={s3_storage}")
     with pytest.raises(ray.train.TrainingFailedError, match="injected failure"):
-        fit(config, name="early", progress=False, fail_at_step=3)  # in epoch 1, after epoch 0's checkpoint
+        fit(config, name="early", progress=False, fail_at_step=6)  # in epoch 2, after epoch 1's checkpoint
     client = MlflowClient(config.mlflow.tracking_uri)
     first = find_run(client, client.get_experiment_by_name("nvan-bench").experiment_id, "nvan.ray_run", "early")
     assert client.get_run(first).data.tags["nvan.status"] == "failed"
-    result = fit(config, resume="early", progress=False)
-    assert result.run_id == first  # the same MLflow run continues
-    assert [s for s, _ in history(client, result.run_id, "loss")] == [0, 1]
-    assert client.get_run(result.run_id).data.tags["nvan.status"] == "finished" and result.best_epoch == 1
-    with pytest.raises(UserError, match="already trained all 2 epochs"):
+    # Epoch 0 was neither evaluated nor at the interval: no full checkpoint; epoch 1 was at the interval.
+    assert sorted(saved_epochs(storage.join(s3_storage, "early"))) == [1]
+    record = tmp_path / "early.json"
+    result = fit(config, resume="early", progress=False, record_to=record)
+    assert result.run_id == first  # the same MLflow run continues, epochs 0 and 1 logged once
+    assert [s for s, _ in history(client, result.run_id, "loss")] == [0, 1, 2]
+    assert client.get_run(result.run_id).data.tags["nvan.status"] == "finished" and result.best_epoch == 2
+    assert sorted(saved_epochs(storage.join(s3_storage, "early"))) == [1, 2]
+    assert read_record(record)["run"]["checkpoint"].startswith("early/checkpoint_")
+    assert result.checkpoint == storage.join(s3_storage, read_record(record)["run"]["checkpoint"])
+    assert read_state(storage.download(result.checkpoint, tmp_path / "best"))["epoch"] == 2
+    assert not list(tmp_path.glob("s3*"))  # nothing written to a local folder named after the URI
+    with pytest.raises(UserError, match="already trained all 3 epochs"):
         fit(config, resume="early", progress=False)
 
 
@@ -62,15 +79,16 @@ def test_a_resume_logs_checkpointed_epochs_mlflow_missed(tmp_path):
         folder = tmp_path / "run" / f"checkpoint_{epoch}"
         folder.mkdir(parents=True)
         (folder / "epoch.json").write_text(json.dumps({"epoch": epoch, "loss": loss, "lr": 1e-3}))
-    log_missing_epochs(client, run_id, saved_epochs(tmp_path / "run"))
+    log_missing_epochs(client, run_id, saved_epochs(str(tmp_path / "run")))
     assert history(client, run_id, "loss") == [(0, 2.0), (1, 1.5)]
 
 
 @pytest.mark.slow(seconds=50)
 def test_ctrl_c_closes_the_run_and_says_how_to_resume(tiny_sets, tmp_path):
-    args = [sys.executable, "-m", "harness.train", *tiny_sets, "--set", "train.epochs=30", "--no-progress",
-            "--name", "stopped"]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    # Also: without a terminal (stderr is a pipe here, as in a DVC stage) progress comes as log lines.
+    args = [sys.executable, "-m", "harness.train", *tiny_sets, "--set", "train.epochs=30", "--name", "stopped"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                            env=os.environ | {"NVAN_PROGRESS_INTERVAL_S": "0"})
     try:
         deadline = time.time() + 240
         while not list((tmp_path / "ray" / "stopped").glob("checkpoint_*/epoch.json")) and time.time() < deadline:
@@ -82,6 +100,9 @@ def test_ctrl_c_closes_the_run_and_says_how_to_resume(tiny_sets, tmp_path):
     assert proc.returncode == 130, err[-3000:]
     assert "Traceback" not in err and "KeyboardInterrupt" not in err
     assert "--resume stopped" in err and "--name" not in err.split("Continue with:")[1]
+    assert re.search(r"datasets.progress: epoch 0: \d+/\d+ steps \(\d+\.\d%\)", err), err[-3000:]
+    assert re.search(r"epoch 0: (\d+)/\1 steps \(100\.0%\) in ", err)  # the epoch's last line
+    assert "\r" not in err  # no bar redrawn into a log
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     run = client.get_run(find_run(client, client.get_experiment_by_name("nvan-bench").experiment_id,
                                   "nvan.ray_run", "stopped"))

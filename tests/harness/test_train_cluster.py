@@ -9,6 +9,7 @@ import ray
 from mlflow import MlflowClient
 from ray.cluster_utils import Cluster
 
+from harness.node_check import NodeInputError, check_node
 from harness.train import fit, ray_session
 
 def history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, float]]:
@@ -36,12 +37,17 @@ def test_two_nodes_train_track_and_survive_a_failure(tiny_config, prepared_root,
             assert sorted(n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"]) == [0, 1.0, 1.0]
             head = ray.get_runtime_context().get_node_id()
             result = fit(config, progress=False, fail_at_step=3)
+            # What a worker's node check says on a node whose copy of the data is another version.
+            stale = ray.remote(num_cpus=1, max_retries=0)(check_node).remote(
+                prepared_root / "mars", "blake2b:other", None, None)
+            with pytest.raises(ray.exceptions.RayTaskError) as error:
+                ray.get(stale)
     finally:
         cluster.shutdown()
     client = MlflowClient(config.mlflow.tracking_uri)
     runs = client.search_runs([client.get_experiment_by_name(config.mlflow.experiment).experiment_id])
     assert [r.info.run_id for r in runs] == [result.run_id]
-    assert (config.ray.storage_path / result.ray_run / ".injected-failure").exists()
+    assert (Path(config.ray.storage_path) / result.ray_run / ".injected-failure").exists()
     run = client.get_run(result.run_id)
     losses = [v for _, v in history(client, result.run_id, "loss")]
     assert len(losses) == 3 and losses[-1] < losses[0]
@@ -59,4 +65,7 @@ def test_two_nodes_train_track_and_survive_a_failure(tiny_config, prepared_root,
     assert latency["node_id"] in workers and head not in workers
     assert latency["threads"] == config.ray.cpus_per_worker and latency["device"].startswith("cpu: ")
     assert latency["model"].startswith("BN-folded") and run.data.tags["cost.node"] == latency["node"]
+    message = str(error.value.cause)
+    assert isinstance(error.value.cause, NodeInputError) and "another version" in message and "dvc pull" in message
+    assert [w for w in workers if f"Ray node {w[:12]}" in message]  # it names the worker node it ran on
 

@@ -9,6 +9,12 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
+
+from harness.cost import cpu_name
+from harness.records import read_record
+from harness.train import numerics_env
+
 ROOT = Path(__file__).resolve().parents[1]
 DVC = str(Path(sys.executable).with_name("dvc"))
 
@@ -48,3 +54,26 @@ def strings(value) -> list[str]:
     if isinstance(value, list):
         return [s for v in value for s in strings(v)]
     return [value] if isinstance(value, str) else []
+
+
+# The committed record whose forced rerun must reproduce it, where this machine can.
+RECORD = ROOT / "reports" / "runs" / "baseline.json"
+
+
+def _kernels() -> str:
+    """The CPU kernels torch picks in a training worker on this machine (train.cpu_isa pinned)."""
+    config = read_record(RECORD)["config"]
+    env = os.environ | numerics_env(config["train"]["cpu_isa"])
+    return subprocess.run([sys.executable, "-c", "import torch; print(torch.backends.cpu.get_cpu_capability())"],
+                          env=env, capture_output=True, text=True, check=True).stdout.strip()
+
+
+def mismatch() -> str | None:
+    """Why this machine cannot be expected to reproduce the committed baseline record bit for bit, or None."""
+    recorded = read_record(RECORD)["run"]
+    found = {"CPU": cpu_name(), "torch": torch.__version__, "kernels": _kernels()}
+    wanted = {"CPU": recorded["driver_cpu"], "torch": recorded["torch"], "kernels": recorded["cpu_capability"]}
+    differ = [f"{k} {found[k]!r} here, {wanted[k]!r} in the record" for k in found if found[k] != wanted[k]]
+    if (os.cpu_count() or 1) < recorded["threads_per_worker"]:
+        differ.append(f"{os.cpu_count()} cores here, {recorded['threads_per_worker']} threads in the record")
+    return "; ".join(differ) or None

@@ -8,40 +8,10 @@ where the machine matches the one the record was made on, and skips elsewhere, s
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
-import torch
 
-from harness.cost import cpu_name
 from harness.records import read_record, reproducible_part
-from harness.train import numerics_env
-from project_copy import DVC, ROOT, copy_project, run, strings
-
-RECORD = ROOT / "reports" / "runs" / "baseline.json"
-
-
-
-def kernels() -> str:
-    """The CPU kernels torch picks in a training worker on this machine (train.cpu_isa pinned)."""
-    config = read_record(RECORD)["config"]
-    env = os.environ | numerics_env(config["train"]["cpu_isa"])
-    return subprocess.run([sys.executable, "-c", "import torch; print(torch.backends.cpu.get_cpu_capability())"],
-                          env=env, capture_output=True, text=True, check=True).stdout.strip()
-
-
-def mismatch() -> str | None:
-    """Why this machine cannot be expected to reproduce the record bit for bit, or None."""
-    run = read_record(RECORD)["run"]
-    found = {"CPU": cpu_name(), "torch": torch.__version__, "kernels": kernels()}
-    wanted = {"CPU": run["driver_cpu"], "torch": run["torch"], "kernels": run["cpu_capability"]}
-    differ = [f"{k} {found[k]!r} here, {wanted[k]!r} in the record" for k in found if found[k] != wanted[k]]
-    if (os.cpu_count() or 1) < run["threads_per_worker"]:
-        differ.append(f"{os.cpu_count()} cores here, {run['threads_per_worker']} threads in the record")
-    return "; ".join(differ) or None
-
+from project_copy import DVC, RECORD, ROOT, copy_project, mismatch, run, strings
 
 @pytest.mark.parametrize("preset", ["baseline", "nvan", "ste_nvan"])
 def test_committed_records_are_clean_and_complete(preset):

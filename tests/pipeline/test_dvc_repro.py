@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from harness.records import read_record, reproducible_part
-from project_copy import DVC, ROOT, copy_project, run, strings
+from project_copy import DVC, ROOT, copy_project, mismatch, run, strings
 
 pytestmark = pytest.mark.slow(seconds=300, cores=2)
 
@@ -99,6 +99,10 @@ def test_repro_records_reports_and_reruns(repo):
     assert all(f"| {p} | mars (synthetic) |" in table for p in presets)
 
     # A forced rerun of a training stage reproduces its recorded results exactly (ids and timings aside).
+    # Where this machine can reproduce the committed record, test_committed_results proves that on the
+    # committed 30-epoch run; checking it here again would only double the suite's longest path.
+    if mismatch() is None:
+        return
     run(DVC, "repro", "-f", "-s", "train@baseline", cwd=repo)
     rerun = read_record(repo / "reports/runs/baseline.json")
     assert rerun["run"]["mlflow_run_id"] != records["baseline"]["run"]["mlflow_run_id"]

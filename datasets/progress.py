@@ -70,9 +70,16 @@ class Progress:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, *exc_info: object) -> None:
+        if exc_type is None:
+            self.close()
+        elif self.bar is not None:  # after an error, its message is the last word: no final line
+            self.bar.close()
+
+    def close(self) -> None:
+        """End the bar, or log the final line."""
         if self.bar is not None:
             self.bar.close()
-        elif exc_type is None:  # after an error, its message is the last word
+        else:
             log.info("%s", self.line(final=True))
 
     def update(self, n: int) -> None:

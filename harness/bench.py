@@ -22,7 +22,6 @@ import socket
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -32,6 +31,7 @@ import torch
 from harness.cli import UserError, config_parser, load_from_args, run
 from harness.config import ConfigError, InputSize
 from harness.cost import Latency, _rss_kb, cpu_name, peak_rss_mib, reset_peak_rss, time_steps
+from harness.evaluate import autocast
 from harness.io import atomic_path, check_writable
 from harness.losses import reid_loss
 from models.fuse import inference_model
@@ -88,8 +88,7 @@ def bench_model(spec: ModelSpec, s: Setting, device: torch.device) -> torch.nn.M
 
 def step_fn(model, compiled, s: Setting, clips: torch.Tensor, device: torch.device):
     """A closure running one inference or training step on `clips`."""
-    amp = nullcontext() if s.amp == "none" else torch.autocast(
-        device.type, dtype=torch.bfloat16 if s.amp == "bf16" else torch.float16)
+    amp = autocast(device, s.amp)
     if s.mode == "infer":
         def step():
             with torch.inference_mode(), amp:

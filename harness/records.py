@@ -19,7 +19,6 @@ from typing import Any
 
 from harness.cli import UserError
 from harness import storage
-from harness.io import write_json_atomic
 
 SCHEMA = "nvan-bench run record 1"
 EPOCH_FILE = "epoch.json"  # in each checkpoint folder, beside state.pt: the numbers reported for its epoch
@@ -90,10 +89,7 @@ def reproducible_part(record: dict) -> dict:
 
 def write_record(path: Path | str, record: dict) -> None:
     """Write `record` as JSON to `path` (a file, or a URI under ray.storage_path) whole, never half."""
-    if storage.is_uri(path):
-        storage.write_text(path, json.dumps(record, indent=2) + "\n")
-    else:
-        write_json_atomic(path, record)
+    storage.write_text(path, json.dumps(record, indent=2) + "\n")
 
 
 def read_record(path: Path | str) -> dict:

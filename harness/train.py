@@ -213,13 +213,13 @@ def _progress_bars(queue, done: threading.Event) -> None:
             continue
         if epoch != current:
             if progress:
-                progress.__exit__(None, None, None)
+                progress.close()
             progress, current = Progress(steps, f"epoch {epoch}", "steps"), epoch
         progress.update(step - progress.done)
         if progress.bar is not None:
             progress.bar.set_postfix(loss=f"{loss:.3f}", clips_s=f"{clips:.1f}", refresh=True)
     if progress:
-        progress.__exit__(None, None, None)
+        progress.close()
 
 
 def run_cost(config: Config, spec, directory: Path) -> dict[str, Any]:

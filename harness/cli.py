@@ -10,7 +10,7 @@ from pathlib import Path
 
 from datasets.errors import DatasetError
 from harness.config import DEFAULT_PARAMS, Config, ConfigError, load_config
-from harness.metrics import MetricsError
+from harness.evaluate.metrics import MetricsError
 from models.checkpoints import CheckpointError
 from models.spec import SpecError
 
@@ -22,9 +22,9 @@ class UserError(Exception):
     """Bad input that is the user's to fix: printed without a traceback, exit code 2."""
 
 
-def config_parser(description: str) -> argparse.ArgumentParser:
-    """An ArgumentParser with the shared --params and --set options."""
-    parser = argparse.ArgumentParser(description=description)
+def config_parser(command: str, description: str) -> argparse.ArgumentParser:
+    """An ArgumentParser for `python -m <command>` with the shared --params and --set options."""
+    parser = argparse.ArgumentParser(prog=f"python -m {command}", description=description)
     parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS, help="params file (default: params.yaml)")
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

@@ -47,7 +47,7 @@ def global_batch(p: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def loss_worker(rank: int, world: int, port: int, p: int, k: int, out: Path) -> None:
     """This rank's share of the global batch through DDP and reid_loss; saves the loss parts and gradients."""
-    from harness.losses import batch_hard_triplet, reid_loss
+    from harness.train.losses import batch_hard_triplet, reid_loss
 
     _join(rank, world, port)
     torch.manual_seed(0)
@@ -68,7 +68,7 @@ def accumulation_worker(rank: int, world: int, port: int, out: Path) -> None:
     from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 
     from harness.config import TrainConfig
-    from harness.train_loop import build_optimizer, train_epoch
+    from harness.train.worker import build_optimizer, train_epoch
     from models.presets import preset_spec
     from models.video_reid import build_model
 

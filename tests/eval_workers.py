@@ -27,7 +27,7 @@ def tiny_model(state: Path | None = None) -> torch.nn.Module:
 def shard_worker(rank: int, world: int, port: int, directory: Path, state: Path, batch_size: int, out: Path) -> None:
     """This rank's extract_features(rank, world) of `directory`'s test set under each sampler; saves them."""
     from datasets.loaders import EvalClips
-    from harness.evaluate import extract_features
+    from harness.evaluate.features import extract_features
 
     _join(rank, world, port)
     model = tiny_model(state)
@@ -44,7 +44,7 @@ def evaluate_worker(rank: int, world: int, port: int, overrides: list[str], stat
 
     from datasets.loaders import EvalClips
     from harness.config import load_config
-    from harness.train_loop import evaluate_model
+    from harness.train.worker import evaluate_model
 
     _join(rank, world, port)
     config = load_config(Path(__file__).resolve().parents[1] / "params.yaml", overrides)

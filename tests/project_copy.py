@@ -11,9 +11,9 @@ from pathlib import Path
 
 import torch
 
-from harness.cost import cpu_name
-from harness.records import read_record
-from harness.train import numerics_env
+from harness.measure.cost import cpu_name
+from harness.results.records import read_record
+from harness.train.session import numerics_env
 
 ROOT = Path(__file__).resolve().parents[1]
 DVC = str(Path(sys.executable).with_name("dvc"))

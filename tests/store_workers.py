@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from harness.tracking import connect
+from harness.results.tracking import connect
 
 
 def create_store(uri: str, barrier) -> None:

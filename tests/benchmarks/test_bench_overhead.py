@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from harness.bench import Setting, bench_one
+from harness.measure.bench import Setting, bench_one
 from harness.config import load_config
 
 ROOT = Path(__file__).resolve().parents[2]

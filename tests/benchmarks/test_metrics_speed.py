@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness.metrics import score_test_set
+from harness.evaluate.metrics import score_test_set
 
 NUM_TRACKLETS, NUM_QUERIES, DIM, NUM_IDS, NUM_CAMS, NUM_DISTRACTORS = 12180, 1980, 2048, 625, 6, 2500
 # Per-identity noise around unit-variance cluster centres: easy is well separated (all
@@ -104,7 +104,7 @@ CHILD = """
 import json, sys
 sys.path.insert(0, {folder!r})
 from test_metrics_speed import NOISE, mars_shaped
-from harness.metrics import score_test_set
+from harness.evaluate.metrics import score_test_set
 
 def kib(field):
     with open("/proc/self/status") as status:

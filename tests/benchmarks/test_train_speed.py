@@ -17,8 +17,9 @@ from datasets.loaders import TrainClips, set_epoch, train_loader
 from datasets.prepare import prepare
 from datasets.synthetic import write_mars
 from harness.config import load_config
-from harness.train import fit, ray_session
-from harness.train_loop import build_optimizer, train_epoch
+from harness.train.driver import fit
+from harness.train.session import ray_session
+from harness.train.worker import build_optimizer, train_epoch
 from models.video_reid import build_model
 
 ROOT = Path(__file__).resolve().parents[2]

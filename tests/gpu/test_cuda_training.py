@@ -16,9 +16,9 @@ from torch.nn.parallel import DistributedDataParallel
 
 from datasets.loaders import EvalClips, TrainClips, set_epoch, train_loader
 from harness.config import TrainConfig
-from harness.evaluate import autocast, extract_features
-from harness.sdpa_kernels import all_fused, sdpa_kernels
-from harness.train_loop import build_optimizer, train_epoch, training_model
+from harness.evaluate.features import autocast, extract_features
+from harness.measure.sdpa_kernels import all_fused, sdpa_kernels
+from harness.train.worker import build_optimizer, train_epoch, training_model
 from models.fuse import inference_model
 from models.presets import preset_spec
 from models.video_reid import build_model

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,7 +71,9 @@ def cli(capsys, monkeypatch):
     monkeypatch.chdir(ROOT)
 
     def call(module: str, *args: str) -> Done:
-        main = importlib.import_module(module).main
+        # `python -m harness.train` runs the package's __main__ module; `python -m harness.cost` the module itself.
+        package = importlib.util.find_spec(module).submodule_search_locations is not None
+        main = importlib.import_module(f"{module}.__main__" if package else module).main
         runner = run_cli if module.startswith("datasets.") else run
         capsys.readouterr()
         with pytest.raises(SystemExit) as exit_:

@@ -7,9 +7,9 @@ import polars as pl
 import pytest
 import torch
 
-from harness.bench import Setting, bench_one, least_batch, main, slug
+from harness.measure.bench import Setting, bench_one, least_batch, main, slug
 from harness.config import InputSize, load_config
-from harness.cost import cpu_name
+from harness.measure.cost import cpu_name
 
 ROOT = Path(__file__).resolve().parents[2]
 INPUT = "4x128x64"  # T = 4

@@ -13,8 +13,8 @@ import torch
 from datasets.loaders import TrainClips, train_loader
 from harness import storage
 from harness.config import ConfigError, load_config
-from harness.node_check import NodeInputError, check_node
-from harness.train_loop import LOADER_BOUND, build_optimizer, loader_warning, loader_workers, train_epoch
+from harness.train.node_check import NodeInputError, check_node
+from harness.train.worker import LOADER_BOUND, build_optimizer, loader_warning, loader_workers, train_epoch
 from models.video_reid import build_model
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -143,7 +143,7 @@ def test_a_loader_bound_epoch_is_measured_and_warned_about(prepared_root, second
 
 
 def test_a_resume_keeps_the_fp16_loss_scale(tmp_path):
-    from harness.train_loop import Best, build_scheduler, restore, save_checkpoint
+    from harness.train.worker import Best, build_scheduler, restore, save_checkpoint
     from models.presets import preset_spec
 
     config = load_config(ROOT / "params.yaml")

@@ -11,7 +11,7 @@ from torch.nn import functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from harness.config import InputSize
-from harness.cost import Latency, PARTS, cost_of, count_macs, count_params, macs_on_meta, measure, part_of
+from harness.measure.cost import Latency, PARTS, cost_of, count_macs, count_params, macs_on_meta, measure, part_of
 from models.nonlocal_block import NonLocalBlock
 from models.presets import preset_spec
 from models.video_reid import build_model
@@ -183,7 +183,7 @@ def test_gmacs_per_tracklet_match_a_hand_count(prepared_root, sampler):
     import polars as pl
 
     from harness.config import load_config
-    from harness.train import run_cost
+    from harness.train.run_cost import run_cost
 
     frames = 3
     lengths = pl.read_parquet(prepared_root / "mars" / "tracklets.parquet").filter(

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from datasets.loaders import EvalClips, TrainClips, train_loader
-from harness.checkpoint import load_model, save_state
-from harness.evaluate import extract_features, load_features, save_features, score_features
-from harness.train_loop import build_optimizer, train_epoch
+from harness.train.checkpoint import load_model, save_state
+from harness.evaluate.features import extract_features, load_features, save_features, score_features
+from harness.train.worker import build_optimizer, train_epoch
 
 ROOT = Path(__file__).resolve().parents[2]
 

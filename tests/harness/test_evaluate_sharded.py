@@ -14,7 +14,7 @@ from datasets.prepare import prepare
 from datasets.synthetic import write_mars
 from ddp_workers import spawn
 from eval_workers import SAMPLERS, evaluate_worker, shard_worker, tiny_model
-from harness.evaluate import extract_features, shard_bounds
+from harness.evaluate.features import extract_features, shard_bounds
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,7 @@ def test_training_evaluation_on_two_ranks_scores_rank_zeros_model(odd_test_set, 
     # Rank 1's BN statistics differ (as after DDP training without SyncBN): both ranks must extract
     # with rank 0's, so the scores equal one process evaluating rank 0's model.
     from harness.config import load_config
-    from harness.train_loop import evaluate_model
+    from harness.train.worker import evaluate_model
 
     sampler = "dense"
     overrides = [f"data.prepared_root={odd_test_set.parent}", "data.dataset=mars", "data.frames=4",

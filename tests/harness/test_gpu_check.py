@@ -5,10 +5,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness import gpu_check
+from harness.measure import gpu_check
 from harness.cli import run
 from harness.config import PAPER_INPUT, InputSize
-from harness.sdpa_kernels import CPU_FLASH
+from harness.measure.sdpa_kernels import CPU_FLASH
 
 
 @pytest.fixture(scope="module")

@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 
 from harness.cli import UserError
-from harness.tracking import connect
+from harness.results.tracking import connect
 from store_workers import create_store
 
 ROOT = Path(__file__).resolve().parents[2]
 
 LISTENERS = """
 import psutil, ray
-from harness.train import ray_session
+from harness.train.session import ray_session
 with ray_session(None, num_cpus=1):
     assert ray.get(ray.remote(lambda: 1).remote()) == 1
     family = {p.pid for p in psutil.Process().children(recursive=True)} | {psutil.Process().pid}
@@ -58,7 +58,7 @@ def test_an_unreachable_tracking_server_is_named_at_once():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     uri = f"http://127.0.0.1:{port}"
-    from harness.report import open_experiment
+    from harness.report.runs import open_experiment
 
     with pytest.raises(UserError, match=f"tracking server {uri} is unreachable"):
         open_experiment(uri, "nvan-bench")

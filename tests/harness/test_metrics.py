@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy.spatial.distance import cdist
 
-from harness.metrics import MetricsError, Scores, distance_matrix, score, score_test_set
+from harness.evaluate.metrics import MetricsError, Scores, distance_matrix, score, score_test_set
 
 PROTOCOLS = ("mars-official", "standard")
 

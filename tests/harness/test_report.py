@@ -15,11 +15,14 @@ from matplotlib.text import Annotation, Text
 from harness.cli import UserError
 from harness.config import InputSize
 from harness.cli import run
-from harness.cost import macs_on_meta
-from harness.cost import main as cost_main
-from harness.report import (PANELS, PUBLISHED, SCHEMA, build_report, draw, load_costs, load_runs, open_experiment, plot_points,
-                            published_points, main, select_runs, with_front, write_report)
-from harness.tracking import connect, log_metrics, start_run
+from harness.measure.cost import macs_on_meta
+from harness.measure.cost import main as cost_main
+from harness.report.__main__ import main
+from harness.report.build import build_report, write_report
+from harness.report.plot import draw
+from harness.report.runs import (PANELS, PUBLISHED, SCHEMA, load_costs, load_runs, open_experiment, plot_points,
+                                 published_points, select_runs, with_front)
+from harness.results.tracking import connect, log_metrics, start_run
 from models.presets import preset_spec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -299,7 +302,7 @@ def make_record(label: str, dataset: str = "mars", synthetic: bool = True, gmacs
                 clips: float = 1.0, latency_s: float = 0.01, device: str = "cpu: test") -> dict:
     """A run record as harness.train --out writes it (harness/records.py)."""
     from harness.config import load_config
-    from harness.records import run_record
+    from harness.results.records import run_record
 
     config = load_config(ROOT / "params.yaml", [f"model.preset={label}", f"data.dataset={dataset}"])
     spec = config.spec(10)

@@ -2,7 +2,7 @@
 
 import torch
 
-from harness.sdpa_kernels import CPU_FLASH, MATH, all_fused, sdpa_kernels, short_names
+from harness.measure.sdpa_kernels import CPU_FLASH, MATH, all_fused, sdpa_kernels, short_names
 from models.nonlocal_block import NonLocalBlock
 from models.presets import preset_spec
 from models.video_reid import build_model

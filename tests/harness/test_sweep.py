@@ -15,9 +15,10 @@ import pytest
 from mlflow import MlflowClient
 
 from harness.config import ConfigError, load_config
-from harness.records import read_record
+from harness.results.records import read_record
 from harness import storage
-from harness.sweep import Candidate, pareto, resolve, search_setup, trial_base, trial_outcome
+from harness.sweep.space import Candidate, resolve, search_setup, trial_base
+from harness.sweep.trials import pareto, trial_outcome
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -115,8 +116,9 @@ def test_trial_outcome_follows_the_record(tune_status, record_status, epochs, in
 def test_an_infeasible_trial_interrupted_before_tune_heard_of_it(tiny_config):
     # Ctrl-C while Tune ran the infeasible point: no last result, state RUNNING or PENDING. The table
     # must still call it infeasible (and record it in MLflow), not try to cost it and stop with an error.
-    from harness.sweep import close_trials, trial_base
-    from harness.tracking import connect, start_run
+    from harness.sweep.space import trial_base
+    from harness.sweep.trials import close_trials
+    from harness.results.tracking import connect, start_run
 
     base = trial_base(tiny_config("sweep.search=grid", "sweep.space={placement: [p0200], stripes: [16]}"))
     client, experiment_id = connect(base.mlflow.tracking_uri, base.mlflow.experiment)
@@ -227,8 +229,9 @@ def test_interrupted_sweep_resumes_and_records_every_trial(tiny_sets, tmp_path, 
 
 
 def test_a_sweep_with_failed_trials_says_so(tiny_config, tmp_path):
-    from harness.sweep import EXIT_CODES, SweepOutcome, close_parent, format_front, sweep_status
-    from harness.tracking import connect, start_run
+    from harness.sweep.__main__ import format_front
+    from harness.sweep.driver import EXIT_CODES, SweepOutcome, close_parent, sweep_status
+    from harness.results.tracking import connect, start_run
 
     config = tiny_config()
     client, experiment_id = connect(config.mlflow.tracking_uri, config.mlflow.experiment)

@@ -18,13 +18,15 @@ from mlflow import MlflowClient
 
 from torch import nn
 
-from harness.checkpoint import read_state
+from harness.train.checkpoint import read_state
 from harness.cli import UserError
-from harness.tracking import connect, find_run, log_metrics, start_run
+from harness.results.tracking import connect, find_run, log_metrics, start_run
 from harness import storage
-from harness.records import read_record
-from harness.train import fit, log_missing_epochs, ray_session, saved_epochs
-from harness.train_loop import training_model
+from harness.results.records import read_record
+from harness.train.driver import fit
+from harness.train.runs import log_missing_epochs, saved_epochs
+from harness.train.session import ray_session
+from harness.train.worker import training_model
 from models.presets import preset_spec
 
 ROOT = Path(__file__).resolve().parents[2]

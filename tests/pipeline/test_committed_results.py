@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness.records import read_record, reproducible_part
+from harness.results.records import read_record, reproducible_part
 from project_copy import DVC, RECORD, ROOT, copy_project, mismatch, run, strings
 
 @pytest.mark.parametrize("preset", ["baseline", "nvan", "ste_nvan"])

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness.records import read_record, reproducible_part
+from harness.results.records import read_record, reproducible_part
 from project_copy import DVC, ROOT, copy_project, mismatch, run, strings
 
 pytestmark = pytest.mark.slow(seconds=300, cores=2)

@@ -30,7 +30,7 @@ from mlflow.entities import Metric, Param, RunTag
 
 from harness.cli import UserError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_URI = f"sqlite:///{ROOT / 'mlflow.db'}"
 _BATCH = 100  # MLflow's limit of params (and tags) per log_batch call
 

@@ -20,12 +20,12 @@ from torch.utils.data import DataLoader
 
 from datasets.loaders import EvalClips, TrainClips, normalize, set_epoch, train_loader
 from harness import storage
-from harness.checkpoint import read_state, rng_state, save_state, set_rng_state
+from harness.train.checkpoint import read_state, rng_state, save_state, set_rng_state
 from harness.config import Config, TrainConfig
-from harness.evaluate import autocast, extract_features, score_features
-from harness.losses import reid_loss
-from harness.node_check import check_node
-from harness.records import EPOCH_FILE
+from harness.evaluate.features import autocast, extract_features, score_features
+from harness.train.losses import reid_loss
+from harness.train.node_check import check_node
+from harness.results.records import EPOCH_FILE
 from models.checkpoints import load_imagenet
 from models.spec import ModelSpec
 from models.video_reid import build_model
@@ -183,16 +183,30 @@ def restore(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer, sc
     return state["epoch"] + 1, Best(**state["best"])
 
 
-def run_worker(loop_config: dict[str, Any]) -> None:
-    """Ray Train entry point: train config['config'] on this worker, reporting every epoch."""
+@dataclass
+class Job:
+    """One worker's share of a training run: its rank, device, data, model and optimisation state."""
+
+    config: Config
+    rank: int
+    world: int
+    device: torch.device
+    loader: DataLoader
+    loader_workers: int
+    spec: ModelSpec
+    model: nn.Module  # as trained (DDP-wrapped when world > 1)
+    plain: nn.Module  # the model itself: what is evaluated and checkpointed
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler | None
+    eval_set: EvalClips
+
+
+def build_job(config: Config, directory: Path) -> Job:
+    """This worker's training objects, built in the one order that fixes every random draw for a seed."""
     import ray.train
     import ray.train.torch
 
-    config = Config.model_validate(loop_config["config"])
-    directory = config.data.prepared_root / config.data.dataset
-    check_node(directory, loop_config["manifest_hash"], config.train.imagenet_init, loop_config.get("storage_probe"))
-    progress = loop_config.get("progress")
-    fail_at_step = loop_config.get("fail_at_step")
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     # A reused Ray worker keeps torch's first thread count: set it from what this worker was given.
@@ -202,79 +216,105 @@ def run_worker(loop_config: dict[str, Any]) -> None:
     torch.backends.cudnn.benchmark = device.type == "cuda"
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
-
     data = TrainClips(directory, config.data.frames, config.train.sampler, config.train.stride, seed=config.seed)
     workers = loader_workers(config)
     loader = train_loader(data, config.train.p, config.train.k, workers, world, rank, config.train.epoch,
                           pin_memory=device.type == "cuda")
     spec = config.spec(data.num_classes)
     model = ray.train.torch.prepare_model(training_model(spec, config.train.imagenet_init, config.train.sync_bn))
-    plain = getattr(model, "module", model)
     optimizer = build_optimizer(model, config.train)
-    scheduler = build_scheduler(optimizer, config.train)
     scaler = torch.amp.GradScaler(device.type) if config.train.amp == "fp16" else None
+    return Job(config, rank, world, device, loader, workers, spec, model, getattr(model, "module", model), optimizer,
+               build_scheduler(optimizer, config.train), scaler,
+               EvalClips(directory, config.data.frames, config.eval.sampler))
 
+
+class StepWatch:
+    """Called after every step: notes when training began, shows rank 0's progress at most once a second, and
+    injects the test hook's one failure (train.fail_at_step)."""
+
+    def __init__(self, loop_config: dict[str, Any], rank: int, world: int) -> None:
+        self.progress, self.fail_at_step = loop_config.get("progress"), loop_config.get("fail_at_step")
+        self.fail_marker, self.rank, self.world = loop_config.get("fail_marker"), rank, world
+        self.first_step_at, self.shown_at = math.nan, 0.0
+
+    def __call__(self, epoch: int, step: int, steps: int, stats: dict[str, Any]) -> None:
+        if math.isnan(self.first_step_at):
+            self.first_step_at = time.time()
+        if self.fail_at_step is not None and epoch * steps + step == self.fail_at_step and self.rank == self.world - 1:
+            if not storage.exists(self.fail_marker):  # fail once, so the restarted worker gets past this step
+                storage.write_text(self.fail_marker, "")
+                raise RuntimeError(f"injected failure at step {self.fail_at_step} (test hook)")
+        # Reading the loss synchronises with the device: at most once a second, and only for a bar.
+        if self.progress is not None and self.rank == 0 and (time.time() - self.shown_at >= 1 or step == steps):
+            self.shown_at = time.time()
+            self.progress.put_nowait((epoch, step, steps, stats["loss"].item(), stats["clips_per_s"] * self.world))
+
+
+def run_worker(loop_config: dict[str, Any]) -> None:
+    """Ray Train entry point: train config['config'] on this worker, reporting every epoch."""
+    import ray.train
+
+    config = Config.model_validate(loop_config["config"])
+    directory = config.data.prepared_root / config.data.dataset
+    check_node(directory, loop_config["manifest_hash"], config.train.imagenet_init, loop_config.get("storage_probe"))
+    job = build_job(config, directory)
     start_epoch, best = 0, Best()
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as folder:
-            start_epoch, best = restore(Path(folder), plain, optimizer, scheduler, scaler)
-    eval_set = EvalClips(directory, config.data.frames, config.eval.sampler)
-
-    first_step_at: list[float] = []
-    warned = False
-    shown_at = [0.0]
-
-    def on_step(epoch: int, step: int, steps: int, stats: dict[str, Any]) -> None:
-        if not first_step_at:
-            first_step_at.append(time.time())
-        if fail_at_step is not None and epoch * steps + step == fail_at_step and rank == world - 1:
-            marker = loop_config["fail_marker"]
-            if not storage.exists(marker):  # fail once, so the restarted worker gets past this step
-                storage.write_text(marker, "")
-                raise RuntimeError(f"injected failure at step {fail_at_step} (test hook)")
-        # Reading the loss synchronises with the device: at most once a second, and only for a bar.
-        if progress is not None and rank == 0 and (time.time() - shown_at[0] >= 1 or step == steps):
-            shown_at[0] = time.time()
-            progress.put_nowait((epoch, step, steps, stats["loss"].item(), stats["clips_per_s"] * world))
-
+            start_epoch, best = restore(Path(folder), job.plain, job.optimizer, job.scheduler, job.scaler)
+    watch, warned = StepWatch(loop_config, job.rank, job.world), False
     for epoch in range(start_epoch, config.train.epochs):
-        set_epoch(loader, epoch)
-        stats = train_epoch(model, loader, optimizer, config.train, device, scaler, epoch, on_step)
-        stats = _mean_over_workers(stats, world, device)
-        metrics: dict[str, Any] = {"epoch": epoch, "lr": scheduler.get_last_lr()[0], **stats,
-                                   "clips_per_s": stats["clips_per_s"] * world, "checkpoint_score": NOT_EVALUATED}
-        scheduler.step()
-        if rank == 0 and not warned and (warning := loader_warning(stats, config.data.frames, workers)):
+        set_epoch(job.loader, epoch)
+        stats = train_epoch(job.model, job.loader, job.optimizer, config.train, job.device, job.scaler, epoch, watch)
+        stats = _mean_over_workers(stats, job.world, job.device)
+        metrics: dict[str, Any] = {"epoch": epoch, "lr": job.scheduler.get_last_lr()[0], **stats,
+                                   "clips_per_s": stats["clips_per_s"] * job.world, "checkpoint_score": NOT_EVALUATED}
+        job.scheduler.step()
+        if job.rank == 0 and not warned and (warning := loader_warning(stats, config.data.frames, job.loader_workers)):
             log.warning("epoch %d: %s", epoch, warning)
             warned = True
-        last = epoch + 1 == config.train.epochs
-        evaluate = (epoch + 1) % config.eval.every == 0 or last
-        evaluated = evaluate_model(plain, eval_set, config, device, rank, world) if evaluate else None
-        if evaluated is not None:
-            scores, cmcs = evaluated
-            metrics |= scores
-            metrics["checkpoint_score"] = scores[config.eval.select_by]
-            # Ties go to the later epoch, as the authors' `cmc >= best_cmc` (train_NL.py).
-            if scores[config.eval.select_by] >= best.value:
-                best = Best(epoch, scores[config.eval.select_by],
-                            {p: {k.removeprefix(p + "."): v for k, v in scores.items() if k.startswith(p + ".")}
-                             for p in config.eval.protocols}, cmcs)
+        evaluate = (epoch + 1) % config.eval.every == 0 or epoch + 1 == config.train.epochs
+        if evaluate:
+            best = evaluate_epoch(job, epoch, best, metrics)
         metrics |= {"best_epoch": best.epoch, "best_value": best.value, "best_scores": best.scores, "best_cmc": best.cmc,
                     "mlflow_run_id": loop_config.get("mlflow_run_id"),
                     # Lets a sweep free the workers of a trial that Tune stops early (ray#54305).
                     "placement_group": ray.get_runtime_context().get_placement_group_id(),
-                    "first_step_at": first_step_at[0] if first_step_at else math.nan,
-                    "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+                    "first_step_at": watch.first_step_at, "cpu_capability": torch.backends.cpu.get_cpu_capability()}
         every = config.train.checkpoint_every
-        if rank == 0 and (evaluate or (every is not None and (epoch + 1) % every == 0)):
-            with tempfile.TemporaryDirectory() as folder:
-                numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
-                (Path(folder) / EPOCH_FILE).write_text(json.dumps(numbers))
-                save_checkpoint(Path(folder), plain, spec, optimizer, scheduler, scaler, epoch, best)
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
-        else:
-            ray.train.report(metrics)
+        report_epoch(job, epoch, best, metrics, evaluate or (every is not None and (epoch + 1) % every == 0))
+
+
+def evaluate_epoch(job: Job, epoch: int, best: Best, metrics: dict[str, Any]) -> Best:
+    """Evaluate after `epoch` (every rank extracts, rank 0 scores into `metrics`); return the best so far."""
+    evaluated = evaluate_model(job.plain, job.eval_set, job.config, job.device, job.rank, job.world)
+    if evaluated is None:  # not rank 0: only rank 0 keeps scores
+        return best
+    scores, cmcs = evaluated
+    select_by = job.config.eval.select_by
+    metrics |= scores | {"checkpoint_score": scores[select_by]}
+    # Ties go to the later epoch, as the authors' `cmc >= best_cmc` (train_NL.py).
+    if scores[select_by] < best.value:
+        return best
+    by_protocol = {p: {k.removeprefix(p + "."): v for k, v in scores.items() if k.startswith(p + ".")}
+                   for p in job.config.eval.protocols}
+    return Best(epoch, scores[select_by], by_protocol, cmcs)
+
+
+def report_epoch(job: Job, epoch: int, best: Best, metrics: dict[str, Any], checkpointed: bool) -> None:
+    """Report `epoch` to Ray Train, with rank 0's full checkpoint (and its epoch.json) when `checkpointed`."""
+    import ray.train
+
+    if job.rank != 0 or not checkpointed:
+        ray.train.report(metrics)
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+        (Path(folder) / EPOCH_FILE).write_text(json.dumps(numbers))
+        save_checkpoint(Path(folder), job.plain, job.spec, job.optimizer, job.scheduler, job.scaler, epoch, best)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
 
 def loader_workers(config: Config) -> int:

@@ -1,0 +1,1 @@
+"""Reports from run records and sweep tables: Pareto plots, tables, DVC metrics (python -m harness.report)."""

@@ -1,0 +1,82 @@
+"""Benchmark reports: Pareto plots (PNG, offline HTML), tables and DVC metrics (python -m harness.report).
+
+The DVC `report` stage builds them from run records (`--runs reports/runs/<preset>.json`, see
+harness/results/records.py) and sweep tables (`--sweep .../results.parquet`): files DVC tracks, so the
+report is a function of its declared inputs. `--from-mlflow` reads an MLflow experiment instead,
+for ad-hoc views across experiments and sweeps outside DVC.
+
+Accuracy is shown in percent (runs store fractions). The cost axis (report.cost_axis) is GMACs
+(1e9 multiply-accumulates, not FLOPs) per clip at the input each run was measured, T x H x W;
+GMACs per test tracklet under the run's test sampler (dense evaluation runs ceil(F / T) clips
+per tracklet); or measured latency, ms per clip on the device the run trained on. Datasets
+are never mixed in one plot: every (dataset, synthetic) group gets its own row of panels,
+table and metrics entry; on the latency axis every device does too.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import polars as pl
+
+from harness.cli import UserError
+from harness.io import atomic_path, check_writable, write_json_atomic
+from harness.measure.cost import UNITS as COST_UNITS
+from harness.report.plot import draw, svg_with_tooltips
+from harness.report.runs import (METRICS, collect_runs, load_costs, no_runs_message, plot_points, published_points,
+                                 select_runs)
+from harness.report.tables import html_page, markdown, metrics
+
+log = logging.getLogger("harness.report")
+
+
+
+def write_report(points: pl.DataFrame, published: pl.DataFrame | None, out_dir: Path, source: str,
+                 costs: list[dict] | None = None, axis: str = "gmacs") -> list[Path]:
+    """Write pareto.png/.html, benchmark.md, metrics.json, pareto.csv (and cost.json) atomically; return them."""
+    fig, tips = draw(points, published, axis)
+    paths = [out_dir / n for n in ("pareto.png", "pareto.html", "benchmark.md", "metrics.json", "pareto.csv")]
+    with atomic_path(paths[0]) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    with atomic_path(paths[1]) as tmp:
+        tmp.write_text(html_page(svg_with_tooltips(fig, tips), points, published, source, costs, axis))
+    with atomic_path(paths[2]) as tmp:
+        tmp.write_text(markdown(points, published, source, costs, axis))
+    write_json_atomic(paths[3], metrics(points))
+    with atomic_path(paths[4]) as tmp:
+        columns = ("group", "dataset", "synthetic", "label", "kind", "status", "input", "gmacs", "gmacs_tracklet",
+                   "latency_ms", "latency_device", *(f"{m}_pct" for m in METRICS), "pareto_rank1", "pareto_map", "run_id")
+        points.select(columns).write_csv(tmp, float_precision=4)
+    if costs:
+        paths.append(out_dir / "cost.json")
+        write_json_atomic(paths[-1], {"units": COST_UNITS, "reports": costs})
+    return paths
+
+
+
+def build_report(out_dir: Path, *, records: list[Path] = (), sweeps: list[Path] = (),
+                 mlflow: tuple[str, str] | None = None, dataset: str | None = None, latest_per_label: bool = True,
+                 published: bool = True, cost_files: list[Path] | None = None,
+                 axis: str = "gmacs") -> tuple[list[Path], pl.DataFrame]:
+    """Write every report into `out_dir` from run records and sweep tables (or an MLflow experiment), accuracy
+    against the cost `axis` (report.cost_axis); return the files written and the plotted points."""
+    for name in ("pareto.png", "pareto.html", "benchmark.md", "metrics.json", "pareto.csv", "cost.json"):
+        check_writable(out_dir / name)
+    costs = load_costs(cost_files or [])
+    every, source = collect_runs(records=records, sweeps=sweeps, mlflow=mlflow)
+    runs = select_runs(every, dataset, latest_per_label, axis)
+    if runs.is_empty():
+        have = sorted(every["dataset"].drop_nulls().unique().to_list())
+        why = f"datasets with runs: {have}" if have else "it is empty"
+        if mlflow is not None:
+            raise UserError(no_runs_message(*mlflow, dataset, why))
+        raise UserError(f"nothing to report: {source} hold no run{f' of dataset {dataset!r}' if dataset else ''} "
+                        f"({why}); pass --runs FILE for each run record, or --dataset NAME")
+    points = plot_points(runs)
+    # The paper's numbers have GMACs per clip from our cost model, and no latency on any device of ours.
+    refs = published_points() if published and axis == "gmacs" and (points["dataset"] == "mars").any() else None
+    paths = write_report(points, refs, out_dir, source, costs, axis)
+    log.info("%d runs in %d dataset group(s) -> %s", len(points), points["group"].n_unique(),
+             ", ".join(str(p) for p in paths))
+    return paths, points

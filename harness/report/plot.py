@@ -1,0 +1,199 @@
+"""The Pareto figure: accuracy against cost, one row of rank-1 and mAP panels per dataset group, with hover tips."""
+
+from __future__ import annotations
+
+import html
+import io
+import math
+import re
+
+import matplotlib
+import polars as pl
+from matplotlib import ticker
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.transforms import Bbox
+
+from harness.report.runs import AXIS_NAMES, HOVER_PARAMS, MAX_LABELS, METRICS, PANELS, PAPER_WIDTH
+from harness.report.tables import fmt, latency_text
+
+
+def axis_label(runs: pl.DataFrame, axis: str) -> str:
+    """What a panel's x axis shows, with the input, test sampler or device it was counted or timed at."""
+    inputs = runs["input"].drop_nulls().unique().sort().to_list()
+    at = f"at {inputs[0]} (T x H x W)" if len(inputs) == 1 else "at each run's input (T x H x W after @)"
+    if axis == "gmacs":
+        return f"GMACs per clip {at}, log scale"
+    if axis == "gmacs_tracklet":
+        samplers = ", ".join(sorted(set(runs["eval_sampler"].drop_nulls()))) or "unknown sampler"
+        return f"GMACs per test tracklet (mean over the test set; test sampler {samplers}) {at}, log scale"
+    devices = ", ".join(sorted(set(runs["latency_device"].drop_nulls()))) or "an unknown device"
+    return f"latency, ms per clip (median, batch 1) on {devices} {at}, log scale"
+
+
+
+def _per_frame(run: dict) -> float | None:
+    """GMACs per frame: per clip over the T of the run's input 'TxHxW'."""
+    if run["gmacs"] is None or not run["input"]:
+        return None
+    return run["gmacs"] / int(run["input"].split("x")[0])
+
+
+def hover_text(run: dict) -> str:
+    """The multi-line tooltip of one run: identity, config, cost and metrics (percent)."""
+    spec = " ".join(f"{k.removeprefix('spec.')}={run[k]}" for k in HOVER_PARAMS if k.startswith("spec.") and run[k])
+    train = " ".join(f"{k}={run[k]}" for k in HOVER_PARAMS if not k.startswith("spec.") and run[k])
+    return "\n".join([
+        f"{run['label']} ({run['kind']}, {run['status']}), {run['group']}",
+        f"run {run['run_id']}" + (f", sweep {run['parent_run_id']}" if run["parent_run_id"] else ""),
+        f"preset {run['preset']}, input {run['input']} (T x H x W), device {run['device']}",
+        f"spec: {spec}", f"config: {train}",
+        f"cost: {fmt(run['gmacs'], '.3g')} GMACs/clip, {fmt(_per_frame(run), '.3g')} GMACs/frame, "
+        f"{fmt(run['gmacs_tracklet'], '.3g')} GMACs/test tracklet "
+        f"({run['eval_sampler']}: {fmt(run['clips_per_tracklet'], '.2f')} clips), {fmt(run['params_m'], '.2f')} M params",
+        f"latency {latency_text(run)} ms per clip (range {fmt(run['latency_min_ms'], '.1f')}-"
+        f"{fmt(run['latency_max_ms'], '.1f')} ms) on {run['latency_device'] or '–'}",
+        "best (%): " + " ".join(f"{m}={fmt(run[f'{m}_pct'], '.1f')}" for m in METRICS),
+        f"git {run['git_commit']}",
+    ])
+
+
+# Label offsets in points, nearest first: right/left/up/down of the point at growing distances.
+_OFFSETS = tuple((r * dx, r * dy) for r in (5, 12, 22, 34)
+                 for dx, dy in ((1, 1), (1, -1), (-1, 1), (-1, -1), (1, 0), (-1, 0), (0, 1), (0, -1)))
+
+
+def _area(box: Bbox | None) -> float:
+    return 0.0 if box is None else box.width * box.height
+
+
+def _overlap(box: Bbox, others: list[Bbox], inside: Bbox) -> float:
+    """Display area (pixels^2) `box` shares with `others`, plus 10x the area it sticks out of `inside`."""
+    outside = _area(box) - _area(Bbox.intersection(box, inside))
+    return sum(_area(Bbox.intersection(box, o)) for o in others) + 10 * outside
+
+
+def _align(dx: float, dy: float) -> dict[str, str]:
+    return {"ha": "left" if dx > 0 else "right" if dx < 0 else "center",
+            "va": "bottom" if dy > 0 else "top" if dy < 0 else "center"}
+
+
+def place_labels(ax: Axes, points: list[tuple[float, float, str]]) -> None:
+    """Annotate (x, y, text) points at the nearest offset whose text overlaps no label, marker or edge."""
+    if not points:
+        return
+    renderer = ax.figure.canvas.get_renderer()
+    inside = ax.get_window_extent(renderer)
+    placed = [Bbox.from_bounds(px - 5, py - 5, 10, 10) for px, py in ax.transData.transform([p[:2] for p in points])]
+    for x, y, text in points:
+        best = (math.inf, 0.0, 0.0, None)
+        for dx, dy in _OFFSETS:
+            ann = ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=8, **_align(dx, dy))
+            box = ann.get_window_extent(renderer)
+            ann.remove()
+            cost = _overlap(box, placed, inside)
+            if cost < best[0]:
+                best = (cost, dx, dy, box)
+            if cost == 0:
+                break
+        _, dx, dy, box = best
+        arrow = {"arrowstyle": "-", "color": "0.6", "lw": 0.6} if abs(dx) + abs(dy) > 12 else None
+        ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=8,
+                    arrowprops=arrow, **_align(dx, dy))
+        placed.append(box)
+
+
+class _PlainLog(ticker.LogFormatter):
+    """Log-axis tick labels as plain numbers (0.2, 40), on the ticks LogFormatter would label."""
+
+    def __call__(self, x: float, pos: int | None = None) -> str:
+        return f"{x:g}" if super().__call__(x, pos) else ""
+
+
+_STYLE = {
+    "train": {"marker": "o", "s": 60, "color": "tab:blue", "label": "training run (preset)"},
+    "trial": {"marker": "o", "s": 24, "color": "tab:gray", "alpha": 0.8, "label": "sweep trial"},
+}
+_PUBLISHED_LABEL = "published, real MARS (paper's accuracy; our GMACs at 8x256x128, ResNet-50)"
+
+
+def _references_for(runs: pl.DataFrame, published: pl.DataFrame | None) -> pl.DataFrame | None:
+    # The paper's numbers are MARS numbers: shown only beside runs on (real or synthetic) MARS.
+    return published if published is not None and runs["dataset"][0] == "mars" else None
+
+
+def _panel(ax: Axes, runs: pl.DataFrame, refs: pl.DataFrame | None, acc: str, name: str,
+           gid: str, tips: dict[str, str], axis: str = "gmacs") -> list[tuple[float, float, str]]:
+    """Draw one panel's points, front and references; return the (x, y, text) labels to place."""
+    measured = runs.drop_nulls(["cost", acc])
+    inputs = runs["input"].drop_nulls().unique().sort().to_list()
+    for i, run in enumerate(measured.iter_rows(named=True)):
+        ax.scatter(run["cost"], run[f"{acc}_pct"], gid=f"{gid}-{i}", zorder=3, **_STYLE[run["kind"]])
+        tips[f"{gid}-{i}"] = hover_text(run)
+    front = measured.filter(pl.col(f"pareto_{acc}")).sort("cost")
+    # Ringed points keep a one-run front visible; the step shows the best accuracy reachable per cost.
+    ax.step(front["cost"], front[f"{acc}_pct"], where="post", color="tab:red", lw=1.5, zorder=2, marker="o",
+            markersize=11, markerfacecolor="none", label="Pareto front (max accuracy, min cost)")
+    labels = []
+    if refs is not None:
+        for i, ref in enumerate(refs.iter_rows(named=True)):
+            ax.scatter(ref["gmacs"], ref[f"{acc}_pct"], marker="*", s=220, color="tab:orange", edgecolor="black",
+                       lw=0.6, zorder=4, gid=f"{gid}-ref{i}", label=_PUBLISHED_LABEL)
+            tips[f"{gid}-ref{i}"] = (f"{ref['name']}, published on real MARS: rank-1 {ref['rank1_pct']:.1f} %, "
+                                     f"mAP {ref['map_pct']:.1f} %\nour cost model: {ref['gmacs']:.1f} GMACs per clip "
+                                     f"at {ref['input']} (T x H x W), width {PAPER_WIDTH}")
+            labels.append((ref["gmacs"], ref[f"{acc}_pct"], f"{ref['name']} (published)"))
+    shown = measured if len(measured) <= MAX_LABELS else measured.filter(
+        pl.col(f"pareto_{acc}") | (pl.col("kind") == "train"))
+    suffix = pl.lit("") if len(inputs) <= 1 else " @" + pl.col("input").fill_null("?")
+    labels += shown.select("cost", f"{acc}_pct", pl.col("label") + suffix).rows()
+    if measured.is_empty() and refs is None:
+        ax.text(0.5, 0.5, "no run with both this cost and accuracy yet", transform=ax.transAxes, ha="center")
+    else:
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(_PlainLog(labelOnlyBase=False))
+        ax.xaxis.set_minor_formatter(_PlainLog(labelOnlyBase=False))
+    ax.set_xlabel(axis_label(runs, axis))
+    ax.set_ylabel(name)
+    stars = " (stars: paper, real MARS)" if refs is not None else ""
+    ax.set_title(f"{runs['group'][0]}: {name.split()[0]} vs cost{stars}")
+    ax.grid(True, which="both", alpha=0.3)
+    return labels
+
+
+def draw(points: pl.DataFrame, published: pl.DataFrame | None, axis: str = "gmacs") -> tuple[Figure, dict[str, str]]:
+    """The Pareto figure, a row of rank-1 and mAP panels per dataset group, and its tooltips by SVG id."""
+    groups = points["group"].unique(maintain_order=True).to_list()
+    fig = Figure(figsize=(14, 5.5 * len(groups)), layout="constrained")
+    FigureCanvasAgg(fig)  # no pyplot: no global figure state, no backend switch
+    axes = fig.subplots(len(groups), 2, squeeze=False)
+    fig.suptitle(f"Accuracy at the best checkpoint vs {AXIS_NAMES[axis]}"
+                 + (" (GMACs = 1e9 multiply-accumulates)" if axis != "latency" else ""))
+    tips: dict[str, str] = {}
+    pending = []
+    for row, group in enumerate(groups):
+        runs = points.filter(pl.col("group") == group)
+        refs = _references_for(runs, published)
+        for col, (acc, name) in enumerate(PANELS):
+            ax = axes[row][col]
+            pending.append((ax, _panel(ax, runs, refs, acc, name, f"pt-{row}-{col}", tips, axis)))
+    legend = {label: h for ax in axes.flat for h, label in zip(*ax.get_legend_handles_labels())}
+    fig.legend(legend.values(), legend.keys(), loc="outside lower center", ncols=len(legend))
+    fig.canvas.draw()  # settle the layout, then freeze it so label boxes stay where they were measured
+    fig.set_layout_engine("none")
+    for ax, labels in pending:
+        place_labels(ax, labels)
+    return fig, tips
+
+
+def svg_with_tooltips(fig: Figure, tips: dict[str, str]) -> str:
+    """The figure as inline SVG whose points carry <title> tooltips (no external references)."""
+    buf = io.StringIO()
+    with matplotlib.rc_context({"svg.hashsalt": "nvan-bench", "svg.fonttype": "none"}):
+        fig.savefig(buf, format="svg", metadata={"Date": None})
+    svg = buf.getvalue()
+    svg = re.sub(r"<metadata>.*?</metadata>", "", svg[svg.index("<svg"):], flags=re.S)
+    for gid, tip in tips.items():
+        svg = svg.replace(f'<g id="{gid}">', f'<g id="{gid}" class="point"><title>{html.escape(tip)}</title>', 1)
+    return svg

@@ -1,0 +1,278 @@
+"""What a report shows, as one polars table: run records, sweep tables or an MLflow experiment, and cost files."""
+
+from __future__ import annotations
+
+import calendar
+import functools
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+from mlflow import MlflowClient
+from mlflow.entities import ViewType
+from mlflow.exceptions import MlflowException
+
+from harness.cli import UserError
+from harness.config import PAPER_INPUT
+from harness.measure.cost import macs_on_meta
+from harness.results.records import read_record
+from harness.results.tracking import check_reachable
+from models.presets import preset_spec
+
+
+@dataclass(frozen=True)
+class Published:
+    """A result reported by the paper's authors on real MARS (percent)."""
+
+    name: str
+    preset: str
+    rank1: float
+    map: float
+
+
+# Liu et al., BMVC 2019, Table 5 (NVAN, STE-NVAN); the baseline is the authors' released checkpoint.
+PUBLISHED = (
+    Published("baseline", "baseline", 87.4, 79.4),
+    Published("NVAN", "nvan", 90.0, 82.8),
+    Published("STE-NVAN", "ste_nvan", 88.9, 81.2),
+)
+PAPER_WIDTH = 64  # ResNet-50
+MARS_CLASSES = 625  # classifier size only; it adds no MACs to the embedding
+
+METRICS = ("rank1", "rank5", "rank10", "rank20", "map", "minp")
+PANELS = (("rank1", "rank-1 (%)"), ("map", "mAP (%)"))
+# Params shown on hover: the model's spec and the knobs that most change accuracy.
+HOVER_PARAMS = ("spec.width", "spec.last_stride", "spec.non_local", "spec.stripes", "spec.nl_window",
+                "spec.temporal_pool_after", "train.epochs", "train.batch_size", "train.k",
+                "train.optimizer", "train.lr", "train.amp", "eval.select_by")
+# report.cost_axis -> the column plotted (as "cost") and the Pareto front's cost.
+AXES = {"gmacs": "gmacs", "gmacs_tracklet": "gmacs_tracklet", "latency": "latency_ms"}
+AXIS_NAMES = {"gmacs": "GMACs per clip", "gmacs_tracklet": "GMACs per test tracklet",
+              "latency": "latency (ms per clip)"}
+MAX_LABELS = 30  # per panel; beyond it only Pareto and preset runs are labelled (the HTML hovers all)
+
+_TEXT = ("run_id", "parent_run_id", "label", "kind", "status", "dataset", "preset", "protocol",
+         "device", "input", "git_commit", "eval_sampler", "latency_device")
+_FLOAT = ("params_m", "gmacs", "gmacs_paper", "gmacs_tracklet", "clips_per_tracklet", "latency_ms", "latency_min_ms",
+          "latency_max_ms", "train_s", *METRICS)
+SCHEMA = {**dict.fromkeys(_TEXT, pl.String), "synthetic": pl.Boolean, "latency_noisy": pl.Boolean,
+          "start_time": pl.Int64, **dict.fromkeys(_FLOAT, pl.Float64), **dict.fromkeys(HOVER_PARAMS, pl.String)}
+
+
+def open_experiment(uri: str, experiment: str) -> tuple[MlflowClient, str]:
+    """A client of an existing store and the id of `experiment`; UserError if either is missing."""
+    check_reachable(uri)
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        raise UserError(no_runs_message(uri, experiment, None, "the store does not exist"))
+    client = MlflowClient(uri)
+    try:
+        found = client.get_experiment_by_name(experiment)
+    except MlflowException as e:
+        raise UserError(f"cannot read MLflow store {uri}: {e.message}; check mlflow.tracking_uri") from None
+    if found is None:
+        raise UserError(no_runs_message(uri, experiment, None, "the experiment does not exist"))
+    return client, found.experiment_id
+
+
+def no_runs_message(uri: str, experiment: str, dataset: str | None, why: str) -> str:
+    """The one-paragraph error for a store without runs to report."""
+    which = f" for dataset {dataset!r}" if dataset else ""
+    return (f"nothing to report: MLflow experiment {experiment!r} in store {uri} has no training or "
+            f"trial runs{which} ({why}). Produce runs with `dvc repro` (trains every preset), "
+            f"`python -m harness.train` or `python -m harness.sweep`, or point the report at the store "
+            f"and experiment that hold them (--experiment, --dataset, --set mlflow.tracking_uri=URI "
+            f"or MLFLOW_TRACKING_URI).")
+
+
+def _row(r) -> dict:
+    tags, params, metrics = r.data.tags, r.data.params, r.data.metrics
+    return {
+        "run_id": r.info.run_id, "parent_run_id": tags.get("mlflow.parentRunId"),
+        "label": tags.get("nvan.label") or r.info.run_name, "kind": tags.get("nvan.kind"),
+        "status": tags.get("nvan.status") or r.info.status.lower(), "dataset": tags.get("dataset"),
+        "synthetic": tags.get("dataset.synthetic") == "true", "preset": tags.get("preset"),
+        "protocol": tags.get("protocol"), "device": tags.get("device"), "input": params.get("input"),
+        "git_commit": params.get("git_commit"), "start_time": r.info.start_time,
+        "params_m": metrics.get("cost.params_m"), "gmacs": metrics.get("cost.gmacs"),
+        "gmacs_paper": metrics.get("cost.gmacs_paper"), "latency_ms": metrics.get("cost.latency_ms"),
+        "latency_min_ms": metrics.get("cost.latency_min_ms"), "latency_max_ms": metrics.get("cost.latency_max_ms"),
+        "latency_noisy": None if metrics.get("cost.latency_noisy") is None else bool(metrics["cost.latency_noisy"]),
+        "latency_device": tags.get("cost.device"), "eval_sampler": params.get("eval.sampler"),
+        "gmacs_tracklet": metrics.get("cost.gmacs_per_tracklet"), "clips_per_tracklet": metrics.get("cost.clips_per_tracklet"),
+        "train_s": None if r.info.end_time is None else (r.info.end_time - r.info.start_time) / 1e3,
+        **{m: metrics.get(f"best.{m}") for m in METRICS},
+        **{p: params.get(p) for p in HOVER_PARAMS},
+    }
+
+
+def _param_text(value) -> str | None:
+    """A config value as MLflow logs it (lists as '[0, 2, 3, 0]'), so both sources read alike."""
+    return None if value is None else str(list(value) if isinstance(value, tuple) else value)
+
+
+def _record_row(record: dict) -> dict:
+    """One SCHEMA row from a run record (harness/records.py)."""
+    config, cost, run = record["config"], record["cost"], record["run"]
+    latency = cost.get("latency") or {}
+    primary = config["eval"]["protocols"][0]
+    best = record["scores"].get(primary, {})
+    finished = run.get("finished_at")
+    start_time = None
+    if finished:
+        start_time = int(1000 * calendar.timegm(time.strptime(finished, "%Y-%m-%dT%H:%M:%SZ")))
+
+    def ms(key: str):
+        return None if latency.get(key) is None else 1e3 * latency[key]
+
+    hover = {p: _param_text(record["spec"].get(p.removeprefix("spec."))) if p.startswith("spec.")
+             else _param_text(config.get(p.split(".")[0], {}).get(p.split(".")[1])) for p in HOVER_PARAMS}
+    return {
+        "run_id": run.get("mlflow_run_id"), "parent_run_id": None, "label": record["label"], "kind": record["kind"],
+        "status": record.get("status", "finished"), "dataset": record["dataset"]["name"],
+        "synthetic": bool(record["dataset"]["synthetic"]),
+        "preset": record["preset"], "protocol": primary, "device": run.get("device"), "input": record["input"],
+        "git_commit": record["git_commit"], "start_time": start_time,
+        "params_m": cost.get("params_m"), "gmacs": cost.get("gmacs"), "gmacs_paper": cost.get("gmacs_paper"),
+        "latency_ms": ms("median_s"), "latency_min_ms": ms("min_s"), "latency_max_ms": ms("max_s"),
+        "latency_noisy": latency.get("noisy"), "latency_device": latency.get("device"), "train_s": run.get("seconds"),
+        "eval_sampler": cost.get("eval_sampler"), "gmacs_tracklet": cost.get("gmacs_per_tracklet"),
+        "clips_per_tracklet": cost.get("clips_per_tracklet"),
+        **{m: best.get(m) for m in METRICS}, **hover,
+    }
+
+
+def load_records(paths: list[Path]) -> pl.DataFrame:
+    """One row per run record file, in the order given."""
+    return pl.DataFrame([_record_row(read_record(p)) for p in paths], schema=SCHEMA)
+
+
+SWEEP_COLUMNS = ("label", "status", "map", "rank1", "gmacs_input", "dataset", "synthetic", "input")
+
+
+def load_sweeps(paths: list[Path]) -> pl.DataFrame:
+    """One row per trial of each sweep table (`reports/sweeps/<name>/results.parquet`)."""
+    frames = []
+    for path in paths:
+        try:
+            table = pl.read_parquet(path)
+        except FileNotFoundError:
+            raise UserError(f"sweep table {path} does not exist; run the sweep (python -m harness.sweep --name "
+                            f"{path.parent.name}) or drop --sweep {path}") from None
+        except (OSError, pl.exceptions.PolarsError) as e:
+            raise UserError(f"sweep table {path} is not a parquet file ({type(e).__name__}); rerun the sweep") from None
+        missing = [c for c in SWEEP_COLUMNS if c not in table.columns]
+        if missing:
+            raise UserError(f"sweep table {path} lacks columns {missing}; it was written by an older harness.sweep, "
+                            f"rerun or resume the sweep to rewrite it")
+        frames.append(table.select(
+            run_id=pl.col("mlflow_run_id") if "mlflow_run_id" in table.columns else pl.lit(None, pl.String),
+            parent_run_id=pl.lit(path.parent.name), label=pl.col("label"), kind=pl.lit("trial"),
+            status=pl.col("status"), dataset=pl.col("dataset"), synthetic=pl.col("synthetic"),
+            input=pl.col("input"), gmacs=pl.col("gmacs_input"), rank1=pl.col("rank1"), map=pl.col("map"),
+            **{ours: pl.col(theirs) if theirs in table.columns else pl.lit(None, SCHEMA[ours])
+               for ours, theirs in (("latency_ms", "latency_ms"), ("latency_device", "latency_device"),
+                                    ("gmacs_tracklet", "gmacs_per_tracklet"))},
+            git_commit=pl.col("git_commit") if "git_commit" in table.columns else pl.lit(None, pl.String),
+        ))
+    if not frames:
+        return pl.DataFrame(schema=SCHEMA)
+    rows = pl.concat(frames, how="diagonal_relaxed")
+    return pl.concat([pl.DataFrame(schema=SCHEMA), rows], how="diagonal_relaxed").select(SCHEMA.keys()).cast(SCHEMA)
+
+
+def load_runs(client: MlflowClient, experiment_id: str) -> pl.DataFrame:
+    """One row per training or trial run of the experiment (sweep parents and foreign runs skipped)."""
+    rows, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], run_view_type=ViewType.ACTIVE_ONLY,
+                                  max_results=1000, page_token=token)
+        rows += [_row(r) for r in page if r.data.tags.get("nvan.kind") in ("train", "trial")]
+        token = page.token
+        if not token:
+            return pl.DataFrame(rows, schema=SCHEMA)
+
+
+def select_runs(runs: pl.DataFrame, dataset: str | None, latest_per_label: bool, axis: str = "gmacs") -> pl.DataFrame:
+    """Runs of `dataset` (all if None) with their plot group and `cost` (the `axis` column); only each
+    label's newest if asked. Latency groups are per device: times from different hardware never share a plot."""
+    if dataset is not None:
+        runs = runs.filter(pl.col("dataset") == dataset)
+    group = pl.when(pl.col("synthetic")).then(pl.col("dataset") + " (synthetic)").otherwise(pl.col("dataset"))
+    group = group.fill_null("unknown dataset")
+    if axis == "latency":
+        group = group + " on " + pl.col("latency_device").fill_null("an unknown device")
+    runs = runs.with_columns(group=group, cost=pl.col(AXES[axis]))
+    if latest_per_label:
+        runs = runs.sort("start_time").unique(["group", "label"], keep="last", maintain_order=True)
+    return runs.sort(["group", "cost", "label"], nulls_last=True)
+
+
+def with_front(runs: pl.DataFrame, acc: str) -> pl.DataFrame:
+    """Add bool column `pareto_<acc>`: on the front of max `acc`, min `cost` within its group."""
+    # The front is found on distinct (cost, accuracy) pairs and joined back, so runs that tie exactly
+    # (neither dominates the other) are all on it, not only the first one sorted.
+    front = (runs.drop_nulls(["cost", acc]).select("group", "cost", acc).unique()
+             .sort(["group", "cost", acc], descending=[False, False, True])
+             .filter(pl.col(acc) > pl.col(acc).cum_max().shift(1).over("group").fill_null(-math.inf))
+             .with_columns(pl.lit(True).alias(f"pareto_{acc}")))
+    return (runs.join(front, on=["group", "cost", acc], how="left", maintain_order="left")
+            .with_columns(pl.col(f"pareto_{acc}").fill_null(False)))
+
+
+def plot_points(runs: pl.DataFrame) -> pl.DataFrame:
+    """The runs with Pareto flags for rank-1 and mAP, accuracy also in percent (`<metric>_pct`)."""
+    for acc, _ in PANELS:
+        runs = with_front(runs, acc)
+    return runs.with_columns((pl.col(m) * 100).alias(f"{m}_pct") for m in METRICS)
+
+
+
+
+@functools.cache
+def published_points() -> pl.DataFrame:
+    """The paper's MARS numbers (percent) at the GMACs our cost model gives at 8x256x128, width 64."""
+    return pl.DataFrame([{
+        "name": p.name, "preset": p.preset, "rank1_pct": p.rank1, "map_pct": p.map,
+        "gmacs": macs_on_meta(preset_spec(p.preset, num_classes=MARS_CLASSES, width=PAPER_WIDTH), PAPER_INPUT) / 1e9,
+        "input": PAPER_INPUT.label(),
+    } for p in PUBLISHED])
+
+
+
+_COST_KEYS = ("name", "input", "model_width", "params", "gmacs")  # every cost record has them
+
+
+def load_costs(paths: list[Path]) -> list[dict]:
+    """The records of `python -m harness.cost --out` files, in the order given."""
+    records = []
+    for path in paths:
+        fix = f"rerun `dvc repro cost@{path.stem}` or `python -m harness.cost --preset {path.stem} --out {path}`"
+        try:
+            found = json.loads(path.read_text(encoding="utf-8"))["reports"]
+        except FileNotFoundError:
+            raise UserError(f"cost file {path} does not exist; {fix}") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
+            raise UserError(f"cost file {path} is not a harness.cost report ({type(e).__name__}: {e}); "
+                            f"expected a JSON object with a \"reports\" list; {fix}") from None
+        for r in found:
+            missing = [k for k in _COST_KEYS if not isinstance(r, dict) or k not in r]
+            if missing:
+                raise UserError(f"cost file {path}: a record lacks {missing} (each needs {list(_COST_KEYS)}); {fix}")
+        records += found
+    return records
+
+
+
+def collect_runs(*, records: list[Path] = (), sweeps: list[Path] = (),
+                 mlflow: tuple[str, str] | None = None) -> tuple[pl.DataFrame, str]:
+    """Every run to report and a description of where they came from: run records and sweep tables, or
+    the MLflow experiment `mlflow` = (tracking URI, experiment name)."""
+    if mlflow is not None:
+        uri, experiment = mlflow
+        return load_runs(*open_experiment(uri, experiment)), f"experiment {experiment!r} in {uri}"
+    frames = [load_records(list(records)), load_sweeps(list(sweeps))]
+    parts = [f"{len(records)} run record(s)"] + ([f"{len(sweeps)} sweep table(s)"] if sweeps else [])
+    return pl.concat(frames, how="vertical"), " and ".join(parts)

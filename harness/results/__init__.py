@@ -1,0 +1,1 @@
+"""What runs leave: run records (DVC's truth) and MLflow tracking."""

@@ -1,0 +1,1 @@
+"""Ray Tune sweeps of accuracy against cost (python -m harness.sweep)."""

@@ -1,0 +1,171 @@
+"""Ray Tune sweeps of accuracy against cost over non-local placement, reduction and sampling (python -m harness.sweep).
+
+Each Tune trial is a small driver holding one `trial_driver` custom resource and no CPU. It
+resolves its point of the search space against the trial config, rejects infeasible points
+before any training (an MLflow run with nvan.status=infeasible), counts the candidate's MACs
+on the meta device, then runs `harness.train.fit`: a Ray Train job with its own workers and
+resources, tracked as an MLflow run nested under the sweep's. `SweepReport` forwards each
+epoch to Tune with both objectives added, so Optuna (max accuracy, min GMACs) and ASHA (early
+stopping on accuracy) see them. The cost objective is GMACs, or (sweep.cost_objective: latency)
+the latency each trial measures before training, with one of its workers' resources on the
+cluster, so on the device it trains on. The driver then closes the trials' runs, marks the Pareto
+front and writes reports/sweeps/<name>/results.parquet.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+from ray import tune
+
+from harness import storage
+from harness.cli import UserError
+from harness.config import (Config, flatten,
+                            override)
+from harness.io import atomic_path, check_writable
+from harness.results.tracking import connect, git_commit, log_metrics, set_tags, start_run
+from harness.train.driver import check_inputs
+from harness.train.session import check_resources, ray_session
+from harness.sweep.space import cost_key, expected_trials, scheduler_for, search_setup, trial_base
+from harness.sweep.trials import TrialEnds, close_trials, run_trial
+
+log = logging.getLogger("harness.sweep")
+
+STATE_FILE = "nvan-sweep.json"  # beside Tune's experiment state: the config and parent run to resume with
+
+
+@dataclass(frozen=True)
+class SweepOutcome:
+    """A sweep's results table (one row per trial), where it was written, its MLflow parent, completeness."""
+
+    name: str
+    results: pl.DataFrame
+    path: Path
+    parent_run_id: str
+    complete: bool
+    seconds: float
+
+
+def _start(config: Config, name: str, resume: bool) -> tuple[Config, str]:
+    """The sweep's config and MLflow parent run: new ones, or those saved by the sweep being resumed."""
+    base = trial_base(config)  # config errors before anything is created
+    folder = storage.join(base.ray.storage_path, name)
+    state = storage.join(folder, STATE_FILE)
+    if resume:
+        if not storage.exists(state):
+            raise UserError(f"--resume: no sweep {name!r} at {folder}; check --name and ray.storage_path")
+        saved = json.loads(storage.read_text(state))
+        # The sweep continues as it started; only where Ray runs may change.
+        address = config.ray.address
+        config = override(Config.model_validate(saved["config"]), {"ray.address": address}, "--address")
+        client, _ = connect(base.mlflow.tracking_uri, base.mlflow.experiment)
+        set_tags(client, saved["parent_run_id"], {"nvan.status": "running"})
+        return config, saved["parent_run_id"]
+    if storage.exists(folder):
+        raise UserError(f"sweep {name!r} already exists at {folder}; resume it with --resume --name {name}, "
+                        f"or choose another --name")
+    client, experiment_id = connect(base.mlflow.tracking_uri, base.mlflow.experiment)
+    directory = check_inputs(base)
+    manifest = json.loads((directory / "manifest.json").read_text())
+    parent = start_run(client, experiment_id, name, flatten(config) | {
+        "git_commit": git_commit(), "dataset.manifest_hash": manifest.get("content_hash", "unknown")}, {
+        "nvan.kind": "sweep", "nvan.label": name, "nvan.ray_run": name, "nvan.status": "running",
+        "dataset": config.data.dataset, "preset": config.model.preset, "protocol": config.eval.protocols[0],
+        "device": "cuda" if base.ray.use_gpu else "cpu",
+        "dataset.synthetic": str(manifest.get("synthetic", False)).lower()})
+    storage.write_text(state, json.dumps({"config": config.model_dump(mode="json"), "parent_run_id": parent}, indent=2))
+    return config, parent
+
+
+def _check_cluster(base: Config, max_concurrent: int) -> None:
+    import ray
+
+    check_resources(base)
+    have = ray.cluster_resources()
+    if have.get("trial_driver", 0) < 1:
+        raise UserError(
+            "the Ray cluster has no 'trial_driver' resource, which each sweep trial's driver holds; start the "
+            f"head with `ray start --head --resources='{{\"trial_driver\": {max_concurrent}}}'` "
+            f"(one per concurrent trial)"
+        )
+    per_trial = base.ray.num_workers * base.ray.cpus_per_worker
+    if max_concurrent * per_trial > have.get("CPU", 0):
+        log.warning("sweep.max_concurrent = %d trials x %d CPUs (ray.num_workers x ray.cpus_per_worker) exceed the "
+                    "cluster's %g CPUs: trials will wait for each other", max_concurrent, per_trial, have.get("CPU", 0))
+
+
+def run_sweep(config: Config, resume: bool = False) -> SweepOutcome:
+    """Run (or resume) the sweep `config.sweep` on Ray Tune; return its results table with Pareto flags."""
+    name = config.sweep.name
+    if not name:
+        if resume:
+            raise UserError("--resume needs the sweep's name: pass --name NAME (or set sweep.name)")
+        name = f"sweep-{time.strftime('%Y%m%d-%H%M%S')}"
+    start, base = time.perf_counter(), trial_base(config)
+    check_inputs(base)  # user errors before Ray starts or anything is recorded
+    check_writable(config.report.out_dir / "sweeps" / name / "results.parquet")
+    # MLflow and results.parquet are the records; Tune's own CSV/JSON/TensorBoard loggers only
+    # duplicate them, and TensorBoard warns on the NaN objective of not yet evaluated epochs.
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    with ray_session(config.ray.address, num_cpus=os.cpu_count(), log_to_driver=config.ray.log_to_driver,
+                     resources={"trial_driver": config.sweep.max_concurrent}):
+        _check_cluster(base, config.sweep.max_concurrent)
+        config, parent_run_id = _start(config, name, resume)
+        base, sweep = trial_base(config), config.sweep
+        experiment = storage.join(base.ray.storage_path, name)
+        trainable = tune.with_resources(
+            tune.with_parameters(run_trial, base=base.model_dump(mode="json"), sweep_name=name,
+                                 parent_run_id=parent_run_id),
+            {"cpu": 0, "trial_driver": 1})
+        if resume and tune.Tuner.can_restore(experiment):
+            tuner = tune.Tuner.restore(experiment, trainable, resume_unfinished=True, resume_errored=True)
+        else:
+            search_alg, space = search_setup(sweep, config.seed)
+            tuner = tune.Tuner(
+                trainable, param_space=space,
+                tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=scheduler_for(sweep, base.train.epochs),
+                                            num_samples=sweep.num_samples, max_concurrent_trials=sweep.max_concurrent,
+                                            reuse_actors=False),
+                run_config=tune.RunConfig(name=name, storage_path=base.ray.storage_path, verbose=0,
+                                          callbacks=[TrialEnds(sweep.metric, base.train.epochs, cost_key(sweep))]))
+        tuner.fit()
+    # The experiment state on disk was written before Tune's cleanup marked interrupted trials TERMINATED.
+    trials = tune.ExperimentAnalysis(experiment).trials
+    results, complete = close_trials(base, trials, name, parent_run_id)
+    # Interrupted before the search created every trial: more to run, whatever the trials say.
+    complete &= len(trials) >= expected_trials(sweep)
+    path = config.report.out_dir / "sweeps" / name / "results.parquet"
+    with atomic_path(path) as tmp:
+        results.write_parquet(tmp)
+    close_parent(base, parent_run_id, results, path, complete)
+    return SweepOutcome(name, results, path, parent_run_id, complete, time.perf_counter() - start)
+
+
+
+EXIT_CODES = {"finished": 0, "failed": 1, "interrupted": 130}
+
+
+
+def sweep_status(results: pl.DataFrame, complete: bool) -> str:
+    """The sweep's own status: interrupted (trials left to run), failed (a trial failed), or finished."""
+    if not complete:
+        return "interrupted"
+    return "failed" if (results["status"] == "failed").any() else "finished"
+
+
+def close_parent(base: Config, run_id: str, results: pl.DataFrame, path: Path, complete: bool) -> None:
+    """Log the sweep's counts and results table to its MLflow run; close it unless interrupted."""
+    client, _ = connect(base.mlflow.tracking_uri, base.mlflow.experiment)
+    counts = {f"sweep.{s.replace('-', '_')}": results.filter(pl.col("status") == s).height
+              for s in ("finished", "early-stopped", "infeasible", "failed", "interrupted")}
+    log_metrics(client, run_id, counts | {"sweep.trials": results.height, "sweep.pareto": int(results["pareto"].sum())})
+    client.log_artifact(run_id, str(path))
+    status = sweep_status(results, complete)
+    set_tags(client, run_id, {"nvan.status": status})
+    client.set_terminated(run_id, {"finished": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}[status])

@@ -1,0 +1,289 @@
+"""One sweep trial: train it (or record it infeasible), report it to Tune, and close it from its run record."""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+from ray import tune
+from ray.tune.integration.ray_train import TuneReportCallback
+
+from datasets.loaders import TrainClips
+from harness import storage
+from harness.cli import UserError
+from harness.config import (Config, flatten,
+                            override)
+from harness.prepared import prepared_dataset
+from harness.results.records import read_record, write_record
+from harness.results.tracking import connect, find_run, log_metrics, set_tags, start_run
+from harness.train.driver import check_inputs, fit
+from harness.train.result import FINAL_KEYS
+from harness.train.run_cost import run_cost
+from harness.sweep.space import COST, Candidate, LATENCY, cost_key, feasibility, objective, resolve
+
+log = logging.getLogger("harness.sweep")
+
+
+class SweepReport(TuneReportCallback):
+    """Forwards rank 0's epoch reports to Tune with the objectives added; runs in the Train controller."""
+
+    def __init__(self, fields: dict[str, Any], metric: str, protocol: str) -> None:
+        super().__init__()
+        self.fields, self.metric, self.protocol = fields, metric, protocol
+        self.reported_through = -1
+
+    def after_report(self, run_context, metrics: list[dict[str, Any]], checkpoint) -> None:
+        first = metrics[0]
+        if first["epoch"] <= self.reported_through:  # retrained after a restart from a sparser checkpoint
+            return
+        self.reported_through = first["epoch"]
+        best = (first.get("best_scores") or {}).get(self.protocol, {})
+        first = first | self.fields | {"epochs": first["epoch"] + 1,
+                                       objective(self.metric): best.get(self.metric, math.nan)}
+        super().after_report(run_context, [first, *metrics[1:]], checkpoint)
+
+
+def trial_number(tag: str) -> int:
+    """Tune's sweep-wide trial number, which starts its experiment tag ('3_placement=p0230,...')."""
+    return int(tag.split("_", 1)[0])
+
+
+def trial_tags(label: str, sweep_name: str, trial_id: str) -> dict[str, str]:
+    """The MLflow tags naming a trial's run."""
+    return {"nvan.kind": "trial", "nvan.label": label, "nvan.sweep": sweep_name, "nvan.trial_id": trial_id,
+            "nvan.ray_run": f"{sweep_name}-{trial_id}"}
+
+
+
+def record_infeasible(base: Config, candidate: Candidate, reason: str, tags: dict[str, str],
+                      parent_run_id: str) -> str:
+    """An MLflow trial run, nested and closed, recording a candidate rejected before training."""
+    client, experiment_id = connect(base.mlflow.tracking_uri, base.mlflow.experiment)
+    params = flatten(base) | {k: str(v) if isinstance(v, list) else v for k, v in candidate.overrides().items()}
+    params["input"] = f"{candidate.frames}x{base.data.height}x{base.data.width}"
+    run_id = start_run(client, experiment_id, tags["nvan.ray_run"], params, tags | {
+        "nvan.status": "infeasible", "nvan.reason": reason[:5000], "dataset": base.data.dataset,
+        "preset": base.model.preset, "protocol": base.eval.protocols[0],
+        "device": "cuda" if base.ray.use_gpu else "cpu"}, parent_run_id)
+    client.set_terminated(run_id, "FINISHED")
+    return run_id
+
+
+def trial_record_path(root: str, sweep_name: str, trial_id: str) -> str:
+    """The run record of one trial: on the storage every node shares (a folder or a URI)."""
+    return storage.join(root, sweep_name, "records", f"{trial_id}.json")
+
+
+def _read_trial_record(path: str) -> dict | None:
+    try:
+        return read_record(path)
+    except UserError:
+        return None
+
+
+def final_report(record: dict, metric: str, fields: dict[str, Any]) -> dict[str, Any]:
+    """What Tune is told for a trial whose run record is final (finished before Tune saved it so)."""
+    best = record["scores"].get(record["config"]["eval"]["protocols"][0], {})
+    return fields | {objective(metric): best.get(metric, math.nan), "epochs": record["epochs"],
+                     "best_epoch": record["best_epoch"], "mlflow_run_id": record["run"].get("mlflow_run_id")}
+
+
+def run_trial(params: dict[str, Any], base: dict[str, Any], sweep_name: str, parent_run_id: str) -> None:
+    """Tune trainable: train one candidate (or record it infeasible) as an MLflow run nested in the sweep's."""
+    config = Config.model_validate(base)
+    context = tune.get_context()
+    trial_id = context.get_trial_id()
+    # The trial folder is named '<trainable>_<trial id>_<experiment tag>'.
+    number = trial_number(Path(context.get_trial_dir()).name.split(f"{trial_id}_", 1)[1])
+    candidate = resolve(config, params)
+    label = f"t{number:03d} {candidate.label(list(params))}"
+    tags = trial_tags(label, sweep_name, trial_id)
+    ray_run = tags["nvan.ray_run"]
+    costs, reason = feasibility(config, candidate, label)
+    if reason is not None:
+        run_id = record_infeasible(config, candidate, reason, tags, parent_run_id)
+        # NaN objectives: Optuna records the point as failed, ASHA ignores it.
+        tune.report({objective(config.sweep.metric): math.nan, COST: math.nan, LATENCY: math.nan, "epochs": 0,
+                     "label": label,
+                     "status": "infeasible", "reason": reason, "mlflow_run_id": run_id})
+        return
+    # Train runs live in the sweep's folder; their names are unique per trial.
+    train_storage = storage.join(config.ray.storage_path, sweep_name, "train")
+    trial = override(config, candidate.overrides() | {"ray.storage_path": train_storage}, f"candidate {label}")
+    record_path = trial_record_path(config.ray.storage_path, sweep_name, trial_id)
+    record = _read_trial_record(record_path)
+    cost = None
+    if config.sweep.cost_objective == "latency":
+        # Timed before training, with this trial's worker resources; a resumed trial keeps its first figure.
+        directory = check_inputs(trial)
+        cost = (record or {}).get("cost") or run_cost(
+            trial, trial.spec(TrainClips(directory, trial.data.frames).num_classes), directory)
+    fields = costs | {"label": label, LATENCY: latency_ms(cost)}
+    if record is not None and record.get("status") == "finished":
+        # It finished before Tune saved it as such (an interrupt between the two): report, do not retrain.
+        tune.report(final_report(record, config.sweep.metric, fields))
+        return
+    # A trial restarted by Tuner.restore continues its Ray Train run (and MLflow run) from the checkpoint;
+    # one stopped before its Train run began starts over, without the empty MLflow run it left.
+    resume = ray_run if storage.is_dir(storage.join(trial.ray.storage_path, ray_run)) else None
+    if resume is None:
+        client, experiment_id = connect(trial.mlflow.tracking_uri, trial.mlflow.experiment)
+        if orphan := find_run(client, experiment_id, "nvan.ray_run", ray_run):
+            client.delete_run(orphan)
+    fit(trial, name=ray_run, resume=resume, parent_run_id=parent_run_id, tags=tags, progress=False,
+        tune_callbacks=[SweepReport(fields, config.sweep.metric, trial.eval.protocols[0])],
+        record_to=record_path, label=label, kind="trial", cost=cost)
+
+
+def latency_ms(cost: dict[str, Any] | None) -> float:
+    """Median latency (ms per clip) of a run's cost, NaN where it was not measured."""
+    latency = (cost or {}).get("latency") or {}
+    return 1e3 * latency["median_s"] if "median_s" in latency else math.nan
+
+
+def release_workers(placement_group: str) -> bool:
+    """Remove a Train run's worker placement group (hex id) unless already removed; True if removed."""
+    import ray
+    from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
+
+    group = PlacementGroup(ray.PlacementGroupID(bytes.fromhex(placement_group)))
+    if placement_group_table(group).get("state") in (None, "REMOVED"):
+        return False
+    remove_placement_group(group)
+    return True
+
+
+class TrialEnds(tune.Callback):
+    """One flushed console line per ended trial; frees the Train workers of trials stopped early.
+
+    Tune stops a trial by killing its driver, which leaves the Ray Train workers' placement
+    group reserved (ray#54305; Ray's own cleaner needs the dashboard's State API), so the
+    next trials would wait for CPUs forever.
+    """
+
+    def __init__(self, metric: str, epochs: int, cost: str = COST) -> None:
+        self.metric, self.epochs, self.cost = metric, epochs, cost
+
+    def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
+        r = trial.last_result or {}
+        if r.get("status") == "infeasible":
+            print(f"trial {r.get('label', trial.trial_id)} infeasible: {r.get('reason')}", flush=True)
+            return
+        if r.get("placement_group"):
+            release_workers(r["placement_group"])
+        outcome = "finished" if r.get("epochs", 0) >= self.epochs else "stopped early"
+        print(f"trial {r.get('label', trial.trial_id)} {outcome}: {self.metric} "
+              f"{100 * r.get(objective(self.metric), math.nan):.2f}% at {r.get(self.cost, math.nan):.3f} "
+              f"{'GMACs' if self.cost == COST else 'ms'} "
+              f"after {r.get('epochs', 0)} epoch(s)", flush=True)
+
+    def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
+        if (trial.last_result or {}).get("placement_group"):
+            release_workers(trial.last_result["placement_group"])
+        print(f"trial {trial.trial_id} failed: see {trial.local_path}", flush=True)
+
+
+
+def pareto(frame: pl.DataFrame, accuracy: str, cost: str = COST) -> pl.Series:
+    """Boolean flags of the rows not dominated on (max `accuracy`, min `cost`); rows with nulls/NaN are False.
+
+    Sort by cost; a row is on the front when it has the best accuracy of its cost and beats every
+    strictly cheaper row. Equal points do not dominate each other, so ties stay on the front.
+    """
+    valid = pl.col(accuracy).is_not_null() & pl.col(cost).is_not_null() & pl.col(accuracy).is_not_nan() \
+        & pl.col(cost).is_not_nan()
+    rows = frame.select(acc=pl.col(accuracy), cost=pl.col(cost), valid=valid).with_row_index("row")
+    points = rows.filter("valid")
+    by_cost = (points.group_by("cost").agg(best=pl.col("acc").max()).sort("cost")
+               .with_columns(cheaper=pl.col("best").cum_max().shift(1)))
+    beats_cheaper = pl.col("cheaper").is_null() | (pl.col("acc") > pl.col("cheaper"))
+    front = points.join(by_cost, on="cost").filter((pl.col("acc") == pl.col("best")) & beats_cheaper)["row"]
+    return rows["row"].is_in(front.implode()).alias("pareto")
+
+
+
+def trial_outcome(tune_status: str, record: dict | None, infeasible: bool) -> str:
+    """A trial's status in the sweep table, from Tune's state of the trial and its own run record.
+
+    The record says how far the trial trained; Tune says why it stopped. A trial whose record
+    says finished is finished, whatever Tune saved (an interrupt can fall between the two).
+    """
+    if infeasible:
+        return "infeasible"
+    if record is not None and (record.get("status") == "finished"
+                               or record["epochs"] >= record["config"]["train"]["epochs"]):
+        return "finished"  # every epoch trained, even if the run stopped before its bookkeeping
+    if tune_status == "ERROR":
+        return "failed"
+    if tune_status == "TERMINATED" and record is not None:
+        return "early-stopped"  # Tune ended it before its last epoch: ASHA
+    return "interrupted"
+
+
+MLFLOW_END = {"finished": "FINISHED", "early-stopped": "KILLED", "failed": "FAILED", "interrupted": "KILLED"}
+
+
+def close_trials(base: Config, trials: list, sweep_name: str, parent_run_id: str) -> tuple[pl.DataFrame, bool]:
+    """One row per Tune trial, built from the trials' run records; MLflow runs and records closed to match.
+
+    Returns the table and whether the sweep is complete (no trial left to run).
+    """
+    client, experiment_id = connect(base.mlflow.tracking_uri, base.mlflow.experiment)
+    metric, protocol = base.sweep.metric, base.eval.protocols[0]
+    _, manifest = prepared_dataset(base)
+    rows, complete = [], True
+    for trial in sorted(trials, key=lambda t: trial_number(t.experiment_tag)):
+        r = trial.last_result or {}
+        path = trial_record_path(base.ray.storage_path, sweep_name, trial.trial_id)
+        record = _read_trial_record(path)
+        candidate, number = resolve(base, trial.config), trial_number(trial.experiment_tag)
+        label = (record or {}).get("label") or r.get("label") or f"t{number:03d} {candidate.label(list(trial.config))}"
+        # Feasibility is decided here again, not read from Tune: an interrupt can end an infeasible
+        # trial before Tune saved its report.
+        costs, reason = feasibility(base, candidate, label)
+        status = trial_outcome(trial.status, record, reason is not None)
+        complete &= status != "interrupted"
+        run_id = (record or {}).get("run", {}).get("mlflow_run_id") or r.get("mlflow_run_id") or find_run(
+            client, experiment_id, "nvan.trial_id", trial.trial_id)
+        if reason is not None and not run_id:
+            run_id = record_infeasible(base, candidate, reason, trial_tags(label, sweep_name, trial.trial_id),
+                                       parent_run_id)
+        best = (record or {}).get("scores", {}).get(protocol, {})
+        cost = (record or {}).get("cost") or {}
+        if record is not None and record["status"] != status:
+            write_record(path, record | {"status": status})
+        if run_id and status in MLFLOW_END and client.get_run(run_id).data.tags.get("nvan.status") != status:
+            if status in ("early-stopped", "finished"):
+                log_metrics(client, run_id, {f"best.{k}": best[k] for k in FINAL_KEYS if k in best}
+                            | {"best.epoch": record["best_epoch"]}, step=max(record["epochs"] - 1, 0))
+            set_tags(client, run_id, {"nvan.status": status})
+            client.set_terminated(run_id, MLFLOW_END[status])
+        rows.append({
+            "trial": number, "trial_id": trial.trial_id, "label": label, "status": status, **candidate.columns(),
+            "map": best.get("map"), "rank1": best.get("rank1"), "best_epoch": (record or {}).get("best_epoch"),
+            "epochs": (record or {}).get("epochs", 0), COST: costs.get(COST), "gmacs_input": costs.get("gmacs_input"),
+            LATENCY: latency_ms(cost), "gmacs_per_tracklet": cost.get("gmacs_per_tracklet"),
+            "latency_device": (cost.get("latency") or {}).get("device"),
+            "seconds": r.get("time_total_s"), "mlflow_run_id": run_id, "reason": reason,
+            "dataset": base.data.dataset, "synthetic": bool(manifest.get("synthetic", False)),
+            "input": f"{candidate.frames}x{base.data.height}x{base.data.width}",
+            "git_commit": (record or {}).get("git_commit"),
+        })
+    frame = pl.DataFrame(rows, schema_overrides={
+        "map": pl.Float64, "rank1": pl.Float64, "best_epoch": pl.Int64, COST: pl.Float64, "gmacs_input": pl.Float64,
+        LATENCY: pl.Float64, "latency_device": pl.String, "gmacs_per_tracklet": pl.Float64,
+        "seconds": pl.Float64, "mlflow_run_id": pl.String, "reason": pl.String, "lr": pl.Float64,
+        "git_commit": pl.String})
+    frame = frame.with_columns(pl.col("map", "rank1", COST, "gmacs_input", LATENCY).fill_nan(None))
+    eligible = frame.with_columns(pl.when(pl.col("status").is_in(["finished", "early-stopped"]))
+                                  .then(pl.col(metric)).alias("_acc"))
+    frame = frame.with_columns(pareto(eligible, "_acc", cost_key(base.sweep)))
+    for row in frame.filter(pl.col("mlflow_run_id").is_not_null()).iter_rows(named=True):
+        set_tags(client, row["mlflow_run_id"], {"nvan.pareto": str(row["pareto"]).lower()})
+    return frame, complete
+
+
+# 130 as for a Ctrl-C'd command; 1 when trials failed (a bug or a broken node, not a user error).

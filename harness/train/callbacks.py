@@ -1,0 +1,79 @@
+"""What the Ray Train controller does after each epoch's report (MLflow, the live record), and the driver's progress."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from datasets.progress import Progress
+from harness.results.records import write_record
+from harness.results.tracking import log_metrics
+
+
+class MlflowEpochLogger:
+    """Logs each epoch's numeric metrics (rank 0's report) to one MLflow run, from the Ray controller.
+
+    Checkpoints are sparse (train.checkpoint_every), so workers restarted after a failure train
+    and report again the epochs since the last one: those are logged once, the first time.
+    """
+
+    def __init__(self, uri: str, run_id: str, logged_through: int = -1) -> None:
+        self.uri, self.run_id, self._client, self.logged_through = uri, run_id, None, logged_through
+
+    def after_report(self, run_context, metrics: list[dict[str, Any]], checkpoint) -> None:
+        from mlflow import MlflowClient
+
+        if metrics[0]["epoch"] <= self.logged_through:
+            return
+        self.logged_through = metrics[0]["epoch"]
+        self._client = self._client or MlflowClient(self.uri)
+        skip = ("epoch", "checkpoint_score", "best_value", "first_step_at")
+        numbers = {k: v for k, v in metrics[0].items() if k not in skip}
+        log_metrics(self._client, self.run_id, numbers, step=int(metrics[0]["epoch"]))
+
+
+class LiveRecord:
+    """Rewrites a run's record after every epoch, before MLflow or Tune hear of the epoch (runs in the controller).
+
+    Whatever stops the run, the record holds every epoch the others saw, so a sweep's table is
+    built from records alone.
+    """
+
+    def __init__(self, path: str, record: dict[str, Any]) -> None:
+        self.path, self.record = path, record
+
+    def after_report(self, run_context, metrics: list[dict[str, Any]], checkpoint) -> None:
+        first = metrics[0]
+        scores, cmc = first.get("best_scores") or {}, first.get("best_cmc") or {}
+        write_record(self.path, self.record | {
+            "status": "running", "scores": {p: s | {"cmc": cmc.get(p)} for p, s in scores.items()},
+            "best_epoch": first.get("best_epoch", -1), "epochs": first["epoch"] + 1})
+
+
+
+def controller_callback(cls, *args):
+    """An instance of `cls` as a Ray Train UserCallback, which runs in the Train controller."""
+    from ray.train import UserCallback
+
+    # Mixed in at call time so that importing this module does not import Ray.
+    return type(cls.__name__ + "Callback", (cls, UserCallback), {})(*args)
+
+
+def progress_bars(queue, done: threading.Event) -> None:
+    """Rank 0's steps as a bar per epoch on a terminal, else as log lines (datasets.progress.Progress)."""
+    progress, current = None, None
+    while not (done.is_set() and queue.empty()):
+        try:
+            epoch, step, steps, loss, clips = queue.get(timeout=0.5)
+        except Exception:  # ray.util.queue.Empty; the queue's exception types vary by version
+            continue
+        if epoch != current:
+            if progress:
+                progress.close()
+            progress, current = Progress(steps, f"epoch {epoch}", "steps"), epoch
+        progress.update(step - progress.done)
+        if progress.bar is not None:
+            progress.bar.set_postfix(loss=f"{loss:.3f}", clips_s=f"{clips:.1f}", refresh=True)
+    if progress:
+        progress.close()
+

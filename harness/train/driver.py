@@ -1,0 +1,341 @@
+"""The training job's driver: `fit` as a list of phases around a Ray Train TorchTrainer (DDP).
+
+plan the run (check inputs) -> measure its cost -> open its MLflow run -> train -> finish the record.
+Per-epoch metrics are logged by Ray Train callbacks in the controller (`harness.train.callbacks`),
+after every worker has reported and the checkpoint is persisted, so a restarted worker never logs
+an epoch twice. The workers run `harness.train.worker.run_worker`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import platform
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from harness import storage
+from harness.cli import USER_ERRORS, UserError
+from harness.config import Config, flatten
+from harness.prepared import prepared_dataset
+from harness.results.records import write_record
+from harness.results.tracking import connect, find_run, git_commit, log_metrics, set_tags, start_run, tracking_uri
+from harness.train.callbacks import LiveRecord, MlflowEpochLogger, controller_callback, progress_bars
+from harness.train.checkpoint import read_state
+from harness.train.result import FINAL_KEYS, TrainResult, record_base, train_record
+from harness.train.run_cost import cost_metrics, run_cost
+from harness.train.runs import check_run_name, log_missing_epochs, saved_epochs
+from harness.train.session import check_resources, numerics_env, worker_resources
+from models.spec import ModelSpec
+
+log = logging.getLogger("harness.train")
+
+
+class TrainingInterrupted(Exception):
+    """Ctrl-C during training: the MLflow run is closed as interrupted; the Ray run can be resumed."""
+
+    def __init__(self, ray_run: str) -> None:
+        super().__init__(ray_run)
+        self.ray_run = ray_run
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """A training run as decided before anything starts: what it trains, on which data, and where it lives."""
+
+    config: Config  # paths absolute: the workers do not run in the driver's working directory
+    given: dict[str, Any]  # the params as the user gave them, which records and MLflow keep
+    directory: Path  # the prepared dataset
+    manifest: dict[str, Any]
+    spec: ModelSpec
+    ray_run: str
+    run_dir: str  # <ray.storage_path>/<ray_run>: a folder or a URI
+    resume: bool
+    saved: dict[int, dict[str, Any]]  # the epochs a resumed run's checkpoints hold
+    record_to: Path | str | None
+    label: str
+    kind: str
+
+
+@dataclass(frozen=True)
+class Tracking:
+    """The run's MLflow run: the client, the store's URI, the run id, the last epoch it holds (-1: none), and
+    whether it is a resumed run's."""
+
+    client: Any
+    uri: str
+    run_id: str
+    logged_through: int
+    resumed: bool
+
+
+def fit(config: Config, name: str | None = None, resume: str | None = None, parent_run_id: str | None = None,
+        tags: dict[str, str] | None = None, progress: bool = True, fail_at_step: int | None = None,
+        tune_callbacks: list | None = None, record_to: Path | str | None = None, label: str | None = None,
+        kind: str = "train", cost: dict[str, Any] | None = None) -> TrainResult:
+    """Train `config` on the connected Ray cluster, tracked in MLflow; return the best result.
+
+    `resume` continues the Ray run of that name (and its MLflow run). `record_to` keeps a run
+    record there, rewritten every epoch (status running) and at the end (finished).
+    `cost` is the run's `run_cost`, when the caller measured it already (a sweep minimising latency).
+    `fail_at_step` injects one worker failure at that global step (tests of fault tolerance only).
+    """
+    plan = plan_run(config, name, resume, record_to, label, kind)
+    cost = cost if cost is not None else run_cost(plan.config, plan.spec, plan.directory)
+    tracking = open_tracking(plan, cost, parent_run_id, tags)
+    result = trained_already(plan, tracking, cost)
+    if result is None:
+        result = train(plan, tracking, cost, progress, fail_at_step, tune_callbacks)
+    return finish(plan, tracking, result)
+
+
+def absolute_paths(config: Config) -> Config:
+    """`config` with its data, storage and init paths made absolute (relative to this process's cwd; URIs kept)."""
+    init = config.train.imagenet_init
+    return config.model_copy(update={
+        "data": config.data.model_copy(update={"prepared_root": config.data.prepared_root.resolve()}),
+        "ray": config.ray.model_copy(update={"storage_path": storage.absolute(config.ray.storage_path)}),
+        "train": config.train.model_copy(update={"imagenet_init": init.resolve() if init else None}),
+    })
+
+
+def check_inputs(config: Config) -> Path:
+    """The prepared dataset folder, after checking it fits the config, the init weights exist and the
+    storage path is writable."""
+    directory, _ = prepared_dataset(config)
+    init = config.train.imagenet_init
+    if init is not None and not init.is_file():
+        raise UserError(f"train.imagenet_init {init} does not exist; give the path of a torchvision resnet50 "
+                        f"state dict, or null to train from scratch")
+    storage.check_writable(config.ray.storage_path)
+    return directory
+
+
+def plan_run(config: Config, name: str | None, resume: str | None, record_to: Path | str | None,
+             label: str | None, kind: str) -> RunPlan:
+    """Check the inputs and the cluster, name the run (or find the one to resume); nothing is written but its folder."""
+    from datasets.loaders import TrainClips
+
+    given = config.model_dump(mode="json")
+    config = absolute_paths(config)
+    directory = check_inputs(config)
+    check_resources(config)
+    root = config.ray.storage_path
+    if resume:
+        check_run_name(resume, "--resume")
+        if not storage.is_dir(storage.join(root, resume)):
+            raise UserError(f"--resume {resume}: no run {storage.join(root, resume)}; list the runs there or start "
+                            f"a new one")
+    else:
+        name = name or f"{config.model.preset}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        check_run_name(name, "--name")
+    ray_run = resume or name
+    run_dir = storage.join(root, ray_run)
+    storage.make_dirs(run_dir)
+    manifest = json.loads((directory / "manifest.json").read_text())
+    spec = config.spec(TrainClips(directory, config.data.frames).num_classes)
+    return RunPlan(config, given, directory, manifest, spec, ray_run, run_dir, bool(resume),
+                   saved_epochs(run_dir) if resume else {}, record_to, label or config.model.preset, kind)
+
+
+def open_tracking(plan: RunPlan, cost: dict[str, Any], parent_run_id: str | None,
+                  tags: dict[str, str] | None) -> Tracking:
+    """The run's MLflow run: the resumed one, with any checkpointed epoch it missed logged now, or a new one
+    holding the flattened params, the tags a report filters on, and the cost."""
+    config = plan.config
+    uri = tracking_uri(config.mlflow.tracking_uri)
+    client, experiment_id = connect(uri, config.mlflow.experiment)
+    run_id = find_run(client, experiment_id, "nvan.ray_run", plan.ray_run) if plan.resume else None
+    if run_id is not None:
+        return Tracking(client, uri, run_id, log_missing_epochs(client, run_id, plan.saved), True)
+    params = flatten(config) | {
+        "git_commit": git_commit(), "dataset.manifest_hash": plan.manifest.get("content_hash", "unknown"),
+        "input": config.data.input.label(),
+        **{f"spec.{k}": str(list(v)) if isinstance(v, tuple) else v for k, v in plan.spec.__dict__.items()},
+    }
+    run_tags = {"nvan.kind": "train", "nvan.label": config.model.preset, "nvan.ray_run": plan.ray_run,
+                "nvan.status": "running", "dataset": config.data.dataset, "preset": config.model.preset,
+                "protocol": config.eval.protocols[0], "device": "cuda" if config.ray.use_gpu else "cpu",
+                "dataset.synthetic": str(plan.manifest.get("synthetic", False)).lower(),
+                "cost.threads": str(config.ray.cpus_per_worker)} | (tags or {})
+    run_id = start_run(client, experiment_id, plan.ray_run, params, run_tags, parent_run_id)
+    log.info("MLflow run %s (experiment %s, %s)", run_id, config.mlflow.experiment, uri)
+    log_metrics(client, run_id, cost_metrics(cost))
+    if cost["latency"]:
+        set_tags(client, run_id, {"cost.device": cost["latency"]["device"], "cost.node": cost["latency"]["node"]})
+    return Tracking(client, uri, run_id, -1, False)
+
+
+def trained_already(plan: RunPlan, tracking: Tracking, cost: dict[str, Any]) -> TrainResult | None:
+    """The result of a resumed run whose every epoch is checkpointed (it stopped before its bookkeeping),
+    read from its last checkpoint; None when there is training left. UserError if it had finished."""
+    epochs = plan.config.train.epochs
+    if not (tracking.resumed and plan.saved and max(plan.saved) + 1 >= epochs):
+        return None
+    if tracking.client.get_run(tracking.run_id).data.tags.get("nvan.status") == "finished":
+        raise UserError(f"--resume {plan.ray_run}: the run already trained all {epochs} epochs and finished; "
+                        f"nothing to resume. Start a new run, or raise train.epochs to train it further")
+    last = plan.saved[max(plan.saved)]
+    folder = storage.join(plan.run_dir, last["folder"])
+    with tempfile.TemporaryDirectory() as local:
+        state = read_state(storage.download(folder, Path(local)))
+    best = state["best"]
+    return TrainResult(tracking.run_id, plan.ray_run, best["epoch"], best["scores"] or {}, best["cmc"] or {},
+                       state["epoch"] + 1, folder, last.get("clips_per_s", math.nan), math.nan, math.nan, cost,
+                       plan.spec, plan.manifest, last.get("cpu_capability"))
+
+
+def build_trainer(plan: RunPlan, tracking: Tracking, cost: dict[str, Any], queue, fail_at_step: int | None,
+                  tune_callbacks: list | None):
+    """The TorchTrainer of the run: its workers, resources, failure and checkpoint policy, and callbacks."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from harness.train.worker import run_worker
+
+    config = plan.config
+    # A local storage folder must be the same folder on every node: workers look for this file.
+    probe = None if storage.is_uri(config.ray.storage_path) else storage.join(plan.run_dir, ".driver-probe")
+    if probe:
+        storage.write_text(probe, f"written by the driver on {platform.node()}\n")
+    loop_config = {"config": config.model_dump(mode="json"), "progress": queue, "fail_at_step": fail_at_step,
+                   "mlflow_run_id": tracking.run_id, "manifest_hash": plan.manifest.get("content_hash"),
+                   "storage_probe": probe, "fail_marker": storage.join(plan.run_dir, ".injected-failure")}
+    # The record first, then MLflow, then Tune: each never ahead of the one before.
+    callbacks = [controller_callback(MlflowEpochLogger, tracking.uri, tracking.run_id, tracking.logged_through),
+                 *(tune_callbacks or [])]
+    if plan.record_to:
+        base = record_base(plan.given, plan.spec, plan.manifest, cost, plan.label, plan.kind)
+        run = {"run": {"mlflow_run_id": tracking.run_id, "ray_run": plan.ray_run}}
+        callbacks.insert(0, controller_callback(LiveRecord, str(plan.record_to), base | run))
+    return TorchTrainer(
+        run_worker, train_loop_config=loop_config,
+        scaling_config=ScalingConfig(num_workers=config.ray.num_workers, use_gpu=config.ray.use_gpu,
+                                     resources_per_worker=worker_resources(config)),
+        torch_config=TorchConfig(backend="nccl" if config.ray.use_gpu else "gloo"),
+        run_config=RunConfig(
+            name=plan.ray_run, storage_path=config.ray.storage_path,
+            failure_config=FailureConfig(max_failures=config.ray.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=config.train.keep_checkpoints,
+                                               checkpoint_score_attribute="checkpoint_score",
+                                               checkpoint_score_order="max"),
+            callbacks=callbacks, worker_runtime_env={"env_vars": numerics_env(config.train.cpu_isa)}))
+
+
+def train(plan: RunPlan, tracking: Tracking, cost: dict[str, Any], progress: bool, fail_at_step: int | None,
+          tune_callbacks: list | None) -> TrainResult:
+    """Run the Ray Train job to its last epoch and return its best result; the MLflow run is closed as
+    interrupted (TrainingInterrupted) on Ctrl-C and as failed on an error."""
+    from ray.util.queue import Queue
+
+    client, run_id = tracking.client, tracking.run_id
+    set_tags(client, run_id, {"nvan.status": "running"})
+    queue = Queue() if progress else None
+    trainer = build_trainer(plan, tracking, cost, queue, fail_at_step, tune_callbacks)
+    log.info("training %s on %d worker(s): run %s", plan.config.model.preset, plan.config.ray.num_workers,
+             plan.ray_run)
+    start, started_at = time.perf_counter(), time.time()
+    try:
+        outcome = run_watched(trainer.fit, queue)
+    except KeyboardInterrupt:
+        set_tags(client, run_id, {"nvan.status": "interrupted"})
+        client.set_terminated(run_id, "KILLED")
+        raise TrainingInterrupted(plan.ray_run) from None
+    if "error" in outcome:
+        set_tags(client, run_id, {"nvan.status": "failed"})
+        client.set_terminated(run_id, "FAILED")
+        causes = worker_causes(outcome["error"])
+        if causes and all(isinstance(c, (*USER_ERRORS, UserError)) for c in causes):
+            raise UserError(f"training run {plan.ray_run} failed: {causes[0]}") from None
+        raise outcome["error"]
+    result, root = outcome["result"], plan.config.ray.storage_path
+    metrics = result.metrics or {}
+    return TrainResult(run_id, plan.ray_run, metrics.get("best_epoch", -1), metrics.get("best_scores") or {},
+                       metrics.get("best_cmc") or {}, metrics.get("epoch", -1) + 1,
+                       # Where the user finds it: a local path, or a URI like ray.storage_path.
+                       storage.join(root, storage.relative(result.checkpoint.path, root))
+                       if result.checkpoint else None,
+                       metrics.get("clips_per_s", math.nan), time.perf_counter() - start,
+                       metrics.get("first_step_at", math.nan) - started_at, cost, plan.spec, plan.manifest,
+                       metrics.get("cpu_capability"))
+
+
+def run_watched(fit_trainer, queue) -> dict[str, Any]:
+    """Run `fit_trainer()` in a thread while the main thread shows progress and stays able to take Ctrl-C;
+    return {"result": ...} or {"error": ...}."""
+    done, outcome = threading.Event(), {}
+
+    def target() -> None:
+        try:
+            outcome["result"] = fit_trainer()
+        except BaseException as e:  # re-raised on the driver's main thread by the caller
+            outcome["error"] = e
+        finally:
+            done.set()
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    if queue is not None:
+        progress_bars(queue, done)
+    # Wake up now and then: Ctrl-C may reach one of Ray's threads, and Python handles it
+    # only when the main thread runs; a plain join() would sleep through it until the run ends.
+    while thread.is_alive():
+        thread.join(0.5)
+    return outcome
+
+
+def worker_causes(error: BaseException) -> list[BaseException]:
+    """The exceptions the training workers raised, unwrapped from Ray's error types."""
+    failures = getattr(error, "worker_failures", None) or {}
+    return [getattr(failure, "cause", None) or failure for failure in failures.values()]
+
+
+def finish(plan: RunPlan, tracking: Tracking, result: TrainResult) -> TrainResult:
+    """A trained run's bookkeeping: best scores and artifacts in MLflow, its final record, status finished."""
+    client, config = tracking.client, plan.config
+    primary = result.best_scores.get(config.eval.protocols[0], {})
+    extra = {} if math.isnan(result.startup_s) else {"startup_s": result.startup_s}
+    log_metrics(client, result.run_id, {f"best.{k}": primary[k] for k in FINAL_KEYS if k in primary}
+                | {"best.epoch": result.best_epoch} | extra, step=max(result.epochs - 1, 0))
+    log_artifacts(client, config, result)
+    if plan.record_to:
+        write_record(plan.record_to, train_record(Config.model_validate(plan.given), result, plan.label, plan.kind))
+    set_tags(client, result.run_id, {"nvan.status": "finished"})
+    client.set_terminated(result.run_id, "FINISHED")
+    return result
+
+
+def log_artifacts(client, config: Config, result: TrainResult) -> None:
+    """The run's resolved config, best scores and CMC plot in MLflow, and its checkpoint if train.log_checkpoint."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    cmc = result.best_cmc.get(config.eval.protocols[0])
+    with tempfile.TemporaryDirectory() as folder:
+        folder = Path(folder)
+        (folder / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+        (folder / "metrics.json").write_text(json.dumps(
+            {"best_epoch": result.best_epoch, "best": result.best_scores, "clips_per_s": result.clips_per_s,
+             "seconds": result.seconds}, indent=2))
+        if cmc:
+            fig = Figure(figsize=(5, 3.5), layout="tight")
+            FigureCanvasAgg(fig)
+            ax = fig.subplots()
+            ax.plot(range(1, len(cmc) + 1), [100 * c for c in cmc], marker=".")
+            ax.set(xlabel="rank", ylabel="matching rate (%)", ylim=(0, 100),
+                   title=f"CMC, {config.eval.protocols[0]}, best epoch {result.best_epoch}")
+            ax.grid(alpha=0.3)
+            fig.savefig(folder / "cmc.png", dpi=120)
+        for file in folder.iterdir():
+            client.log_artifact(result.run_id, str(file))
+    if result.checkpoint and config.train.log_checkpoint:
+        with tempfile.TemporaryDirectory() as local:
+            client.log_artifacts(result.run_id, str(storage.download(result.checkpoint, Path(local))), "checkpoint")

@@ -1,0 +1,73 @@
+"""What a finished training job leaves: its TrainResult, the run record built from it, the console summary."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from harness import storage
+from harness.config import Config
+from harness.results.records import run_record
+from harness.results.tracking import git_commit
+
+FINAL_KEYS = ("rank1", "rank5", "rank10", "rank20", "map", "minp")
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a finished training job leaves: its MLflow run, best epoch, scores and CMC, checkpoint, cost."""
+
+    run_id: str
+    ray_run: str
+    best_epoch: int
+    best_scores: dict[str, dict[str, float]]
+    best_cmc: dict[str, list[float]]
+    epochs: int
+    checkpoint: str | None
+    clips_per_s: float
+    seconds: float
+    startup_s: float
+    cost: dict[str, Any]
+    spec: Any  # ModelSpec
+    manifest: dict[str, Any]
+    cpu_capability: str | None = None  # the CPU kernels torch ran in the workers (e.g. AVX2)
+
+
+def record_base(config: dict, spec, manifest: dict, cost: dict, label: str | None, kind: str) -> dict:
+    """A run record before any epoch: what is trained and what it costs, no scores yet."""
+    return run_record(label=label or config["model"]["preset"], kind=kind, config=config, spec=spec,
+                      manifest=manifest, cost=cost, scores={}, cmc={}, best_epoch=-1, epochs=0,
+                      git_commit=git_commit(), run={}, status="running")
+
+
+def train_record(config: Config, result: TrainResult, label: str | None = None, kind: str = "train") -> dict:
+    """The run record of `result`, trained from `config` as given (its paths unresolved)."""
+    import torch
+
+    from harness.measure.cost import cpu_name
+
+    checkpoint = storage.relative(result.checkpoint, config.ray.storage_path) if result.checkpoint else None
+    run = {
+        "mlflow_run_id": result.run_id, "ray_run": result.ray_run, "checkpoint": checkpoint,
+        "checkpoint_under": "ray.storage_path", "seconds": result.seconds, "startup_s": result.startup_s,
+        "clips_per_s": result.clips_per_s, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "device": "cuda" if config.ray.use_gpu else "cpu", "workers": config.ray.num_workers,
+        "threads_per_worker": config.ray.cpus_per_worker, "cpu_capability": result.cpu_capability,
+        "driver_cpu": cpu_name(), "torch": torch.__version__,
+    }
+    return run_record(label=label or config.model.preset, kind=kind, config=config.model_dump(mode="json"),
+                      spec=result.spec, manifest=result.manifest, cost=result.cost, scores=result.best_scores,
+                      cmc=result.best_cmc, best_epoch=result.best_epoch, epochs=result.epochs,
+                      git_commit=git_commit(), run=run)
+
+
+def format_summary(result: TrainResult) -> str:
+    """The final table: best epoch and scores per protocol (percent), throughput and wall time."""
+    lines = [f"run {result.ray_run} (MLflow {result.run_id}): best epoch {result.best_epoch}, "
+             f"{result.clips_per_s:.1f} clips/s, {result.seconds:.0f} s ({result.startup_s:.0f} s to the first step)"]
+    lines.append(f"{'protocol':<14}" + "".join(f"{k:>8}" for k in FINAL_KEYS))
+    for protocol, scores in result.best_scores.items():
+        lines.append(f"{protocol:<14}" + "".join(f"{100 * scores.get(k, math.nan):8.2f}" for k in FINAL_KEYS))
+    return "\n".join(lines)

@@ -11,9 +11,12 @@ Everything is drawn from generators keyed by (seed, role, index): deterministic 
 from __future__ import annotations
 
 import argparse
+import functools
 import io
+import multiprocessing
 import logging
 import shutil
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +27,7 @@ from PIL import Image
 
 from datasets.atomic import atomic_directory
 from datasets.errors import DatasetError, run_cli
+from datasets.progress import Progress
 from datasets.tracklets import tracklet_table
 
 log = logging.getLogger(__name__)
@@ -179,12 +183,15 @@ class Plan:
 
 
 def _plan(identities: int, cameras: int, tracklets_per_id: int, min_frames: int, max_frames: int,
-          distractors: int, junk: int, seed: int, zero_pid_distractors: bool) -> list[Plan]:
-    """Tracklets of both splits: half the identities train, the rest test, each seen by >= 2 cameras."""
+          distractors: int, junk: int, seed: int, zero_pid_distractors: bool,
+          test_identities: int | None = None) -> list[Plan]:
+    """Tracklets of both splits: `test_identities` of the identities (default half) test, the rest train, each
+    seen by >= 2 cameras."""
     rng = np.random.default_rng([seed, 0])
     pids = np.sort(rng.choice(np.arange(1, 1501), identities + (0 if zero_pid_distractors else distractors),
                               replace=False))
-    train = set(rng.choice(identities, identities // 2, replace=False).tolist())
+    trained = identities // 2 if test_identities is None else identities - test_identities
+    train = set(rng.choice(identities, trained, replace=False).tolist())
     plans, counter = [], {}
 
     def add(split: str, pid: int, camera: int, look: int) -> None:
@@ -207,7 +214,13 @@ def _plan(identities: int, cameras: int, tracklets_per_id: int, min_frames: int,
 
 
 def _check(identities: int, cameras: int, tracklets_per_id: int, min_frames: int, max_frames: int,
-           height: int, width: int, distractors: int, junk: int) -> None:
+           height: int, width: int, distractors: int, junk: int, test_identities: int | None = None,
+           workers: int = 0) -> None:
+    if test_identities is not None and not 1 <= test_identities < identities:
+        raise DatasetError(f"--test-identities {test_identities}: the test split needs at least 1 of the {identities} "
+                           f"identities and training at least 1; give 1 to {identities - 1}, or leave it out for half.")
+    if workers < 0:
+        raise DatasetError(f"--workers {workers}: give 0 (render in this process) or more processes.")
     if identities < 2 or cameras < 2 or tracklets_per_id < 2:
         raise DatasetError(
             f"synthetic data needs >= 2 identities, >= 2 cameras and >= 2 tracklets per identity (queries need a "
@@ -221,19 +234,35 @@ def _check(identities: int, cameras: int, tracklets_per_id: int, min_frames: int
                            f"1500 identities + distractors; got {height}x{width}, {distractors}, {junk}, {identities}.")
 
 
-def _render_plan(plan: Plan, looks: dict[int, Look], cams: dict[int, Camera], height: int, width: int,
-                 seed: int, index: int) -> np.ndarray:
-    rng = np.random.default_rng([seed, 2, index])
-    if plan.look >= 0 and plan.look not in looks:
-        looks[plan.look] = random_look(np.random.default_rng([seed, 1, plan.look]))
-    camera = cams.setdefault(plan.camera, random_camera(np.random.default_rng([seed, 3, plan.camera])))
-    return render(looks.get(plan.look), camera, plan.frames, height, width, rng, junk=plan.look < 0)
+def _render_plan(plan: Plan, height: int, width: int, seed: int, index: int) -> np.ndarray:
+    """Tracklet `index`'s frames: every draw comes from a generator keyed by (seed, role, index), so a tracklet is
+    the same whichever process renders it and in whatever order."""
+    look = None if plan.look < 0 else random_look(np.random.default_rng([seed, 1, plan.look]))
+    camera = random_camera(np.random.default_rng([seed, 3, plan.camera]))
+    return render(look, camera, plan.frames, height, width, np.random.default_rng([seed, 2, index]), junk=plan.look < 0)
 
 
-def _save(frames: np.ndarray, paths: list[Path]) -> None:
+def _write_tracklet(job: tuple[Plan, int, list[Path]], height: int, width: int, seed: int) -> None:
+    """Render one tracklet (plan, index, frame paths) and save its frames as JPEGs."""
+    plan, index, paths = job
     paths[0].parent.mkdir(parents=True, exist_ok=True)
-    for frame, path in zip(frames, paths):
+    for frame, path in zip(_render_plan(plan, height, width, seed, index), paths):
         Image.fromarray(frame).save(path, quality=JPEG_QUALITY)
+
+
+def _write_all(jobs: list[tuple[Plan, int, list[Path]]], height: int, width: int, seed: int, workers: int) -> None:
+    """Render and save every tracklet, in this process or in `workers` processes (the same bytes either way)."""
+    write = functools.partial(_write_tracklet, height=height, width=width, seed=seed)
+    with Progress(len(jobs), "synthesize", "tracklets") as progress:
+        if workers == 0:
+            for job in jobs:
+                write(job)
+                progress.update(1)
+            return
+        # forkserver: workers do not inherit the parent's threads (polars) that plain fork can deadlock on.
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver")) as pool:
+            for _ in pool.map(write, jobs, chunksize=16):
+                progress.update(1)
 
 
 # Written into every synthetic dataset's root, so prepared data and its results stay marked synthetic.
@@ -247,10 +276,15 @@ def _mark(root: Path) -> None:
 
 def write_mars(out: Path, identities: int = 24, cameras: int = 6, tracklets_per_id: int = 4, min_frames: int = 8,
                max_frames: int = 24, height: int = 128, width: int = 64, distractors: int = 2, junk: int = 2,
-               seed: int = 0) -> pl.DataFrame:
-    """Write a MARS-layout dataset to `out` (atomically); return the tracklet table read_mars must produce."""
-    _check(identities, cameras, tracklets_per_id, min_frames, max_frames, height, width, distractors, junk)
-    plans = _plan(identities, cameras, tracklets_per_id, min_frames, max_frames, distractors, junk, seed, True)
+               seed: int = 0, test_identities: int | None = None, workers: int = 0) -> pl.DataFrame:
+    """Write a MARS-layout dataset to `out` (atomically); return the tracklet table read_mars must produce.
+
+    `test_identities` of the `identities` go to the test split (default half); `workers` processes render.
+    """
+    _check(identities, cameras, tracklets_per_id, min_frames, max_frames, height, width, distractors, junk,
+           test_identities, workers)
+    plans = _plan(identities, cameras, tracklets_per_id, min_frames, max_frames, distractors, junk, seed, True,
+                  test_identities)
     folder = {p.pid: "00-1" if p.pid == -1 else f"{p.pid:04d}" for p in plans}
     plans.sort(key=lambda p: (p.split, folder[p.pid], p.camera, p.number))
     test_pids = {p.pid for p in plans if p.split == "test" and p.pid > 0}
@@ -258,7 +292,7 @@ def write_mars(out: Path, identities: int = 24, cameras: int = 6, tracklets_per_
     for i, p in enumerate(plans):
         if p.pid in test_pids:
             first_in_camera.setdefault((p.pid, p.camera), i)
-    looks, cams, rows = {}, {}, []
+    jobs, rows = [], []
     with atomic_directory(out) as tmp:
         _mark(tmp)
         (tmp / "info").mkdir()
@@ -269,8 +303,7 @@ def write_mars(out: Path, identities: int = 24, cameras: int = 6, tracklets_per_
                     continue
                 stem = f"{folder[p.pid]}C{p.camera}T{p.number:04d}"
                 frame_names = [f"{stem}F{f:03d}.jpg" for f in range(1, p.frames + 1)]
-                _save(_render_plan(p, looks, cams, height, width, seed, i),
-                      [tmp / f"bbox_{split}" / folder[p.pid] / n for n in frame_names])
+                jobs.append((p, i, [tmp / f"bbox_{split}" / folder[p.pid] / n for n in frame_names]))
                 info.append([len(names) + 1, len(names) + p.frames, p.pid, p.camera])
                 names += frame_names
                 is_query = first_in_camera.get((p.pid, p.camera)) == i
@@ -281,6 +314,7 @@ def write_mars(out: Path, identities: int = 24, cameras: int = 6, tracklets_per_
             (tmp / "info" / f"{split}_name.txt").write_text("\n".join(names) + "\n")
             _save_mat(tmp / "info" / f"tracks_{split}_info.mat", f"track_{split}_info", np.array(info, dtype=np.float64))
         _save_mat(tmp / "info" / "query_IDX.mat", "query_IDX", np.array([queries], dtype=np.float64))
+        _write_all(jobs, height, width, seed, workers)
     return tracklet_table(*(list(c) for c in zip(*rows)))
 
 
@@ -297,17 +331,19 @@ def _save_mat(path: Path, name: str, array: np.ndarray) -> None:
 
 def write_duke(out: Path, identities: int = 24, cameras: int = 6, tracklets_per_id: int = 4, min_frames: int = 8,
                max_frames: int = 24, height: int = 128, width: int = 64, distractors: int = 2, seed: int = 0,
-               underscore_names: bool = False) -> pl.DataFrame:
+               underscore_names: bool = False, test_identities: int | None = None, workers: int = 0) -> pl.DataFrame:
     """Write a DukeV-layout dataset to `out` (atomically); return the tracklet table read_duke must produce.
 
     One query per test identity, copied from its first gallery tracklet; `distractors` extra
     identities appear only in the gallery (ordinary pids, as in DukeV).
     """
-    _check(identities, cameras, tracklets_per_id, min_frames, max_frames, height, width, distractors, 0)
-    plans = _plan(identities, cameras, tracklets_per_id, min_frames, max_frames, distractors, 0, seed, False)
+    _check(identities, cameras, tracklets_per_id, min_frames, max_frames, height, width, distractors, 0,
+           test_identities, workers)
+    plans = _plan(identities, cameras, tracklets_per_id, min_frames, max_frames, distractors, 0, seed, False,
+                  test_identities)
     plans.sort(key=lambda p: (p.split == "test", p.pid, p.camera, p.number))
     query_pids = {p.pid for p in plans if p.split == "test" and p.look < identities}
-    looks, cams, rows, numbers, queried = {}, {}, [], {}, set()
+    jobs, rows, numbers, queried = [], [], {}, set()
     rng = np.random.default_rng([seed, 4])
     with atomic_directory(out) as tmp:
         _mark(tmp)
@@ -319,21 +355,26 @@ def write_duke(out: Path, identities: int = 24, cameras: int = 6, tracklets_per_
             names = [f"{p.pid:04d}{sep}C{p.camera}{sep}F{f:04d}{sep}X{start + f:05d}.jpg"
                      for f in range(1, p.frames + 1)]
             folder = "train" if p.split == "train" else "gallery"
-            _save(_render_plan(p, looks, cams, height, width, seed, i), [tmp / folder / key / n for n in names])
+            jobs.append((p, i, [tmp / folder / key / n for n in names]))
             is_query = p.pid in query_pids and p.pid not in queried
             if is_query:
                 queried.add(p.pid)
-                shutil.copytree(tmp / folder / key, tmp / "query" / key)
             rows.append((p.split, p.pid, p.camera, key, is_query, [f"{folder}/{key}/{n}" for n in names]))
+        _write_all(jobs, height, width, seed, workers)
+        for split, _, _, key, is_query, _ in rows:
+            if is_query:
+                shutil.copytree(tmp / "gallery" / key, tmp / "query" / key)
     return tracklet_table(*(list(c) for c in zip(*rows)))
 
 
 def main(argv: list[str] | None = None) -> int:
     """CLI: write one synthetic dataset; DatasetError exits with code 2."""
-    parser = argparse.ArgumentParser(description="Write a synthetic video re-ID dataset in the MARS or DukeV layout.")
+    parser = argparse.ArgumentParser(prog="python -m datasets.synthetic",
+                                     description="Write a synthetic video re-ID dataset in the MARS or DukeV layout.")
     parser.add_argument("--format", required=True, choices=["mars", "duke"])
     parser.add_argument("--out", required=True, type=Path, help="dataset root to create (replaced if present)")
-    parser.add_argument("--identities", type=int, default=24, help="identities; half train, half test")
+    parser.add_argument("--identities", type=int, default=24, help="identities of both splits")
+    parser.add_argument("--test-identities", type=int, help="identities of the test split (default: half)")
     parser.add_argument("--cameras", type=int, default=6)
     parser.add_argument("--tracklets-per-id", type=int, default=4)
     parser.add_argument("--min-frames", type=int, default=8, help="frames per tracklet, lower bound")
@@ -345,10 +386,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--junk", type=int, default=2, help="MARS only: pid -1 junk tracklets")
     parser.add_argument("--underscore-names", action="store_true", help="Duke only: 0001_C6_F0099_X30823.jpg names")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=0, help="rendering processes; 0 renders in this process "
+                                                               "(the same bytes either way)")
     a = parser.parse_args(argv)
     common = dict(identities=a.identities, cameras=a.cameras, tracklets_per_id=a.tracklets_per_id,
                   min_frames=a.min_frames, max_frames=a.max_frames, height=a.height, width=a.width,
-                  distractors=a.distractors, seed=a.seed)
+                  distractors=a.distractors, seed=a.seed, test_identities=a.test_identities, workers=a.workers)
     if a.format == "mars":
         table = write_mars(a.out, junk=a.junk, **common)
     else:

@@ -63,6 +63,7 @@ class SyntheticParams(Section):
 
     format: Literal["mars", "duke"]
     identities: int = Field(100, ge=2)
+    test_identities: int | None = Field(None, ge=1, description="identities of the test split; null: half")
     cameras: int = Field(6, ge=2)
     tracklets_per_id: int = Field(6, ge=2)
     min_frames: int = Field(8, ge=1)
@@ -77,7 +78,7 @@ class SyntheticParams(Section):
 class DataConfig(Section):
     dataset: str = "mars"
     sources: dict[str, SourceParams] = {}
-    prepare_workers: int = Field(0, ge=0, description="decoding processes for prepare; 0 = in process")
+    prepare_workers: int = Field(0, ge=0, description="processes of the synthesize and prepare stages; 0 = in process")
     store: Literal["raw", "jpeg"] = Field(
         "raw", description="frame store prepare writes: raw pixels (fastest from page cache) or JPEG bytes "
                            "(about 10x smaller, decoded in loader workers; for NFS or nodes with little RAM)")
@@ -207,6 +208,8 @@ class EvalConfig(Section):
     batch_size: int = Field(8, ge=1, description="clips per inference forward: one per tracklet; dense packs the "
                                                  "clips of several tracklets")
     compile: bool = Field(False, description="torch.compile the BN-folded inference model at each evaluation")
+    bootstrap_resamples: int = Field(2000, ge=1000, description="resamples of the query bootstrap behind each run "
+                                                                "record's 95 % intervals")
 
 
 class RayConfig(Section):
@@ -253,6 +256,8 @@ class ReportConfig(Section):
     cost_axis: Literal["gmacs", "gmacs_tracklet", "latency"] = Field(
         "gmacs", description="x axis: GMACs per clip, GMACs per test tracklet under eval.sampler, or latency "
                              "(ms per clip) measured on each run's training device (one row of panels per device)")
+    bootstrap_resamples: int = Field(2000, ge=1000, description="replicates of the seeds x queries bootstrap behind "
+                                                                "every interval, comparison and P(front) of a report")
 
 
 # Temporal-pool choices of a sweep as scalar keys (Optuna wants scalar categories).
@@ -341,6 +346,8 @@ class SweepConfig(Section):
         "gmacs", description="minimise GMACs per clip, or the latency (ms per clip) each trial measures with its "
                              "own worker resources (needs cost.measure)")
     num_samples: int = Field(8, ge=1, description="trials; grid: repeats of the whole grid")
+    seeds: int = Field(1, ge=1, description="training seeds per candidate (seed, seed + 1, ...); the objectives are "
+                                            "the means over them")
     max_concurrent: int = Field(2, ge=1)
     scheduler: Literal["asha", "fifo"] = "asha"
     grace_period: int = Field(1, ge=1, description="epochs before ASHA may stop a trial")
@@ -352,6 +359,8 @@ class SweepConfig(Section):
 
 class Config(Section):
     seed: int = 0
+    seeds: list[Annotated[int, Field(ge=0)]] = Field(
+        [0], min_length=1, description="the seeds `harness.train --all-seeds` (and so dvc repro) trains each preset with")
     synthetic: dict[str, SyntheticParams] = {}
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
@@ -368,6 +377,13 @@ class Config(Section):
         """The ModelSpec of `preset` (default model.preset): preset, then presets.<name>, then model.*."""
         model = self.model if preset is None else self.model.model_copy(update={"preset": preset})
         return model.spec(num_classes, self.presets.get(model.preset))
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, values: list[int]) -> list[int]:
+        if len(set(values)) != len(values):
+            raise ValueError(f"{values}: each seed once (a repeated seed trains the same run twice)")
+        return values
 
     @model_validator(mode="after")
     def _model_fits_input(self) -> Config:

@@ -74,26 +74,36 @@ def make_dirs(location: str | Path) -> None:
     fs.create_dir(path, recursive=True)
 
 
-def read_text(location: str | Path) -> str:
-    """The UTF-8 text of the file at `location`; FileNotFoundError if there is none."""
+def read_bytes(location: str | Path) -> bytes:
+    """The bytes of the file at `location`; FileNotFoundError if there is none."""
     fs, path = resolve(location)
     if fs.get_file_info(path).type != pafs.FileType.File:
         raise FileNotFoundError(location)
     with fs.open_input_stream(path) as f:
-        return f.read().decode("utf-8")
+        return f.read()
 
 
-def write_text(location: str | Path, text: str) -> None:
-    """Write `text` to `location` whole: renamed into place locally; one object PUT on an object store."""
+def read_text(location: str | Path) -> str:
+    """The UTF-8 text of the file at `location`; FileNotFoundError if there is none."""
+    return read_bytes(location).decode("utf-8")
+
+
+def write_bytes(location: str | Path, data: bytes) -> None:
+    """Write `data` to `location` whole: renamed into place locally; one object PUT on an object store."""
     if not is_uri(location):
         with atomic_path(location) as tmp:
-            tmp.write_text(text, encoding="utf-8")
+            tmp.write_bytes(data)
         return
     fs, path = resolve(location)
     fs.create_dir(posixpath.dirname(path), recursive=True)
     # An object becomes visible only when its upload completes, so readers never see half of it.
     with fs.open_output_stream(path) as f:
-        f.write(text.encode("utf-8"))
+        f.write(data)
+
+
+def write_text(location: str | Path, text: str) -> None:
+    """Write `text` to `location` whole (UTF-8), as `write_bytes`."""
+    write_bytes(location, text.encode("utf-8"))
 
 
 def list_dirs(location: str | Path) -> list[str]:

@@ -56,8 +56,8 @@ def strings(value) -> list[str]:
     return [value] if isinstance(value, str) else []
 
 
-# The committed record whose forced rerun must reproduce it, where this machine can.
-RECORD = ROOT / "reports" / "runs" / "baseline.json"
+# A committed record of the preset whose forced rerun must reproduce it, where this machine can.
+RECORD = ROOT / "reports" / "runs" / "baseline" / "seed0.json"
 
 
 def _kernels() -> str:

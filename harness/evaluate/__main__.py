@@ -13,6 +13,8 @@ from harness.cli import UserError, config_parser, load_from_args, run
 from harness.config import Config
 from harness.evaluate.features import extract_features, load_features, save_features, score_features
 from harness.evaluate.metrics import Scores
+from harness.evaluate.queries import scores_table, write_queries
+from harness.evaluate.statistics import query_interval, query_values
 from harness.io import check_writable, write_json_atomic
 from harness.prepared import prepared_dataset
 from harness.train.checkpoint import load_model
@@ -21,12 +23,16 @@ from models.checkpoints import load_official_checkpoint
 log = logging.getLogger("harness.evaluate")
 
 
-def format_scores(scores: dict[str, Scores]) -> str:
-    """A table of rank-1/5/10/20, mAP and mINP in percent, one row per protocol."""
+def format_scores(scores: dict[str, Scores], intervals: dict[str, dict[str, list[float]]] | None = None) -> str:
+    """A table of rank-1/5/10/20, mAP and mINP in percent, one row per protocol, then each protocol's 95 % query
+    intervals of rank-1 and mAP when given."""
     lines = [f"{'protocol':<14}{'R1':>7}{'R5':>7}{'R10':>7}{'R20':>7}{'mAP':>7}{'mINP':>7}{'queries':>9}"]
     for name, s in scores.items():
         values = (s.rank1, s.rank5, s.rank10, s.rank20, s.map, s.minp)
         lines.append(f"{name:<14}" + "".join(f"{100 * v:7.2f}" for v in values) + f"{s.num_queries:9d}")
+    for name, found in (intervals or {}).items():
+        lines.append(f"{name}: 95 % interval over queries: rank-1 [{100 * found['rank1'][0]:.1f}, "
+                     f"{100 * found['rank1'][1]:.1f}], mAP [{100 * found['map'][0]:.1f}, {100 * found['map'][1]:.1f}]")
     return "\n".join(lines)
 
 
@@ -50,13 +56,15 @@ def main(argv: list[str] | None = None) -> int:
     source.add_argument("--features", type=Path, help="re-score features saved with --save-features")
     parser.add_argument("--preset", choices=["baseline", "nvan", "ste_nvan"], help="the preset the weights must be")
     parser.add_argument("--save-features", type=Path, help="write features.npy + index.parquet here")
-    parser.add_argument("--out", type=Path, help="write the scores as JSON here")
+    parser.add_argument("--out", type=Path, help="write the scores, with their 95 %% query intervals, as JSON here")
+    parser.add_argument("--queries", type=Path, help="write the per-query outcomes (parquet) every score is a mean of")
     args = parser.parse_args(argv)
     if args.preset:  # before validation: the config's checks (stripes at the input) concern this preset
         args.overrides.append(f"model.preset={args.preset}")
     config = load_from_args(args)
-    if args.out:
-        check_writable(args.out)
+    for target in (args.out, args.queries):
+        if target:
+            check_writable(target)
     if args.save_features:
         for name in ("features.npy", "index.parquet"):
             check_writable(args.save_features / name)
@@ -75,9 +83,14 @@ def main(argv: list[str] | None = None) -> int:
             save_features(args.save_features, features, rows)
             log.info("saved features to %s", args.save_features)
     scores = score_features(features, rows, protocols, metric)
-    print(format_scores(scores))
+    intervals = {name: query_interval(query_values(s.outcomes), config.eval.bootstrap_resamples)
+                 for name, s in scores.items()}
+    print(format_scores(scores, intervals))
+    if args.queries:
+        write_queries(args.queries, scores_table(scores, rows))
     if args.out:
-        write_json_atomic(args.out, {name: s.as_dict() | {"cmc": s.cmc.tolist()} for name, s in scores.items()})
+        write_json_atomic(args.out, {name: s.as_dict() | {"cmc": s.cmc.tolist(), "ci95": intervals[name]}
+                                     for name, s in scores.items()})
     return 0
 
 

@@ -28,6 +28,7 @@ would.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -51,6 +52,26 @@ class MetricsError(ValueError):
 
 
 @dataclass(frozen=True, eq=False)
+class QueryOutcomes:
+    """What every score of one protocol is a mean of, per query in query order (arrays of the query count).
+
+    Ranks are 1-based after junk removal; a query without a good match has first_rank = last_rank = 0,
+    matches = 0 and ap = NaN, and counts in no score. rank-k = mean of (first_rank <= k), mAP = mean of
+    ap, mINP = mean of matches / last_rank, each over the queries with a match.
+    """
+
+    first_rank: np.ndarray  # int64: rank of the first good match
+    last_rank: np.ndarray  # int64: rank of the last (hardest) good match
+    matches: np.ndarray  # int64: good matches in the gallery
+    ap: np.ndarray  # float64: average precision under the protocol's rule
+
+    @property
+    def valid(self) -> np.ndarray:
+        """Bool per query: it has a good match, so it counts in the scores."""
+        return self.matches > 0
+
+
+@dataclass(frozen=True, eq=False)
 class Scores:
     """Scores of one protocol; rates are fractions in [0, 1], averaged over num_queries valid queries."""
 
@@ -63,11 +84,36 @@ class Scores:
     map: float
     minp: float
     num_queries: int
+    outcomes: QueryOutcomes  # per query: what the scores are means of
 
     def as_dict(self) -> dict[str, float]:
         """Plain floats for MLflow and JSON: rank1/5/10/20, map, minp (fractions) and num_queries."""
         names = ("rank1", "rank5", "rank10", "rank20", "map", "minp", "num_queries")
         return {name: float(getattr(self, name)) for name in names}
+
+
+def exact_mean(values: np.ndarray) -> float:
+    """The mean of float64 `values` from their correctly rounded sum (math.fsum): the same in any order."""
+    return math.fsum(values.tolist()) / len(values)
+
+
+def scores_from_outcomes(protocol: str, outcomes: QueryOutcomes, max_rank: int = 50) -> Scores:
+    """CMC, rank-k, mAP and mINP as plain means of the per-query outcomes over the queries with a match."""
+    valid = outcomes.valid
+    n = int(valid.sum())
+    if n == 0:
+        raise MetricsError(
+            "No query has a good match (same pid, other camera) in the gallery, so CMC and mAP are undefined. "
+            "Check that query and gallery pids and cameras come from the same test set.")
+    first = outcomes.first_rank[valid]
+    cmc = np.cumsum(np.bincount(np.minimum(first, max_rank + 1) - 1, minlength=max_rank + 1)[:max_rank]) / n
+    cmc.setflags(write=False)
+    return Scores(
+        protocol=protocol, cmc=cmc, **{f"rank{r}": float(cmc[r - 1]) for r in REPORTED_RANKS},
+        map=exact_mean(outcomes.ap[valid]),
+        minp=exact_mean(outcomes.matches[valid] / outcomes.last_rank[valid]),
+        num_queries=n, outcomes=outcomes,
+    )
 
 
 def distance_matrix(
@@ -187,7 +233,6 @@ def _score(
             "a junk tracklet has no identity to match. Queries must be labelled identities: "
             "drop those rows from the queries."
         )
-    device = query_pids.device
     if not len(gallery_pids):
         raise MetricsError(
             f"The gallery is empty once pid {JUNK_PID} (junk) is dropped; there is nothing to "
@@ -195,40 +240,23 @@ def _score(
         )
     blocks = _identity_blocks(gallery_pids)
     chunk_size = chunk_size or max(1, CHUNK_ELEMENTS // len(gallery_pids))
-    first_hits = torch.zeros(max_rank + 1, dtype=torch.int64, device=device)
-    ap_sum = torch.zeros((), dtype=torch.float64, device=device)
-    inp_sum = torch.zeros((), dtype=torch.float64, device=device)
-    valid = 0
+    parts = []
     with torch.no_grad():
         for start in range(0, len(query_pids), chunk_size):
             stop = min(start + chunk_size, len(query_pids))
             ranks, num_good = _good_ranks(
                 rows(start, stop), query_pids[start:stop], query_cams[start:stop], gallery_cams, blocks
             )
-            ranks, num_good = ranks[num_good > 0], num_good[num_good > 0]
-            if not len(num_good):
-                continue
-            valid += len(num_good)
-            ap_sum += _average_precision(ranks, num_good, protocol).sum()
-            hardest = ranks.gather(1, (num_good - 1).unsqueeze(1)).squeeze(1)
-            inp_sum += (num_good.double() / hardest.double()).sum()
-            first_hits += torch.bincount((ranks[:, 0] - 1).clamp(max=max_rank), minlength=max_rank + 1)
-    if valid == 0:
-        raise MetricsError(
-            f"No query has a good match (same pid, other camera) among the {len(gallery_pids)} "
-            f"gallery items with a pid other than {JUNK_PID}, so CMC and mAP are undefined. "
-            "Check that query and gallery pids and cameras come from the same test set."
-        )
-    cmc = (first_hits[:max_rank].cumsum(0).double() / valid).cpu().numpy()
-    cmc.setflags(write=False)
-    return Scores(
-        protocol=protocol,
-        cmc=cmc,
-        **{f"rank{r}": float(cmc[r - 1]) for r in REPORTED_RANKS},
-        map=float(ap_sum) / valid,
-        minp=float(inp_sum) / valid,
-        num_queries=valid,
-    )
+            some = num_good > 0
+            last = ranks.gather(1, (num_good - 1).clamp(min=0).unsqueeze(1)).squeeze(1)
+            ap = torch.full(num_good.shape, math.nan, dtype=torch.float64, device=num_good.device)
+            if some.any():
+                ap[some] = _average_precision(ranks[some], num_good[some], protocol)
+            parts.append([torch.where(some, ranks[:, 0], 0), torch.where(some, last, 0), num_good, ap])
+    first, last, matches, ap = (torch.cat(column).cpu().numpy() for column in zip(*parts))
+    outcomes = QueryOutcomes(first.astype(np.int64), last.astype(np.int64), matches.astype(np.int64),
+                             ap.astype(np.float64))
+    return scores_from_outcomes(protocol, outcomes, max_rank)
 
 
 def _identity_blocks(gallery_pids: torch.Tensor) -> tuple[torch.Tensor, ...]:

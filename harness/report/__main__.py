@@ -9,26 +9,34 @@ import polars as pl
 from harness.cli import UserError, config_parser, load_from_args, run
 from harness.report.build import build_report
 from harness.report.runs import AXES
-from harness.report.tables import fmt, latency_text
+from harness.report.tables import decided_text, fmt, latency_text, plus_minus
 from harness.results.tracking import tracking_uri
 
 
-def format_summary(points: pl.DataFrame) -> str:
-    """The console summary: per dataset group, each run's accuracy, cost and training time."""
+def format_summary(points: pl.DataFrame, comparisons: list[dict] = ()) -> str:
+    """The console summary: per dataset group, each point's accuracy with its 95 % interval, cost and training time,
+    then which paired comparisons the data decides."""
     lines = []
     for group in points["group"].unique(maintain_order=True):
         rows = points.filter(pl.col("group") == group)
-        lines += [f"{group}: rank-1 / mAP (%) at the best checkpoint, GMACs per clip and per test tracklet, "
-                  f"latency (ms per clip), training time",
-                  f"  {'run':<28}{'rank-1':>8}{'mAP':>8}{'GMACs':>10}{'GMACs/trk':>11}{'latency ms':>16}"
-                  f"{'trained s':>11}"]
+        lines += [f"{group}: rank-1 / mAP (%), mean over seeds ± half its 95 % interval (seeds and queries), "
+                  f"std over seeds, P(on the Pareto front); GMACs per clip, latency (ms per clip), training time",
+                  f"  {'point':<24}{'seeds':>6}{'rank-1':>14}{'std':>6}{'P':>6}{'mAP':>14}{'std':>6}{'P':>6}"
+                  f"{'GMACs':>9}{'latency ms':>14}{'trained s':>11}"]
         for r in rows.iter_rows(named=True):
-            lines.append(f"  {r['label'][:27]:<28}{fmt(r['rank1_pct'], '8.1f')}{fmt(r['map_pct'], '8.1f')}"
-                         f"{fmt(r['gmacs'], '10.4g')}{fmt(r['gmacs_tracklet'], '11.4g')}{latency_text(r):>16}"
-                         f"{fmt(r['train_s'], '11.0f')}")
+            lines.append(f"  {r['label'][:23]:<24}{r['seeds']:>6}{plus_minus(r, 'rank1'):>14}"
+                         f"{fmt(r['rank1_std_pct'], '6.1f')}{fmt(r['p_front_rank1'], '6.2f')}"
+                         f"{plus_minus(r, 'map'):>14}{fmt(r['map_std_pct'], '6.1f')}{fmt(r['p_front_map'], '6.2f')}"
+                         f"{fmt(r['gmacs'], '9.4g')}{latency_text(r):>14}{fmt(r['train_s'], '11.0f')}")
+        pairs = [c for c in comparisons if c["group"] == group]
+        decided = [decided_text(c, key, name) for c in pairs for key, name in (("rank1", "rank-1"), ("map", "mAP"))
+                   if c[key]["decided"]]
+        if pairs:
+            lines.append("  decided (95 % paired interval excludes 0): " + ("; ".join(decided) if decided else "none")
+                         + f"; {2 * len(pairs) - len(decided)} of {2 * len(pairs)} comparisons not decided")
         total = rows["train_s"].drop_nulls().sum()
         if total:
-            lines.append(f"  training took {total:.0f} s in all ({total / 60:.1f} min)")
+            lines.append(f"  training took {total:.0f} s in all ({total / 60:.1f} min), seeds summed")
     return "\n".join(lines)
 
 
@@ -36,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     """python -m harness.report: read run records (or an MLflow experiment) and write the reports."""
     parser = config_parser("harness.report", "Benchmark reports: Pareto plots (PNG, offline HTML), tables and DVC metrics.")
     parser.add_argument("--runs", type=Path, action="append", default=[], metavar="FILE",
-                        help="a run record written by `harness.train --out` (repeatable)")
+                        help="a run record written by `harness.train --out`, or a folder of them (--all-seeds; "
+                             "repeatable); its per-query outcomes (.queries.parquet) beside it give the intervals")
     parser.add_argument("--sweep", type=Path, action="append", default=[], metavar="FILE",
                         help="a sweep's results.parquet (repeatable)")
     parser.add_argument("--from-mlflow", action="store_true",
@@ -56,11 +65,11 @@ def main(argv: list[str] | None = None) -> int:
                         "or --from-mlflow for an MLflow experiment, not both")
     mlflow = (tracking_uri(cfg.mlflow.tracking_uri), args.experiment or cfg.mlflow.experiment) if args.from_mlflow \
         else None
-    _, points = build_report(args.out_dir or cfg.report.out_dir, records=args.runs, sweeps=args.sweep, mlflow=mlflow,
+    _, points, comparisons = build_report(args.out_dir or cfg.report.out_dir, records=args.runs, sweeps=args.sweep, mlflow=mlflow,
                              dataset=args.dataset or cfg.report.dataset, latest_per_label=cfg.report.latest_per_label,
                              published=cfg.report.published, cost_files=args.cost,
-                             axis=args.cost_axis or cfg.report.cost_axis)
-    print(format_summary(points))
+                             axis=args.cost_axis or cfg.report.cost_axis, resamples=cfg.report.bootstrap_resamples)
+    print(format_summary(points, comparisons))
     return 0
 
 

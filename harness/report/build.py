@@ -24,8 +24,10 @@ from harness.cli import UserError
 from harness.io import atomic_path, check_writable, write_json_atomic
 from harness.measure.cost import UNITS as COST_UNITS
 from harness.report.plot import draw, svg_with_tooltips
-from harness.report.runs import (METRICS, collect_runs, load_costs, no_runs_message, plot_points, published_points,
-                                 select_runs)
+from harness.evaluate.statistics import DEFAULT_RESAMPLES
+from harness.report.points import with_uncertainty
+from harness.report.runs import (INTERVAL_METRICS, METRICS, collect_runs, load_costs, no_runs_message,
+                                 published_points, select_runs)
 from harness.report.tables import html_page, markdown, metrics
 
 log = logging.getLogger("harness.report")
@@ -33,20 +35,22 @@ log = logging.getLogger("harness.report")
 
 
 def write_report(points: pl.DataFrame, published: pl.DataFrame | None, out_dir: Path, source: str,
-                 costs: list[dict] | None = None, axis: str = "gmacs") -> list[Path]:
+                 costs: list[dict] | None = None, axis: str = "gmacs", comparisons: list[dict] = ()) -> list[Path]:
     """Write pareto.png/.html, benchmark.md, metrics.json, pareto.csv (and cost.json) atomically; return them."""
     fig, tips = draw(points, published, axis)
     paths = [out_dir / n for n in ("pareto.png", "pareto.html", "benchmark.md", "metrics.json", "pareto.csv")]
     with atomic_path(paths[0]) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     with atomic_path(paths[1]) as tmp:
-        tmp.write_text(html_page(svg_with_tooltips(fig, tips), points, published, source, costs, axis))
+        tmp.write_text(html_page(svg_with_tooltips(fig, tips), points, published, source, costs, axis, comparisons))
     with atomic_path(paths[2]) as tmp:
-        tmp.write_text(markdown(points, published, source, costs, axis))
-    write_json_atomic(paths[3], metrics(points))
+        tmp.write_text(markdown(points, published, source, costs, axis, comparisons))
+    write_json_atomic(paths[3], metrics(points, comparisons))
     with atomic_path(paths[4]) as tmp:
-        columns = ("group", "dataset", "synthetic", "label", "kind", "status", "input", "gmacs", "gmacs_tracklet",
-                   "latency_ms", "latency_device", *(f"{m}_pct" for m in METRICS), "pareto_rank1", "pareto_map", "run_id")
+        columns = ("group", "dataset", "synthetic", "label", "kind", "status", "seeds", "input", "gmacs",
+                   "gmacs_tracklet", "latency_ms", "latency_device", *(f"{m}_pct" for m in METRICS),
+                   *(f"{m}_{s}_pct" for m in INTERVAL_METRICS for s in ("lo", "hi", "std")),
+                   "pareto_rank1", "pareto_map", "p_front_rank1", "p_front_map", "run_id")
         points.select(columns).write_csv(tmp, float_precision=4)
     if costs:
         paths.append(out_dir / "cost.json")
@@ -57,10 +61,11 @@ def write_report(points: pl.DataFrame, published: pl.DataFrame | None, out_dir: 
 
 def build_report(out_dir: Path, *, records: list[Path] = (), sweeps: list[Path] = (),
                  mlflow: tuple[str, str] | None = None, dataset: str | None = None, latest_per_label: bool = True,
-                 published: bool = True, cost_files: list[Path] | None = None,
-                 axis: str = "gmacs") -> tuple[list[Path], pl.DataFrame]:
+                 published: bool = True, cost_files: list[Path] | None = None, axis: str = "gmacs",
+                 resamples: int = DEFAULT_RESAMPLES) -> tuple[list[Path], pl.DataFrame, list[dict]]:
     """Write every report into `out_dir` from run records and sweep tables (or an MLflow experiment), accuracy
-    against the cost `axis` (report.cost_axis); return the files written and the plotted points."""
+    against the cost `axis` (report.cost_axis), intervals from `resamples` bootstrap replicates; return the files
+    written, the plotted points and the paired comparisons."""
     for name in ("pareto.png", "pareto.html", "benchmark.md", "metrics.json", "pareto.csv", "cost.json"):
         check_writable(out_dir / name)
     costs = load_costs(cost_files or [])
@@ -73,10 +78,10 @@ def build_report(out_dir: Path, *, records: list[Path] = (), sweeps: list[Path] 
             raise UserError(no_runs_message(*mlflow, dataset, why))
         raise UserError(f"nothing to report: {source} hold no run{f' of dataset {dataset!r}' if dataset else ''} "
                         f"({why}); pass --runs FILE for each run record, or --dataset NAME")
-    points = plot_points(runs)
+    points, comparisons = with_uncertainty(runs, resamples)
     # The paper's numbers have GMACs per clip from our cost model, and no latency on any device of ours.
     refs = published_points() if published and axis == "gmacs" and (points["dataset"] == "mars").any() else None
-    paths = write_report(points, refs, out_dir, source, costs, axis)
-    log.info("%d runs in %d dataset group(s) -> %s", len(points), points["group"].n_unique(),
+    paths = write_report(points, refs, out_dir, source, costs, axis, comparisons)
+    log.info("%d runs as %d points in %d dataset group(s) -> %s", len(runs), len(points), points["group"].n_unique(),
              ", ".join(str(p) for p in paths))
-    return paths, points
+    return paths, points, comparisons

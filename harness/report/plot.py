@@ -16,7 +16,8 @@ from matplotlib.figure import Figure
 from matplotlib.transforms import Bbox
 
 from harness.report.runs import AXIS_NAMES, HOVER_PARAMS, MAX_LABELS, METRICS, PANELS, PAPER_WIDTH
-from harness.report.tables import fmt, latency_text
+from harness.report.points import SURE
+from harness.report.tables import fmt, interval_text, latency_text
 
 
 def axis_label(runs: pl.DataFrame, axis: str) -> str:
@@ -55,6 +56,10 @@ def hover_text(run: dict) -> str:
         f"latency {latency_text(run)} ms per clip (range {fmt(run['latency_min_ms'], '.1f')}-"
         f"{fmt(run['latency_max_ms'], '.1f')} ms) on {run['latency_device'] or '–'}",
         "best (%): " + " ".join(f"{m}={fmt(run[f'{m}_pct'], '.1f')}" for m in METRICS),
+        f"{run['seeds']} seed(s); 95 % interval (seeds x queries): rank-1 {interval_text(run, 'rank1')}, "
+        f"mAP {interval_text(run, 'map')}; std over seeds: rank-1 {fmt(run['rank1_std_pct'], '.1f')}, "
+        f"mAP {fmt(run['map_std_pct'], '.1f')}",
+        f"P(on the Pareto front): rank-1 {fmt(run['p_front_rank1'], '.2f')}, mAP {fmt(run['p_front_map'], '.2f')}",
         f"git {run['git_commit']}",
     ])
 
@@ -115,6 +120,17 @@ _STYLE = {
     "train": {"marker": "o", "s": 60, "color": "tab:blue", "label": "training run (preset)"},
     "trial": {"marker": "o", "s": 24, "color": "tab:gray", "alpha": 0.8, "label": "sweep trial"},
 }
+
+
+def _style(kind: str, p_front: float | None) -> dict:
+    """A point's marker: filled when it is on the Pareto front in at least SURE of the bootstrap replicates,
+    hollow when it is not (or has no replicates), so a reader sees at once which points the data puts on it."""
+    style = dict(_STYLE[kind]) | {"label": f"{_STYLE[kind]['label']}, P(on the front) >= {SURE:.2f}"}
+    if p_front is not None and p_front >= SURE:
+        return style
+    colour = style.pop("color")
+    return style | {"facecolors": "white", "edgecolors": colour, "linewidths": 1.5,
+                    "label": f"{_STYLE[kind]['label']}, P(on the front) < {SURE:.2f} (hollow)"}
 _PUBLISHED_LABEL = "published, real MARS (paper's accuracy; our GMACs at 8x256x128, ResNet-50)"
 
 
@@ -125,16 +141,27 @@ def _references_for(runs: pl.DataFrame, published: pl.DataFrame | None) -> pl.Da
 
 def _panel(ax: Axes, runs: pl.DataFrame, refs: pl.DataFrame | None, acc: str, name: str,
            gid: str, tips: dict[str, str], axis: str = "gmacs") -> list[tuple[float, float, str]]:
-    """Draw one panel's points, front and references; return the (x, y, text) labels to place."""
+    """Draw one panel's points with their 95 % intervals, the front and the references; return the (x, y, text)
+    labels to place."""
     measured = runs.drop_nulls(["cost", acc])
     inputs = runs["input"].drop_nulls().unique().sort().to_list()
     for i, run in enumerate(measured.iter_rows(named=True)):
-        ax.scatter(run["cost"], run[f"{acc}_pct"], gid=f"{gid}-{i}", zorder=3, **_STYLE[run["kind"]])
+        x, y = run["cost"], run[f"{acc}_pct"]
+        low, high = run[f"{acc}_lo_pct"], run[f"{acc}_hi_pct"]
+        yerr = None if low is None else [[y - low], [high - y]]
+        # On the latency axis, the timed range (min-max) too: a timing is a sample as well.
+        xerr = ([[x - run["latency_min_ms"]], [run["latency_max_ms"] - x]]
+                if axis == "latency" and run["latency_min_ms"] is not None else None)
+        if yerr or xerr:
+            ax.errorbar(x, y, yerr=yerr, xerr=xerr, fmt="none", ecolor=_STYLE[run["kind"]]["color"], elinewidth=1,
+                        capsize=3, alpha=0.7, zorder=2.5)
+        ax.scatter(x, y, gid=f"{gid}-{i}", zorder=3, **_style(run["kind"], run[f"p_front_{acc}"]))
         tips[f"{gid}-{i}"] = hover_text(run)
     front = measured.filter(pl.col(f"pareto_{acc}")).sort("cost")
-    # Ringed points keep a one-run front visible; the step shows the best accuracy reachable per cost.
+    # Ringed points keep a one-run front visible; the step joins the point estimates on the front, but a
+    # point is only sure to be on it when its P(on the front) over the bootstrap replicates is >= SURE.
     ax.step(front["cost"], front[f"{acc}_pct"], where="post", color="tab:red", lw=1.5, zorder=2, marker="o",
-            markersize=11, markerfacecolor="none", label="Pareto front (max accuracy, min cost)")
+            markersize=11, markerfacecolor="none", label="Pareto front of the point estimates")
     labels = []
     if refs is not None:
         for i, ref in enumerate(refs.iter_rows(named=True)):
@@ -147,7 +174,10 @@ def _panel(ax: Axes, runs: pl.DataFrame, refs: pl.DataFrame | None, acc: str, na
     shown = measured if len(measured) <= MAX_LABELS else measured.filter(
         pl.col(f"pareto_{acc}") | (pl.col("kind") == "train"))
     suffix = pl.lit("") if len(inputs) <= 1 else " @" + pl.col("input").fill_null("?")
-    labels += shown.select("cost", f"{acc}_pct", pl.col("label") + suffix).rows()
+    odds = pl.when(pl.col(f"p_front_{acc}").is_not_null()).then(
+        pl.format(" (P front {})", (pl.col(f"p_front_{acc}") * 100).round(0).cast(pl.Int64).cast(pl.String) + "%")
+    ).otherwise(pl.lit(""))
+    labels += shown.select("cost", f"{acc}_pct", pl.col("label") + suffix + odds).rows()
     if measured.is_empty() and refs is None:
         ax.text(0.5, 0.5, "no run with both this cost and accuracy yet", transform=ax.transAxes, ha="center")
     else:
@@ -157,7 +187,7 @@ def _panel(ax: Axes, runs: pl.DataFrame, refs: pl.DataFrame | None, acc: str, na
     ax.set_xlabel(axis_label(runs, axis))
     ax.set_ylabel(name)
     stars = " (stars: paper, real MARS)" if refs is not None else ""
-    ax.set_title(f"{runs['group'][0]}: {name.split()[0]} vs cost{stars}")
+    ax.set_title(f"{runs['group'][0]}: {name.split()[0]} vs cost, 95 % intervals{stars}")
     ax.grid(True, which="both", alpha=0.3)
     return labels
 
@@ -168,7 +198,7 @@ def draw(points: pl.DataFrame, published: pl.DataFrame | None, axis: str = "gmac
     fig = Figure(figsize=(14, 5.5 * len(groups)), layout="constrained")
     FigureCanvasAgg(fig)  # no pyplot: no global figure state, no backend switch
     axes = fig.subplots(len(groups), 2, squeeze=False)
-    fig.suptitle(f"Accuracy at the best checkpoint vs {AXIS_NAMES[axis]}"
+    fig.suptitle(f"Accuracy (mean over seeds, 95 % interval over seeds and queries) vs {AXIS_NAMES[axis]}"
                  + (" (GMACs = 1e9 multiply-accumulates)" if axis != "latency" else ""))
     tips: dict[str, str] = {}
     pending = []

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import calendar
 import functools
+import hashlib
 import json
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +17,7 @@ from mlflow.exceptions import MlflowException
 
 from harness.cli import UserError
 from harness.config import PAPER_INPUT
+from harness.evaluate.queries import queries_path
 from harness.measure.cost import macs_on_meta
 from harness.results.records import read_record
 from harness.results.tracking import check_reachable
@@ -54,12 +55,25 @@ AXIS_NAMES = {"gmacs": "GMACs per clip", "gmacs_tracklet": "GMACs per test track
               "latency": "latency (ms per clip)"}
 MAX_LABELS = 30  # per panel; beyond it only Pareto and preset runs are labelled (the HTML hovers all)
 
+# With a 95 % interval, seed spread and P(on the Pareto front) in reports: the panels' scores and mINP.
+INTERVAL_METRICS = ("rank1", "map", "minp")
 _TEXT = ("run_id", "parent_run_id", "label", "kind", "status", "dataset", "preset", "protocol",
-         "device", "input", "git_commit", "eval_sampler", "latency_device")
+         "device", "input", "git_commit", "eval_sampler", "latency_device",
+         "queries",  # the run's per-query outcomes (a file or URI), null where none were kept
+         "config_key")  # runs that differ only in their seed share it: one point of a report
 _FLOAT = ("params_m", "gmacs", "gmacs_paper", "gmacs_tracklet", "clips_per_tracklet", "latency_ms", "latency_min_ms",
-          "latency_max_ms", "train_s", *METRICS)
+          "latency_max_ms", "train_s", *METRICS,
+          # Already aggregated over seeds by a sweep (its trials' rows); computed from the queries otherwise.
+          *(f"{m}_{s}" for m in INTERVAL_METRICS for s in ("lo", "hi", "std")), *(f"p_front_{a}" for a, _ in PANELS))
 SCHEMA = {**dict.fromkeys(_TEXT, pl.String), "synthetic": pl.Boolean, "latency_noisy": pl.Boolean,
-          "start_time": pl.Int64, **dict.fromkeys(_FLOAT, pl.Float64), **dict.fromkeys(HOVER_PARAMS, pl.String)}
+          "start_time": pl.Int64, "seed": pl.Int64, "seeds": pl.Int64, **dict.fromkeys(_FLOAT, pl.Float64),
+          **dict.fromkeys(HOVER_PARAMS, pl.String)}
+
+
+def config_key(config: dict) -> str:
+    """A short hash of a run's deciding params without its seed: the runs of one configuration share it."""
+    kept = {k: v for k, v in config.items() if k != "seed"}
+    return hashlib.blake2b(json.dumps(kept, sort_keys=True).encode(), digest_size=8).hexdigest()
 
 
 def open_experiment(uri: str, experiment: str) -> tuple[MlflowClient, str]:
@@ -103,6 +117,10 @@ def _row(r) -> dict:
         "latency_device": tags.get("cost.device"), "eval_sampler": params.get("eval.sampler"),
         "gmacs_tracklet": metrics.get("cost.gmacs_per_tracklet"), "clips_per_tracklet": metrics.get("cost.clips_per_tracklet"),
         "train_s": None if r.info.end_time is None else (r.info.end_time - r.info.start_time) / 1e3,
+        "seed": int(params["seed"]) if params.get("seed", "").isdigit() else None, "seeds": 1,
+        # Without its seed a run cannot be told from a rerun: it is a point of its own.
+        "config_key": config_key({k: v for k, v in params.items() if k not in ("git_commit", "mlflow.tracking_uri")})
+        if params.get("seed", "").isdigit() else r.info.run_id,
         **{m: metrics.get(f"best.{m}") for m in METRICS},
         **{p: params.get(p) for p in HOVER_PARAMS},
     }
@@ -113,8 +131,8 @@ def _param_text(value) -> str | None:
     return None if value is None else str(list(value) if isinstance(value, tuple) else value)
 
 
-def _record_row(record: dict) -> dict:
-    """One SCHEMA row from a run record (harness/records.py)."""
+def _record_row(record: dict, queries: str | None) -> dict:
+    """One SCHEMA row from a run record (harness/results/records.py) whose per-query outcomes are at `queries`."""
     config, cost, run = record["config"], record["cost"], record["run"]
     latency = cost.get("latency") or {}
     primary = config["eval"]["protocols"][0]
@@ -139,17 +157,40 @@ def _record_row(record: dict) -> dict:
         "latency_ms": ms("median_s"), "latency_min_ms": ms("min_s"), "latency_max_ms": ms("max_s"),
         "latency_noisy": latency.get("noisy"), "latency_device": latency.get("device"), "train_s": run.get("seconds"),
         "eval_sampler": cost.get("eval_sampler"), "gmacs_tracklet": cost.get("gmacs_per_tracklet"),
-        "clips_per_tracklet": cost.get("clips_per_tracklet"),
+        "clips_per_tracklet": cost.get("clips_per_tracklet"), "seed": config.get("seed"), "seeds": 1,
+        "queries": queries, "config_key": config_key(config),
         **{m: best.get(m) for m in METRICS}, **hover,
     }
 
 
+def record_files(paths: list[Path]) -> list[Path]:
+    """The run records named: files as given, and every record (*.json) in a folder given, in name order."""
+    files = []
+    for path in paths:
+        if path.is_dir():
+            found = sorted(path.glob("*.json"))
+            if not found:
+                raise UserError(f"{path} holds no run record (*.json); give a record file or a folder written by "
+                                f"`python -m harness.train --all-seeds --out {path}`")
+            files += found
+        else:
+            files.append(path)
+    return files
+
+
 def load_records(paths: list[Path]) -> pl.DataFrame:
-    """One row per run record file, in the order given."""
-    return pl.DataFrame([_record_row(read_record(p)) for p in paths], schema=SCHEMA)
+    """One row per run record (files, or folders of them), in the order given, with its per-query outcomes' file."""
+    rows = []
+    for path in record_files(paths):
+        queries = queries_path(path)
+        rows.append(_record_row(read_record(path), queries if Path(queries).is_file() else None))
+    return pl.DataFrame(rows, schema=SCHEMA)
 
 
 SWEEP_COLUMNS = ("label", "status", "map", "rank1", "gmacs_input", "dataset", "synthetic", "input")
+# A sweep's table holds each candidate aggregated over its seeds already (harness.sweep.trials).
+SWEEP_AGGREGATES = ("seeds", "minp", *(f"{m}_{s}" for m in INTERVAL_METRICS for s in ("lo", "hi", "std")),
+                    *(f"p_front_{a}" for a, _ in PANELS))
 
 
 def load_sweeps(paths: list[Path]) -> pl.DataFrame:
@@ -176,6 +217,8 @@ def load_sweeps(paths: list[Path]) -> pl.DataFrame:
                for ours, theirs in (("latency_ms", "latency_ms"), ("latency_device", "latency_device"),
                                     ("gmacs_tracklet", "gmacs_per_tracklet"))},
             git_commit=pl.col("git_commit") if "git_commit" in table.columns else pl.lit(None, pl.String),
+            config_key=pl.lit(path.parent.name) + "/" + pl.col("label"),
+            **{c: pl.col(c) if c in table.columns else pl.lit(None, SCHEMA[c]) for c in SWEEP_AGGREGATES},
         ))
     if not frames:
         return pl.DataFrame(schema=SCHEMA)
@@ -204,31 +247,17 @@ def select_runs(runs: pl.DataFrame, dataset: str | None, latest_per_label: bool,
     group = group.fill_null("unknown dataset")
     if axis == "latency":
         group = group + " on " + pl.col("latency_device").fill_null("an unknown device")
-    runs = runs.with_columns(group=group, cost=pl.col(AXES[axis]))
+    runs = runs.with_columns(group=group, cost=pl.col(AXES[axis]),
+                             config_key=pl.col("config_key").fill_null(pl.col("run_id")).fill_null(pl.col("label")))
+    # A rerun of a known seed of a configuration replaces the earlier one.
+    known = pl.col("seed").is_not_null()
+    runs = pl.concat([runs.filter(known).sort("start_time").unique(["group", "label", "config_key", "seed"],
+                                                                   keep="last", maintain_order=True),
+                      runs.filter(~known)])
     if latest_per_label:
-        runs = runs.sort("start_time").unique(["group", "label"], keep="last", maintain_order=True)
-    return runs.sort(["group", "cost", "label"], nulls_last=True)
-
-
-def with_front(runs: pl.DataFrame, acc: str) -> pl.DataFrame:
-    """Add bool column `pareto_<acc>`: on the front of max `acc`, min `cost` within its group."""
-    # The front is found on distinct (cost, accuracy) pairs and joined back, so runs that tie exactly
-    # (neither dominates the other) are all on it, not only the first one sorted.
-    front = (runs.drop_nulls(["cost", acc]).select("group", "cost", acc).unique()
-             .sort(["group", "cost", acc], descending=[False, False, True])
-             .filter(pl.col(acc) > pl.col(acc).cum_max().shift(1).over("group").fill_null(-math.inf))
-             .with_columns(pl.lit(True).alias(f"pareto_{acc}")))
-    return (runs.join(front, on=["group", "cost", acc], how="left", maintain_order="left")
-            .with_columns(pl.col(f"pareto_{acc}").fill_null(False)))
-
-
-def plot_points(runs: pl.DataFrame) -> pl.DataFrame:
-    """The runs with Pareto flags for rank-1 and mAP, accuracy also in percent (`<metric>_pct`)."""
-    for acc, _ in PANELS:
-        runs = with_front(runs, acc)
-    return runs.with_columns((pl.col(m) * 100).alias(f"{m}_pct") for m in METRICS)
-
-
+        newest = runs.sort("start_time").unique(["group", "label"], keep="last").select("group", "label", "config_key")
+        runs = runs.join(newest, on=["group", "label", "config_key"], how="semi", maintain_order="left")
+    return runs.sort(["group", "cost", "label", "seed"], nulls_last=True)
 
 
 @functools.cache

@@ -8,7 +8,7 @@ import math
 import polars as pl
 
 from harness.config import PAPER_INPUT
-from harness.report.runs import AXIS_NAMES, METRICS, PANELS
+from harness.report.runs import AXIS_NAMES, PANELS
 
 
 def fmt(value, spec: str) -> str:
@@ -21,8 +21,10 @@ def latency_text(run: dict) -> str:
 
 
 
-COLUMNS = ("Pareto", "run", "dataset", "kind", "status", "input", "params (M)", "GMACs", "GMACs/tracklet",
-           "test sampler", "latency (ms)", "latency on", "rank-1", "rank-5", "rank-10", "rank-20", "mAP", "mINP", "MLflow run", "git commit")
+COLUMNS = ("Pareto", "point", "dataset", "kind", "seeds", "input", "params (M)", "GMACs", "GMACs/tracklet",
+           "test sampler", "latency (ms)", "latency on", "rank-1 [95 % interval]", "± seeds", "P(front) rank-1",
+           "mAP [95 % interval]", "± seeds", "P(front) mAP", "mINP", "rank-5", "rank-10", "rank-20", "MLflow run",
+           "git commit")
 
 
 def _short_commit(commit: str | None) -> str:
@@ -30,29 +32,78 @@ def _short_commit(commit: str | None) -> str:
     return commit[:12] + ("-dirty" if commit.endswith("-dirty") else "")
 
 
+def interval_text(point: dict, metric: str) -> str:
+    """'26.0 [22.9, 29.2]': the point's mean (percent) and its 95 % interval, or the mean alone without one."""
+    mean, low, high = point[f"{metric}_pct"], point[f"{metric}_lo_pct"], point[f"{metric}_hi_pct"]
+    return fmt(mean, ".1f") + ("" if low is None else f" [{low:.1f}, {high:.1f}]")
+
+
+def plus_minus(point: dict, metric: str) -> str:
+    """'26.0 ± 3.1': the mean and half the width of its 95 % interval (percent), or the mean alone without one."""
+    mean, low, high = point[f"{metric}_pct"], point[f"{metric}_lo_pct"], point[f"{metric}_hi_pct"]
+    return fmt(mean, ".1f") + ("" if low is None else f" ± {(high - low) / 2:.1f}")
+
+
 def table_rows(points: pl.DataFrame) -> list[list[str]]:
-    """One row of COLUMNS per run, accuracy in percent, Pareto membership spelled out."""
+    """One row of COLUMNS per point (a configuration over its seeds), accuracy in percent."""
     rows = []
     for r in points.iter_rows(named=True):
         front = ", ".join(n.split()[0] for acc, n in PANELS if r[f"pareto_{acc}"])
-        rows.append([f"★ {front}" if front else "", r["label"], r["group"], r["kind"], r["status"],
+        rows.append([f"★ {front}" if front else "", r["label"], r["group"], r["kind"], str(r["seeds"]),
                      r["input"] or "–", fmt(r["params_m"], ".2f"), fmt(r["gmacs"], ".3g"),
                      fmt(r["gmacs_tracklet"], ".3g"), r["eval_sampler"] or "–", latency_text(r),
-                     r["latency_device"] or "–", *(fmt(r[f"{m}_pct"], ".1f") for m in METRICS),
-                     r["run_id"], _short_commit(r["git_commit"])])
+                     r["latency_device"] or "–",
+                     interval_text(r, "rank1"), fmt(r["rank1_std_pct"], ".1f"), fmt(r["p_front_rank1"], ".2f"),
+                     interval_text(r, "map"), fmt(r["map_std_pct"], ".1f"), fmt(r["p_front_map"], ".2f"),
+                     *(fmt(r[f"{m}_pct"], ".1f") for m in ("minp", "rank5", "rank10", "rank20")),
+                     r["run_id"] or "–", _short_commit(r["git_commit"])])
     return rows
 
 
+COMPARISON_HEAD = ["A", "B", "rank-1 A − B [95 % interval]", "P(A > B) / tie / P(B > A)", "mAP A − B [95 % interval]",
+                   "P(A > B) / tie / P(B > A)", "decided"]
+
+
+def comparison_rows(comparisons: list[dict]) -> list[list[str]]:
+    """One row per paired comparison: differences in points of percent, their paired intervals and odds."""
+    def cells(c: dict) -> list[str]:
+        return [f"{100 * c['diff']:+.1f} [{100 * c['lo']:+.1f}, {100 * c['hi']:+.1f}]",
+                f"{c['p_a']:.2f} / {c['p_tie']:.2f} / {c['p_b']:.2f}"]
+
+    rows = []
+    for c in comparisons:
+        decided = [name for name, key in (("rank-1", "rank1"), ("mAP", "map")) if c[key]["decided"]]
+        rows.append([c["a"], c["b"], *cells(c["rank1"]), *cells(c["map"]),
+                     ", ".join(decided) if decided else "not decided"])
+    return rows
+
+
+def decided_text(c: dict, key: str, name: str) -> str:
+    """'nvan beats baseline on mAP by 2.1 points [0.4, 3.8]', for a decided comparison."""
+    found = c[key]
+    winner, loser, sign = (c["a"], c["b"], 1) if found["diff"] > 0 else (c["b"], c["a"], -1)
+    return (f"{winner} beats {loser} on {name} by {100 * sign * found['diff']:.1f} points "
+            f"[{100 * min(sign * found['lo'], sign * found['hi']):.1f}, {100 * max(sign * found['lo'], sign * found['hi']):.1f}]")
+
+
 def intro(axis: str) -> str:
-    """The paragraph above the tables: units, where latency comes from, what the Pareto front minimises."""
-    return ("Accuracy (percent) at each run's best checkpoint on its primary protocol; GMACs = 1e9 "
-            "multiply-accumulates (not FLOPs) per clip at the run's input, T x H x W; GMACs/tracklet: per test "
-            "tracklet, mean over the test set, under the run's test sampler (dense runs ceil(F / T) clips of a "
-            "tracklet of F frames, the others one); latency: median ms per batch of 1 clip of the BN-folded "
-            "model that evaluation runs, timed with one training worker's resources on the device in 'latency "
-            "on', marked noisy when its range exceeds 25 % of the median or other work used more than a quarter "
-            f"of a core meanwhile. ★ marks runs on the Pareto front (max accuracy, min {AXIS_NAMES[axis]}) of "
-            f"their {'dataset and device' if axis == 'latency' else 'dataset'}.")
+    """The paragraph above the tables: what a point is, its interval, units, where latency comes from, the front."""
+    return ("A point is one configuration: its accuracy (percent, best checkpoint, primary protocol) is the mean over "
+            "its seeds, with the 95 % interval of a two-way bootstrap that resamples both the seeds and the queries "
+            "(± seeds: the sample std over seeds). P(front): the share of bootstrap replicates in which no other "
+            "point dominates it; ★ marks the front of the point estimates, which only P(front) >= 0.95 makes sure. "
+            "GMACs = 1e9 multiply-accumulates (not FLOPs) per clip at the run's input, T x H x W; GMACs/tracklet: "
+            "per test tracklet, mean over the test set, under the run's test sampler (dense runs ceil(F / T) clips "
+            "of a tracklet of F frames, the others one); latency: median ms per batch of 1 clip of the BN-folded "
+            "model that evaluation runs, timed with one training worker's resources on the device in 'latency on', "
+            "marked noisy when its range exceeds 25 % of the median or other work used more than a quarter of a core "
+            f"meanwhile. The front is max accuracy, min {AXIS_NAMES[axis]}, within each "
+            f"{'dataset and device' if axis == 'latency' else 'dataset'}.")
+
+
+_COMPARISON_INTRO = ("Every two trained points of a dataset, paired: the same query draw (and seed draw, where their "
+                     "seeds are the same) for both, so what the two share cancels. A difference is decided when its "
+                     "95 % interval excludes 0; otherwise the data does not rank them.")
 
 
 def _published_rows(published: pl.DataFrame) -> list[list[str]]:
@@ -88,8 +139,9 @@ _COST_INTRO = ("Every preset at the paper's input and width and as this benchmar
 
 
 def markdown(points: pl.DataFrame, published: pl.DataFrame | None, source: str,
-             costs: list[dict] | None = None, axis: str = "gmacs") -> str:
-    """benchmark.md: an intro, one table per dataset group, the cost table and the paper's numbers."""
+             costs: list[dict] | None = None, axis: str = "gmacs", comparisons: list[dict] = ()) -> str:
+    """benchmark.md: an intro, one table per dataset group and its paired comparisons, the cost table and the
+    paper's numbers."""
     def table(head: list[str], rows: list[list[str]]) -> list[str]:
         cells = [head, ["---"] * len(head), *rows]
         return ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in cells]
@@ -97,6 +149,10 @@ def markdown(points: pl.DataFrame, published: pl.DataFrame | None, source: str,
     lines = ["# nvan-bench benchmark", "", f"Runs of {source}. {intro(axis)}", ""]
     for group in points["group"].unique(maintain_order=True):
         lines += [f"## {group}", "", *table(list(COLUMNS), table_rows(points.filter(pl.col("group") == group))), ""]
+        pairs = [c for c in comparisons if c["group"] == group]
+        if pairs:
+            lines += [f"### Paired comparisons, {group}", "", _COMPARISON_INTRO, "",
+                      *table(COMPARISON_HEAD, comparison_rows(pairs)), ""]
     if costs:
         lines += ["## Cost of each preset", "", _COST_INTRO, "", *table(_COST_HEAD, cost_rows(costs)), ""]
     if published is not None:
@@ -106,14 +162,20 @@ def markdown(points: pl.DataFrame, published: pl.DataFrame | None, source: str,
 
 
 def html_page(svg: str, points: pl.DataFrame, published: pl.DataFrame | None, source: str,
-              costs: list[dict] | None = None, axis: str = "gmacs") -> str:
+              costs: list[dict] | None = None, axis: str = "gmacs", comparisons: list[dict] = ()) -> str:
     """pareto.html: the figure with hover tooltips and the tables, inline and offline."""
     def table(head: list[str], rows: list[list[str]]) -> str:
         cells = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
         return f"<table><tr>{''.join(f'<th>{html.escape(h)}</th>' for h in head)}</tr>{cells}</table>"
 
-    parts = [f"<h2>{html.escape(g)}</h2>" + table(list(COLUMNS), table_rows(points.filter(pl.col("group") == g)))
-             for g in points["group"].unique(maintain_order=True)]
+    parts = []
+    for group in points["group"].unique(maintain_order=True):
+        parts.append(f"<h2>{html.escape(group)}</h2>"
+                     + table(list(COLUMNS), table_rows(points.filter(pl.col("group") == group))))
+        pairs = [c for c in comparisons if c["group"] == group]
+        if pairs:
+            parts.append(f"<h3>Paired comparisons</h3><p>{html.escape(_COMPARISON_INTRO)}</p>"
+                         + table(COMPARISON_HEAD, comparison_rows(pairs)))
     if costs:
         parts.append(f"<h2>Cost of each preset</h2><p>{html.escape(_COST_INTRO)}</p>"
                      + table(_COST_HEAD, cost_rows(costs)))
@@ -137,14 +199,18 @@ td, th {{ border: 1px solid #ccc; padding: 2px 6px; text-align: right; }}
 """
 
 
-def metrics(points: pl.DataFrame) -> dict:
-    """DVC metrics: per dataset group, the newest run of each label (accuracy in percent)."""
+def metrics(points: pl.DataFrame, comparisons: list[dict] = ()) -> dict:
+    """DVC metrics, compact: per dataset group, each point's mean rank-1 and mAP (percent) with their 95 % intervals
+    and seed std, its seeds, GMACs and latency; then the paired comparisons (points of percent)."""
     out: dict = {}
-    newest = points.sort("start_time").unique(["group", "label"], keep="last").sort(["group", "label"])
-    for r in newest.iter_rows(named=True):
-        out.setdefault(r["group"], {})[r["label"]] = {
-            "rank1_pct": r["rank1_pct"], "map_pct": r["map_pct"], "minp_pct": r["minp_pct"],
-            "gmacs": r["gmacs"], "gmacs_per_tracklet": r["gmacs_tracklet"], "params_m": r["params_m"],
-            "latency_ms": r["latency_ms"], "latency_noisy": r["latency_noisy"],
-        }
+    for r in points.sort(["group", "label"]).iter_rows(named=True):
+        entry = {"seeds": r["seeds"]}
+        for m in ("rank1", "map"):
+            entry |= {f"{m}_pct": r[f"{m}_pct"], f"{m}_lo": r[f"{m}_lo_pct"], f"{m}_hi": r[f"{m}_hi_pct"],
+                      f"{m}_std": r[f"{m}_std_pct"]}
+        out.setdefault(r["group"], {})[r["label"]] = entry | {"gmacs": r["gmacs"], "latency_ms": r["latency_ms"]}
+    for c in comparisons:
+        out.setdefault("comparisons", {}).setdefault(c["group"], {})[f"{c['a']} - {c['b']}"] = {
+            f"{m}_{k}": (100 * c[m][k] if k in ("diff", "lo", "hi") else c[m][k])
+            for m in ("rank1", "map") for k in ("diff", "lo", "hi", "p_a")}
     return out

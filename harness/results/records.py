@@ -22,6 +22,7 @@ from harness import storage
 
 SCHEMA = "nvan-bench run record 1"
 EPOCH_FILE = "epoch.json"  # in each checkpoint folder, beside state.pt: the numbers reported for its epoch
+QUERIES_FILE = "queries.parquet"  # likewise: the per-query outcomes of the best evaluation so far
 # The params a training run's results depend on, i.e. what `dvc.yaml` declares for train@<preset>
 # (mlflow only routes the logging): the record holds these, so it changes exactly when DVC reruns.
 RUN_PARAMS = {"seed": None, "data": ("dataset", "frames", "height", "width"), "model": None, "train": None,
@@ -54,11 +55,13 @@ def run_config(config: dict) -> dict:
 
 
 def run_record(*, label: str, kind: str, config: dict, spec, manifest: dict, cost: dict, scores: dict,
-               cmc: dict, best_epoch: int, epochs: int, git_commit: str, run: dict, status: str = "finished") -> dict:
+               cmc: dict, best_epoch: int, epochs: int, git_commit: str, run: dict, status: str = "finished",
+               ci95: dict | None = None) -> dict:
     """The record of one run. `config` is the params as given (config.model_dump(mode='json'); the record
     keeps its `run_config`), `spec` a ModelSpec, `scores` {protocol: metrics}, `cmc` {protocol: [rank-1 ..
-    rank-n]}, `run` the measured part (ids, seconds, device). `status`: finished, or for sweep trials
-    running, early-stopped, interrupted, failed or infeasible."""
+    rank-n]}, `run` the measured part (ids, seconds, device), `ci95` {protocol: {score: [lo, hi]}} the 95 %
+    query-bootstrap intervals. `status`: finished, or for sweep trials running, early-stopped, interrupted,
+    failed or infeasible."""
     data = config["data"]
     return _plain({
         "schema": SCHEMA,
@@ -72,7 +75,8 @@ def run_record(*, label: str, kind: str, config: dict, spec, manifest: dict, cos
         "spec": asdict(spec),
         "config": run_config(config),
         "cost": cost,
-        "scores": {p: s | {"cmc": cmc.get(p)} for p, s in scores.items()},
+        "scores": {p: s | {"cmc": cmc.get(p)} | ({"ci95": ci95[p]} if ci95 and p in ci95 else {})
+                   for p, s in scores.items()},
         "best_epoch": best_epoch,
         "epochs": epochs,
         "git_commit": git_commit,
@@ -94,8 +98,10 @@ def write_record(path: Path | str, record: dict) -> None:
 
 def read_record(path: Path | str) -> dict:
     """The record at `path` (a file or a URI); UserError naming it and what is wrong."""
-    fix = (f"rerun the training that writes it (`dvc repro train@{Path(str(path).partition('?')[0]).stem}` or "
-           f"`python -m harness.train --out {path}`)")
+    file = Path(str(path).partition("?")[0])
+    seeds = file.stem.startswith("seed")  # <out>/seed<k>.json of `harness.train --all-seeds --out <out>`
+    fix = (f"rerun the training that writes it (`dvc repro train@{file.parent.name if seeds else file.stem}` or "
+           f"`python -m harness.train {f'--all-seeds --out {file.parent}' if seeds else f'--out {path}'}`)")
     try:
         record = json.loads(storage.read_text(path))
     except FileNotFoundError:

@@ -13,6 +13,12 @@ from harness.sweep.space import COST, COST_LABELS, LATENCY, cost_key
 log = logging.getLogger("harness.sweep")
 
 
+def _pm(row: dict, metric: str) -> str:
+    """'26.0 ± 3.1' (percent): the mean over seeds and half its 95 % interval, where there is one."""
+    low, high = row[f"{metric}_lo"], row[f"{metric}_hi"]
+    return f"{100 * row[metric]:.1f}" + ("" if low is None else f" ± {50 * (high - low):.1f}")
+
+
 def format_front(outcome: SweepOutcome, metric: str, protocol: str, cost: str = COST) -> str:
     """The Pareto front as a console table, cheapest first (accuracy in percent; GMACs per clip, latency in ms)."""
     front = outcome.results.filter("pareto").sort(cost)
@@ -20,14 +26,16 @@ def format_front(outcome: SweepOutcome, metric: str, protocol: str, cost: str = 
     lines = [f"sweep {outcome.name}: {outcome.results.height} trials ("
              + ", ".join(f"{n} {s}" for s, n in counts.iter_rows()) + f") in {outcome.seconds:.0f} s; "
              f"results {outcome.path}",
-             f"Pareto front: max {metric} ({protocol}, best checkpoint) vs min {COST_LABELS[cost]}",
-             f"{'label':<36}{'status':>14}{metric + ' %':>9}{'rank1 %':>9}{'GMACs':>9}{'GMACs@in':>10}{'ms':>9}"
-             f"{'epochs':>7}"]
+             f"Pareto front of the means: max {metric} ({protocol}, best checkpoint) vs min {COST_LABELS[cost]}; "
+             f"accuracy in percent, mean over seeds ± half its 95 % interval (seeds x queries), P = P(on the front)",
+             f"{'label':<36}{'status':>14}{'seeds':>6}{metric:>14}{'P':>6}{'rank1':>14}{'GMACs':>9}{'GMACs@in':>10}"
+             f"{'ms':>9}{'epochs':>7}"]
     for row in front.iter_rows(named=True):
         ms = row.get(LATENCY)
-        lines.append(f"{row['label']:<36}{row['status']:>14}{100 * row[metric]:9.2f}{100 * row['rank1']:9.2f}"
-                     f"{row[COST]:9.3f}{row['gmacs_input']:10.4f}{'-' if ms is None else f'{ms:.1f}':>9}"
-                     f"{row['epochs']:7d}")
+        lines.append(f"{row['label']:<36}{row['status']:>14}{row['seeds']:>6}{_pm(row, metric):>14}"
+                     f"{'-' if row[f'p_front_{metric}'] is None else format(row[f'p_front_{metric}'], '.2f'):>6}"
+                     f"{_pm(row, 'rank1'):>14}{row[COST]:9.3f}{row['gmacs_input']:10.4f}"
+                     f"{'-' if ms is None else f'{ms:.1f}':>9}{row['epochs']:7d}")
     if cost == LATENCY and front.height:
         lines.append(f"latency measured on: {', '.join(sorted(set(front['latency_device'].drop_nulls())))}")
     if front.is_empty():

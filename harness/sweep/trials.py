@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
@@ -17,6 +18,8 @@ from harness.cli import UserError
 from harness.config import (Config, flatten,
                             override)
 from harness.prepared import prepared_dataset
+from harness.evaluate.queries import outcomes_of, queries_path, read_queries
+from harness.evaluate.statistics import SCORES, Sample, front_probability, interval, query_values, replicates
 from harness.results.records import read_record, write_record
 from harness.results.tracking import connect, find_run, log_metrics, set_tags, start_run
 from harness.train.driver import check_inputs, fit
@@ -72,9 +75,14 @@ def record_infeasible(base: Config, candidate: Candidate, reason: str, tags: dic
     return run_id
 
 
-def trial_record_path(root: str, sweep_name: str, trial_id: str) -> str:
-    """The run record of one trial: on the storage every node shares (a folder or a URI)."""
-    return storage.join(root, sweep_name, "records", f"{trial_id}.json")
+def trial_record_path(root: str, sweep_name: str, trial_id: str, index: int = 0) -> str:
+    """The run record of one trial's `index`-th seed: on the storage every node shares (a folder or a URI)."""
+    return storage.join(root, sweep_name, "records", f"{trial_id}{f'-seed{index}' if index else ''}.json")
+
+
+def trial_seeds(config: Config) -> list[int]:
+    """The training seeds of every candidate: seed, seed + 1, ..., sweep.seeds of them."""
+    return [config.seed + k for k in range(config.sweep.seeds)]
 
 
 def _read_trial_record(path: str) -> dict | None:
@@ -84,11 +92,11 @@ def _read_trial_record(path: str) -> dict | None:
         return None
 
 
-def final_report(record: dict, metric: str, fields: dict[str, Any]) -> dict[str, Any]:
-    """What Tune is told for a trial whose run record is final (finished before Tune saved it so)."""
-    best = record["scores"].get(record["config"]["eval"]["protocols"][0], {})
-    return fields | {objective(metric): best.get(metric, math.nan), "epochs": record["epochs"],
-                     "best_epoch": record["best_epoch"], "mlflow_run_id": record["run"].get("mlflow_run_id")}
+def final_report(records: list[dict], metric: str, fields: dict[str, Any]) -> dict[str, Any]:
+    """What Tune is told when every seed of a trial has trained: the objective is the mean over the seeds."""
+    best = [r["scores"].get(r["config"]["eval"]["protocols"][0], {}).get(metric, math.nan) for r in records]
+    return fields | {objective(metric): float(np.mean(best)), "epochs": records[0]["epochs"], "seeds": len(records),
+                     "best_epoch": records[0]["best_epoch"], "mlflow_run_id": records[0]["run"].get("mlflow_run_id")}
 
 
 def run_trial(params: dict[str, Any], base: dict[str, Any], sweep_name: str, parent_run_id: str) -> None:
@@ -122,20 +130,33 @@ def run_trial(params: dict[str, Any], base: dict[str, Any], sweep_name: str, par
         cost = (record or {}).get("cost") or run_cost(
             trial, trial.spec(TrainClips(directory, trial.data.frames).num_classes), directory)
     fields = costs | {"label": label, LATENCY: latency_ms(cost)}
-    if record is not None and record.get("status") == "finished":
-        # It finished before Tune saved it as such (an interrupt between the two): report, do not retrain.
-        tune.report(final_report(record, config.sweep.metric, fields))
-        return
-    # A trial restarted by Tuner.restore continues its Ray Train run (and MLflow run) from the checkpoint;
-    # one stopped before its Train run began starts over, without the empty MLflow run it left.
+    records = []
+    for index, seed in enumerate(trial_seeds(config)):
+        path = trial_record_path(config.ray.storage_path, sweep_name, trial_id, index)
+        found = record if index == 0 else _read_trial_record(path)
+        if found is None or found.get("status") != "finished":
+            # Only the first seed reports its epochs to Tune (ASHA stops trials on it); the others only train.
+            name = ray_run if index == 0 else f"{ray_run}-seed{seed}"
+            callbacks = [SweepReport(fields, config.sweep.metric, trial.eval.protocols[0])] if index == 0 else None
+            train_seed(override(trial, {"seed": seed}, f"candidate {label}"), name, parent_run_id,
+                       tags | {"nvan.ray_run": name}, callbacks, path, label, cost)
+            found = read_record(path)
+        records.append(found)
+    tune.report(final_report(records, config.sweep.metric, fields))
+
+
+def train_seed(trial: Config, ray_run: str, parent_run_id: str, tags: dict[str, str], callbacks: list | None,
+               record_path: str, label: str, cost: dict | None) -> None:
+    """Train one seed of a trial as its own Ray Train run (and MLflow run, nested in the sweep's), continuing
+    it from its checkpoint when Tuner.restore restarts the trial."""
+    # One stopped before its Train run began starts over, without the empty MLflow run it left.
     resume = ray_run if storage.is_dir(storage.join(trial.ray.storage_path, ray_run)) else None
     if resume is None:
         client, experiment_id = connect(trial.mlflow.tracking_uri, trial.mlflow.experiment)
         if orphan := find_run(client, experiment_id, "nvan.ray_run", ray_run):
             client.delete_run(orphan)
     fit(trial, name=ray_run, resume=resume, parent_run_id=parent_run_id, tags=tags, progress=False,
-        tune_callbacks=[SweepReport(fields, config.sweep.metric, trial.eval.protocols[0])],
-        record_to=record_path, label=label, kind="trial", cost=cost)
+        tune_callbacks=callbacks, record_to=record_path, label=label, kind="trial", cost=cost)
 
 
 def latency_ms(cost: dict[str, Any] | None) -> float:
@@ -205,17 +226,20 @@ def pareto(frame: pl.DataFrame, accuracy: str, cost: str = COST) -> pl.Series:
 
 
 
-def trial_outcome(tune_status: str, record: dict | None, infeasible: bool) -> str:
-    """A trial's status in the sweep table, from Tune's state of the trial and its own run record.
+def trial_outcome(tune_status: str, record: dict | None, infeasible: bool, others: list[dict | None] = ()) -> str:
+    """A trial's status in the sweep table, from Tune's state of the trial and its seeds' run records.
 
-    The record says how far the trial trained; Tune says why it stopped. A trial whose record
-    says finished is finished, whatever Tune saved (an interrupt can fall between the two).
+    The records say how far the trial trained (`record` its first seed, `others` the rest); Tune says
+    why it stopped. A trial whose every seed trained all its epochs is finished, whatever Tune saved
+    (an interrupt can fall between the two).
     """
     if infeasible:
         return "infeasible"
-    if record is not None and (record.get("status") == "finished"
-                               or record["epochs"] >= record["config"]["train"]["epochs"]):
+    if all(r is not None and (r.get("status") == "finished" or r["epochs"] >= r["config"]["train"]["epochs"])
+           for r in [record, *others]):
         return "finished"  # every epoch trained, even if the run stopped before its bookkeeping
+    if others and record is not None and record.get("status") == "finished":
+        return "failed" if tune_status == "ERROR" else "interrupted"  # seeds left to train
     if tune_status == "ERROR":
         return "failed"
     if tune_status == "TERMINATED" and record is not None:
@@ -227,63 +251,111 @@ MLFLOW_END = {"finished": "FINISHED", "early-stopped": "KILLED", "failed": "FAIL
 
 
 def close_trials(base: Config, trials: list, sweep_name: str, parent_run_id: str) -> tuple[pl.DataFrame, bool]:
-    """One row per Tune trial, built from the trials' run records; MLflow runs and records closed to match.
+    """One row per Tune trial, built from its seeds' run records; MLflow runs and records closed to match.
 
-    Returns the table and whether the sweep is complete (no trial left to run).
+    A trial's scores are the means over its seeds, with their std, 95 % intervals (seeds x queries) and
+    P(on the front) among the sweep's trials. Returns the table and whether the sweep is complete.
     """
     client, experiment_id = connect(base.mlflow.tracking_uri, base.mlflow.experiment)
     metric, protocol = base.sweep.metric, base.eval.protocols[0]
     _, manifest = prepared_dataset(base)
-    rows, complete = [], True
+    rows, complete, found = [], True, {}
     for trial in sorted(trials, key=lambda t: trial_number(t.experiment_tag)):
         r = trial.last_result or {}
-        path = trial_record_path(base.ray.storage_path, sweep_name, trial.trial_id)
-        record = _read_trial_record(path)
+        paths = [trial_record_path(base.ray.storage_path, sweep_name, trial.trial_id, i) for i in range(base.sweep.seeds)]
+        records = [_read_trial_record(path) for path in paths]
+        record = records[0]
         candidate, number = resolve(base, trial.config), trial_number(trial.experiment_tag)
         label = (record or {}).get("label") or r.get("label") or f"t{number:03d} {candidate.label(list(trial.config))}"
         # Feasibility is decided here again, not read from Tune: an interrupt can end an infeasible
         # trial before Tune saved its report.
         costs, reason = feasibility(base, candidate, label)
-        status = trial_outcome(trial.status, record, reason is not None)
+        status = trial_outcome(trial.status, record, reason is not None, records[1:])
         complete &= status != "interrupted"
         run_id = (record or {}).get("run", {}).get("mlflow_run_id") or r.get("mlflow_run_id") or find_run(
             client, experiment_id, "nvan.trial_id", trial.trial_id)
         if reason is not None and not run_id:
             run_id = record_infeasible(base, candidate, reason, trial_tags(label, sweep_name, trial.trial_id),
                                        parent_run_id)
-        best = (record or {}).get("scores", {}).get(protocol, {})
+        close_seed_runs(client, paths, records, status)
+        scored = [(path, rec) for path, rec in zip(paths, records) if rec and rec["scores"].get(protocol)]
+        if scored and status in ("finished", "early-stopped"):
+            found[len(rows)] = [queries_path(path) for path, _ in scored]
         cost = (record or {}).get("cost") or {}
-        if record is not None and record["status"] != status:
-            write_record(path, record | {"status": status})
-        if run_id and status in MLFLOW_END and client.get_run(run_id).data.tags.get("nvan.status") != status:
-            if status in ("early-stopped", "finished"):
-                log_metrics(client, run_id, {f"best.{k}": best[k] for k in FINAL_KEYS if k in best}
-                            | {"best.epoch": record["best_epoch"]}, step=max(record["epochs"] - 1, 0))
-            set_tags(client, run_id, {"nvan.status": status})
-            client.set_terminated(run_id, MLFLOW_END[status])
         rows.append({
             "trial": number, "trial_id": trial.trial_id, "label": label, "status": status, **candidate.columns(),
-            "map": best.get("map"), "rank1": best.get("rank1"), "best_epoch": (record or {}).get("best_epoch"),
-            "epochs": (record or {}).get("epochs", 0), COST: costs.get(COST), "gmacs_input": costs.get("gmacs_input"),
-            LATENCY: latency_ms(cost), "gmacs_per_tracklet": cost.get("gmacs_per_tracklet"),
-            "latency_device": (cost.get("latency") or {}).get("device"),
+            **seed_scores([rec["scores"][protocol] for _, rec in scored]), "seeds": len(scored),
+            "best_epoch": (record or {}).get("best_epoch"), "epochs": (record or {}).get("epochs", 0),
+            COST: costs.get(COST), "gmacs_input": costs.get("gmacs_input"), LATENCY: latency_ms(cost),
+            "gmacs_per_tracklet": cost.get("gmacs_per_tracklet"), "latency_device": (cost.get("latency") or {}).get("device"),
             "seconds": r.get("time_total_s"), "mlflow_run_id": run_id, "reason": reason,
             "dataset": base.data.dataset, "synthetic": bool(manifest.get("synthetic", False)),
             "input": f"{candidate.frames}x{base.data.height}x{base.data.width}",
             "git_commit": (record or {}).get("git_commit"),
         })
-    frame = pl.DataFrame(rows, schema_overrides={
-        "map": pl.Float64, "rank1": pl.Float64, "best_epoch": pl.Int64, COST: pl.Float64, "gmacs_input": pl.Float64,
-        LATENCY: pl.Float64, "latency_device": pl.String, "gmacs_per_tracklet": pl.Float64,
-        "seconds": pl.Float64, "mlflow_run_id": pl.String, "reason": pl.String, "lr": pl.Float64,
-        "git_commit": pl.String})
-    frame = frame.with_columns(pl.col("map", "rank1", COST, "gmacs_input", LATENCY).fill_nan(None))
+    frame = pl.DataFrame(rows, schema_overrides=RESULT_TYPES)
+    frame = frame.with_columns(pl.col("map", "rank1", "minp", COST, "gmacs_input", LATENCY).fill_nan(None))
     eligible = frame.with_columns(pl.when(pl.col("status").is_in(["finished", "early-stopped"]))
                                   .then(pl.col(metric)).alias("_acc"))
-    frame = frame.with_columns(pareto(eligible, "_acc", cost_key(base.sweep)))
+    frame = with_uncertainty(frame.with_columns(pareto(eligible, "_acc", cost_key(base.sweep))), found, protocol,
+                             cost_key(base.sweep), base.report.bootstrap_resamples)
     for row in frame.filter(pl.col("mlflow_run_id").is_not_null()).iter_rows(named=True):
         set_tags(client, row["mlflow_run_id"], {"nvan.pareto": str(row["pareto"]).lower()})
     return frame, complete
 
 
-# 130 as for a Ctrl-C'd command; 1 when trials failed (a bug or a broken node, not a user error).
+RESULT_TYPES = {"map": pl.Float64, "rank1": pl.Float64, "minp": pl.Float64, "best_epoch": pl.Int64, COST: pl.Float64,
+                "gmacs_input": pl.Float64, LATENCY: pl.Float64, "latency_device": pl.String,
+                "gmacs_per_tracklet": pl.Float64, "seconds": pl.Float64, "mlflow_run_id": pl.String,
+                "reason": pl.String, "lr": pl.Float64, "git_commit": pl.String,
+                **{f"{m}_std": pl.Float64 for m in ("rank1", "map", "minp")}}
+
+
+def seed_scores(scores: list[dict[str, float]]) -> dict[str, float | None]:
+    """A candidate's rank-1, mAP and mINP: the means over its seeds' best scores, and their sample std."""
+    out = {}
+    for m in ("rank1", "map", "minp"):
+        values = [s[m] for s in scores]
+        out[m] = float(np.mean(values)) if values else None
+        out[f"{m}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else None
+    return out
+
+
+def close_seed_runs(client, paths: list[str], records: list[dict | None], status: str) -> None:
+    """Bring each seed's record and MLflow run to the trial's status (best scores logged where it trained)."""
+    for path, record in zip(paths, records):
+        if record is None:
+            continue
+        if record["status"] != status:
+            write_record(path, record | {"status": status})
+        run_id = record.get("run", {}).get("mlflow_run_id")
+        if run_id and status in MLFLOW_END and client.get_run(run_id).data.tags.get("nvan.status") != status:
+            best = record["scores"].get(record["config"]["eval"]["protocols"][0], {})
+            if status in ("early-stopped", "finished"):
+                log_metrics(client, run_id, {f"best.{k}": best[k] for k in FINAL_KEYS if k in best}
+                            | {"best.epoch": record["best_epoch"]}, step=max(record["epochs"] - 1, 0))
+            set_tags(client, run_id, {"nvan.status": status})
+            client.set_terminated(run_id, MLFLOW_END[status])
+
+
+def with_uncertainty(frame: pl.DataFrame, queries: dict[int, list[str]], protocol: str, cost: str,
+                     resamples: int) -> pl.DataFrame:
+    """The results table with each trained candidate's 95 % intervals (seeds x queries) of rank-1, mAP and mINP
+    and its P(on the front) of rank-1 and mAP against the sweep's cost objective, all on one query draw."""
+    columns = {f"{m}_{s}": [None] * frame.height for m in ("rank1", "map", "minp") for s in ("lo", "hi")}
+    columns |= {f"p_front_{m}": [None] * frame.height for m in ("rank1", "map")}
+    samples = {}
+    for row, files in queries.items():
+        if all(storage.exists(f) for f in files):
+            values = [query_values(outcomes_of(read_queries(f), protocol)) for f in files]
+            samples[str(row)] = Sample(tuple(range(len(values))), np.stack(values))
+    reps = replicates(samples, resamples)
+    for key, rep in reps.items():
+        low, high = interval(rep)
+        for m in ("rank1", "map", "minp"):
+            columns[f"{m}_lo"][int(key)], columns[f"{m}_hi"][int(key)] = float(low[SCORES.index(m)]), float(high[SCORES.index(m)])
+    placed = {k: frame[cost][int(k)] for k in reps if frame[cost][int(k)] is not None}
+    for m in ("rank1", "map"):
+        for key, p in front_probability({k: reps[k][:, SCORES.index(m)] for k in placed}, placed).items():
+            columns[f"p_front_{m}"][int(key)] = p
+    return frame.with_columns(pl.Series(name, values, dtype=pl.Float64) for name, values in columns.items())

@@ -9,12 +9,23 @@ from pathlib import Path
 
 from harness import storage
 from harness.cli import config_parser, load_from_args, run
+from harness.config import Config
 from harness.io import check_writable
-from harness.results.records import write_record
 from harness.train.driver import TrainingInterrupted, check_inputs, fit
-from harness.train.result import format_summary, train_record
+from harness.train.result import format_summary, train_record, write_run
 from harness.train.runs import check_run_name
+from harness.train.seeds import default_name, fit_seeds
 from harness.train.session import ray_session
+
+
+def local_cpus(config: Config, all_seeds: bool) -> int:
+    """Logical CPUs of a local Ray: this machine's cores, or with --all-seeds on CPU workers enough for every seed at
+    once. Workers run ray.cpus_per_worker threads each, so with one thread per worker the seeds share the cores
+    without OpenMP barriers to stall, and their start-ups and evaluations overlap instead of queueing."""
+    cores = os.cpu_count() or 1
+    if not all_seeds or config.ray.use_gpu:
+        return cores
+    return max(cores, len(config.seeds) * config.ray.num_workers * config.ray.cpus_per_worker)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,7 +34,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", help="name of the run (default: preset, time and a random suffix)")
     parser.add_argument("--resume", metavar="RUN", help="continue the stopped run RUN from its last checkpoint")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    parser.add_argument("--out", type=Path, help="write the run record (JSON, see harness/results/records.py) here")
+    parser.add_argument("--out", type=Path, help="write the run record (JSON, see harness/results/records.py) here, and "
+                                                 "its per-query outcomes beside it (.queries.parquet); with "
+                                                 "--all-seeds a folder, one record per seed (seed<k>.json)")
+    parser.add_argument("--all-seeds", action="store_true",
+                        help="train once per seed of params' `seeds`, side by side in one Ray session; --name (or "
+                             "--resume) names the set, each seed's run is <name>-seed<k>")
     args = parser.parse_args(argv)
     config = load_from_args(args)
     address = args.address or config.ray.address
@@ -32,10 +48,15 @@ def main(argv: list[str] | None = None) -> int:
         if name:
             check_run_name(name, option)
     if args.out:
-        check_writable(args.out)
+        check_writable(args.out / "seed0.json" if args.all_seeds else args.out)
     fail_at = os.environ.get("NVAN_TEST_FAIL_AT_STEP")
     try:
-        with ray_session(address, num_cpus=os.cpu_count(), log_to_driver=config.ray.log_to_driver):
+        with ray_session(address, num_cpus=local_cpus(config, args.all_seeds), log_to_driver=config.ray.log_to_driver):
+            if args.all_seeds:
+                results = fit_seeds(config, config.seeds, args.out or Path("reports/runs") / config.model.preset,
+                                    args.resume or args.name or default_name(config), resume=bool(args.resume))
+                print("\n".join(format_summary(r) for r in results))
+                return 0
             result = fit(config, name=args.name, resume=args.resume, progress=not args.no_progress,
                          fail_at_step=int(fail_at) if fail_at else None)
     except TrainingInterrupted as stop:
@@ -46,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     print(format_summary(result))
     if args.out:
-        write_record(args.out, train_record(config, result))
+        write_run(args.out, train_record(config, result), result.queries)
     return 0
 
 

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import posixpath
 import threading
 from typing import Any
 
+from pyarrow.fs import FileType
+
 from datasets.progress import Progress
-from harness.results.records import write_record
+from harness import storage
+from harness.evaluate.queries import queries_path
+from harness.results.records import QUERIES_FILE, write_record
 from harness.results.tracking import log_metrics
 
 
@@ -36,13 +41,19 @@ class LiveRecord:
     """Rewrites a run's record after every epoch, before MLflow or Tune hear of the epoch (runs in the controller).
 
     Whatever stops the run, the record holds every epoch the others saw, so a sweep's table is
-    built from records alone.
+    built from records alone. With each checkpoint, the best evaluation's per-query outcomes are
+    copied beside the record first.
     """
 
     def __init__(self, path: str, record: dict[str, Any]) -> None:
         self.path, self.record = path, record
 
     def after_report(self, run_context, metrics: list[dict[str, Any]], checkpoint) -> None:
+        if checkpoint is not None:
+            source = posixpath.join(checkpoint.path, QUERIES_FILE)
+            if checkpoint.filesystem.get_file_info(source).type == FileType.File:
+                with checkpoint.filesystem.open_input_stream(source) as f:
+                    storage.write_bytes(queries_path(self.path), f.read())
         first = metrics[0]
         scores, cmc = first.get("best_scores") or {}, first.get("best_cmc") or {}
         write_record(self.path, self.record | {

@@ -20,17 +20,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import polars as pl
 import yaml
 
 from harness import storage
 from harness.cli import USER_ERRORS, UserError
 from harness.config import Config, flatten
+from harness.evaluate.queries import read_queries
 from harness.prepared import prepared_dataset
-from harness.results.records import write_record
+from harness.results.records import QUERIES_FILE
 from harness.results.tracking import connect, find_run, git_commit, log_metrics, set_tags, start_run, tracking_uri
 from harness.train.callbacks import LiveRecord, MlflowEpochLogger, controller_callback, progress_bars
 from harness.train.checkpoint import read_state
-from harness.train.result import FINAL_KEYS, TrainResult, record_base, train_record
+from harness.train.result import FINAL_KEYS, TrainResult, record_base, train_record, write_run
 from harness.train.run_cost import cost_metrics, run_cost
 from harness.train.runs import check_run_name, log_missing_epochs, saved_epochs
 from harness.train.session import check_resources, numerics_env, worker_resources
@@ -165,7 +167,7 @@ def open_tracking(plan: RunPlan, cost: dict[str, Any], parent_run_id: str | None
                 "nvan.status": "running", "dataset": config.data.dataset, "preset": config.model.preset,
                 "protocol": config.eval.protocols[0], "device": "cuda" if config.ray.use_gpu else "cpu",
                 "dataset.synthetic": str(plan.manifest.get("synthetic", False)).lower(),
-                "cost.threads": str(config.ray.cpus_per_worker)} | (tags or {})
+                "cost.threads": str(config.ray.cpus_per_worker), "nvan.seed": str(config.seed)} | (tags or {})
     run_id = start_run(client, experiment_id, plan.ray_run, params, run_tags, parent_run_id)
     log.info("MLflow run %s (experiment %s, %s)", run_id, config.mlflow.experiment, uri)
     log_metrics(client, run_id, cost_metrics(cost))
@@ -190,7 +192,7 @@ def trained_already(plan: RunPlan, tracking: Tracking, cost: dict[str, Any]) -> 
     best = state["best"]
     return TrainResult(tracking.run_id, plan.ray_run, best["epoch"], best["scores"] or {}, best["cmc"] or {},
                        state["epoch"] + 1, folder, last.get("clips_per_s", math.nan), math.nan, math.nan, cost,
-                       plan.spec, plan.manifest, last.get("cpu_capability"))
+                       plan.spec, plan.manifest, last.get("cpu_capability"), checkpoint_queries(folder))
 
 
 def build_trainer(plan: RunPlan, tracking: Tracking, cost: dict[str, Any], queue, fail_at_step: int | None,
@@ -258,14 +260,19 @@ def train(plan: RunPlan, tracking: Tracking, cost: dict[str, Any], progress: boo
         raise outcome["error"]
     result, root = outcome["result"], plan.config.ray.storage_path
     metrics = result.metrics or {}
+    # Where the user finds it: a local path, or a URI like ray.storage_path.
+    checkpoint = storage.join(root, storage.relative(result.checkpoint.path, root)) if result.checkpoint else None
     return TrainResult(run_id, plan.ray_run, metrics.get("best_epoch", -1), metrics.get("best_scores") or {},
-                       metrics.get("best_cmc") or {}, metrics.get("epoch", -1) + 1,
-                       # Where the user finds it: a local path, or a URI like ray.storage_path.
-                       storage.join(root, storage.relative(result.checkpoint.path, root))
-                       if result.checkpoint else None,
+                       metrics.get("best_cmc") or {}, metrics.get("epoch", -1) + 1, checkpoint,
                        metrics.get("clips_per_s", math.nan), time.perf_counter() - start,
                        metrics.get("first_step_at", math.nan) - started_at, cost, plan.spec, plan.manifest,
-                       metrics.get("cpu_capability"))
+                       metrics.get("cpu_capability"), checkpoint_queries(checkpoint) if checkpoint else None)
+
+
+def checkpoint_queries(folder: str) -> pl.DataFrame | None:
+    """The per-query outcomes of the best evaluation up to a checkpoint (None if it predates them)."""
+    location = storage.join(folder, QUERIES_FILE)
+    return read_queries(location) if storage.exists(location) else None
 
 
 def run_watched(fit_trainer, queue) -> dict[str, Any]:
@@ -307,7 +314,8 @@ def finish(plan: RunPlan, tracking: Tracking, result: TrainResult) -> TrainResul
                 | {"best.epoch": result.best_epoch} | extra, step=max(result.epochs - 1, 0))
     log_artifacts(client, config, result)
     if plan.record_to:
-        write_record(plan.record_to, train_record(Config.model_validate(plan.given), result, plan.label, plan.kind))
+        write_run(plan.record_to, train_record(Config.model_validate(plan.given), result, plan.label, plan.kind),
+                  result.queries)
     set_tags(client, result.run_id, {"nvan.status": "finished"})
     client.set_terminated(result.run_id, "FINISHED")
     return result
@@ -334,6 +342,8 @@ def log_artifacts(client, config: Config, result: TrainResult) -> None:
                    title=f"CMC, {config.eval.protocols[0]}, best epoch {result.best_epoch}")
             ax.grid(alpha=0.3)
             fig.savefig(folder / "cmc.png", dpi=120)
+        if result.queries is not None:
+            result.queries.write_parquet(folder / QUERIES_FILE)
         for file in folder.iterdir():
             client.log_artifact(result.run_id, str(file))
     if result.checkpoint and config.train.log_checkpoint:

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Any
 
+import polars as pl
+
 from harness import storage
 from harness.config import Config
-from harness.results.records import run_record
+from harness.evaluate.queries import outcomes_of, queries_path, write_queries
+from harness.evaluate.statistics import query_interval, query_values
+from harness.results.records import run_record, write_record
 from harness.results.tracking import git_commit
 
 FINAL_KEYS = ("rank1", "rank5", "rank10", "rank20", "map", "minp")
@@ -33,6 +38,7 @@ class TrainResult:
     spec: Any  # ModelSpec
     manifest: dict[str, Any]
     cpu_capability: str | None = None  # the CPU kernels torch ran in the workers (e.g. AVX2)
+    queries: pl.DataFrame | None = None  # per-query outcomes of the best evaluation (harness.evaluate.queries)
 
 
 def record_base(config: dict, spec, manifest: dict, cost: dict, label: str | None, kind: str) -> dict:
@@ -42,8 +48,16 @@ def record_base(config: dict, spec, manifest: dict, cost: dict, label: str | Non
                       git_commit=git_commit(), run={}, status="running")
 
 
+def intervals(queries: pl.DataFrame | None, protocols: list[str], resamples: int) -> dict[str, dict[str, list[float]]]:
+    """Each protocol's 95 % query-bootstrap interval of every score ({protocol: {score: [lo, hi]}}, fractions)."""
+    if queries is None:
+        return {}
+    return {p: query_interval(query_values(outcomes_of(queries, p)), resamples) for p in protocols}
+
+
 def train_record(config: Config, result: TrainResult, label: str | None = None, kind: str = "train") -> dict:
-    """The run record of `result`, trained from `config` as given (its paths unresolved)."""
+    """The run record of `result`, trained from `config` as given (its paths unresolved), with the 95 % query
+    interval of every score."""
     import torch
 
     from harness.measure.cost import cpu_name
@@ -60,7 +74,15 @@ def train_record(config: Config, result: TrainResult, label: str | None = None, 
     return run_record(label=label or config.model.preset, kind=kind, config=config.model_dump(mode="json"),
                       spec=result.spec, manifest=result.manifest, cost=result.cost, scores=result.best_scores,
                       cmc=result.best_cmc, best_epoch=result.best_epoch, epochs=result.epochs,
-                      git_commit=git_commit(), run=run)
+                      git_commit=git_commit(), run=run,
+                      ci95=intervals(result.queries, list(result.best_scores), config.eval.bootstrap_resamples))
+
+
+def write_run(record_to: Path | str, record: dict, queries: pl.DataFrame | None) -> None:
+    """Write a run's per-query outcomes beside its record, then the record (whose presence promises both)."""
+    if queries is not None:
+        write_queries(queries_path(record_to), queries)
+    write_record(record_to, record)
 
 
 def format_summary(result: TrainResult) -> str:

@@ -23,9 +23,11 @@ from harness import storage
 from harness.train.checkpoint import read_state, rng_state, save_state, set_rng_state
 from harness.config import Config, TrainConfig
 from harness.evaluate.features import autocast, extract_features, score_features
+from harness.evaluate.metrics import QueryOutcomes
+from harness.evaluate.queries import outcomes_table
 from harness.train.losses import reid_loss
 from harness.train.node_check import check_node
-from harness.results.records import EPOCH_FILE
+from harness.results.records import EPOCH_FILE, QUERIES_FILE
 from models.checkpoints import load_imagenet
 from models.spec import ModelSpec
 from models.video_reid import build_model
@@ -133,18 +135,24 @@ def training_model(spec: ModelSpec, imagenet_init: Path | None = None, sync_bn: 
 
 @dataclass
 class Best:
-    """The best evaluation so far: epoch, the selection metric's value, every protocol's scores and CMC."""
+    """The best evaluation so far: epoch, the selection metric's value, every protocol's scores, CMC and
+    per-query outcomes (plain lists, so checkpoints stay plain data)."""
 
     epoch: int = -1
     value: float = NOT_EVALUATED
     scores: dict[str, dict[str, float]] | None = None
     cmc: dict[str, list[float]] | None = None  # per protocol, ranks 1..CMC_RANKS
+    queries: dict[str, dict[str, list]] | None = None  # per protocol, QueryOutcomes' fields as lists
+
+    def outcomes(self) -> dict[str, QueryOutcomes]:
+        """The per-query outcomes of the best evaluation, per protocol."""
+        return {p: QueryOutcomes(**{k: np.asarray(v) for k, v in q.items()}) for p, q in (self.queries or {}).items()}
 
 
 def evaluate_model(model: nn.Module, dataset: EvalClips, config: Config, device: torch.device, rank: int = 0,
-                   world: int = 1) -> tuple[dict, dict] | None:
-    """Metrics dict for reporting (primary protocol unprefixed, every protocol prefixed) and the CMCs, on rank 0
-    (None on the others).
+                   world: int = 1) -> tuple[dict, dict, dict] | None:
+    """Metrics dict for reporting (primary protocol unprefixed, every protocol prefixed), the CMCs and the
+    per-query outcomes as lists, on rank 0 (None on the others).
 
     Every rank must call it: each extracts the features of its slice of the test set with its own
     loader workers, under train.amp's autocast, and the slices are gathered for rank 0 to score.
@@ -160,7 +168,9 @@ def evaluate_model(model: nn.Module, dataset: EvalClips, config: Config, device:
     metrics = dict(scores[primary].as_dict())
     for name, s in scores.items():
         metrics |= {f"{name}.{k}": v for k, v in s.as_dict().items()}
-    return metrics, {name: s.cmc[:CMC_RANKS].tolist() for name, s in scores.items()}
+    queries = {name: {k: getattr(s.outcomes, k).tolist() for k in ("first_rank", "last_rank", "matches", "ap")}
+               for name, s in scores.items()}
+    return metrics, {name: s.cmc[:CMC_RANKS].tolist() for name, s in scores.items()}, queries
 
 
 def save_checkpoint(folder: Path, model: nn.Module, spec: ModelSpec, optimizer: torch.optim.Optimizer,
@@ -292,7 +302,7 @@ def evaluate_epoch(job: Job, epoch: int, best: Best, metrics: dict[str, Any]) ->
     evaluated = evaluate_model(job.plain, job.eval_set, job.config, job.device, job.rank, job.world)
     if evaluated is None:  # not rank 0: only rank 0 keeps scores
         return best
-    scores, cmcs = evaluated
+    scores, cmcs, queries = evaluated
     select_by = job.config.eval.select_by
     metrics |= scores | {"checkpoint_score": scores[select_by]}
     # Ties go to the later epoch, as the authors' `cmc >= best_cmc` (train_NL.py).
@@ -300,7 +310,7 @@ def evaluate_epoch(job: Job, epoch: int, best: Best, metrics: dict[str, Any]) ->
         return best
     by_protocol = {p: {k.removeprefix(p + "."): v for k, v in scores.items() if k.startswith(p + ".")}
                    for p in job.config.eval.protocols}
-    return Best(epoch, scores[select_by], by_protocol, cmcs)
+    return Best(epoch, scores[select_by], by_protocol, cmcs, queries)
 
 
 def report_epoch(job: Job, epoch: int, best: Best, metrics: dict[str, Any], checkpointed: bool) -> None:
@@ -313,6 +323,8 @@ def report_epoch(job: Job, epoch: int, best: Best, metrics: dict[str, Any], chec
     with tempfile.TemporaryDirectory() as folder:
         numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
         (Path(folder) / EPOCH_FILE).write_text(json.dumps(numbers))
+        if best.queries:  # the best evaluation's per-query outcomes, for the run record beside it
+            outcomes_table(best.outcomes(), job.eval_set.rows).write_parquet(Path(folder) / QUERIES_FILE)
         save_checkpoint(Path(folder), job.plain, job.spec, job.optimizer, job.scheduler, job.scaler, epoch, best)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
 

@@ -3,6 +3,9 @@
 Run: pytest tests/benchmarks/test_metrics_speed.py --benchmark-only -n 0
 Target (issue 4): the whole mars-official scoring of the MARS test set, distances included,
 under 2 s on a 2-core CPU; a per-query Python loop is the comparison.
+Target (issue 22): the 95 % query-bootstrap intervals of one run's scores (B = 2,000) on MARS's 1,980
+queries well under a second; the two-way (seeds x queries) replicates of three presets of four seeds each,
+the report's whole resampling, likewise.
 """
 
 import json
@@ -15,6 +18,7 @@ import numpy as np
 import pytest
 
 from harness.evaluate.metrics import score_test_set
+from harness.evaluate.statistics import Sample, query_interval, query_values, replicates
 
 NUM_TRACKLETS, NUM_QUERIES, DIM, NUM_IDS, NUM_CAMS, NUM_DISTRACTORS = 12180, 1980, 2048, 625, 6, 2500
 # Per-identity noise around unit-variance cluster centres: easy is well separated (all
@@ -98,6 +102,23 @@ def test_per_query_loop(benchmark, test_set):
     # Float32 matrices from different BLAS calls may round a near-tie differently.
     assert scores.rank1 == pytest.approx(rank1, abs=2 / NUM_QUERIES)
     assert scores.map == pytest.approx(mean_ap, abs=1e-4)
+
+
+def test_query_bootstrap_of_one_run(benchmark, test_set):
+    name, data = test_set
+    values = query_values(score_test_set(*data, device="cpu").outcomes)
+    found = benchmark.pedantic(query_interval, args=(values,), kwargs={"resamples": 2000}, rounds=5, warmup_rounds=1)
+    benchmark.extra_info.update(features=name, queries=values.shape[1], rank1_interval=found["rank1"])
+    assert values.shape[1] == NUM_QUERIES
+    assert benchmark.stats.stats.median < 1.0
+
+
+def test_two_way_replicates_of_three_presets(benchmark):
+    rng = np.random.default_rng(0)
+    samples = {p: Sample((0, 1, 2, 3), (rng.random((4, 5, NUM_QUERIES)) < 0.4).astype(np.float64))
+               for p in ("baseline", "nvan", "ste_nvan")}
+    benchmark.pedantic(replicates, args=(samples,), kwargs={"resamples": 2000}, rounds=5, warmup_rounds=1)
+    assert benchmark.stats.stats.median < 1.0
 
 
 CHILD = """

@@ -72,3 +72,86 @@ def test_ray_overhead_under_ten_percent(benchmark, config):
     print(f"\nplain {results['plain']:.2f} clips/s, Ray {results['ray']:.2f} clips/s, overhead {100 * overhead:.1f} %, "
           f"start-up {results['startup_s']:.1f} s, job {results['job_s']:.1f} s")
     assert overhead < 0.10
+
+
+SEEDS_CHILD = """
+import sys, time
+import torch
+sys.path.insert(0, {root!r})
+from datasets.loaders import TrainClips, set_epoch, train_loader
+from harness.config import load_config
+from harness.train.worker import build_optimizer, train_epoch
+from models.video_reid import build_model
+
+config = load_config({params!r}, {overrides!r})
+torch.set_num_threads({threads})
+torch.manual_seed({seed})
+data = TrainClips(config.data.prepared_root / config.data.dataset, config.data.frames, seed={seed})
+loader = train_loader(data, config.train.p, config.train.k, mode=config.train.epoch)
+model = build_model(config.spec(data.num_classes))
+optimizer = build_optimizer(model, config.train)
+set_epoch(loader, 0)
+train_epoch(model, loader, optimizer, config.train, torch.device("cpu"))  # warm-up, untimed
+start = time.perf_counter()
+for epoch in range(1, {epochs} + 1):
+    set_epoch(loader, epoch)
+    train_epoch(model, loader, optimizer, config.train, torch.device("cpu"))
+print(time.perf_counter() - start)
+"""
+
+
+@pytest.fixture(scope="module")
+def default_data(tmp_path_factory) -> Path:
+    """The embedded default's training split (50 identities) at its size, prepared at 64 x 32."""
+    work = tmp_path_factory.mktemp("seeds")
+    write_mars(work / "raw", identities=100, cameras=6, tracklets_per_id=6, min_frames=8, max_frames=24,
+               height=128, width=64, distractors=0, junk=0, seed=0)
+    prepare("mars", work / "raw", work / "prepared" / "mars", height=64, width=32)
+    return work / "prepared"
+
+
+def seeds_wall_time(prepared: Path, threads: int, side_by_side: bool, spinners: int, epochs: int = 3) -> float:
+    """Seconds to train 2 seeds of STE-NVAN (the embedded default's model) for `epochs` epochs each, either one after
+    the other or side by side, each with `threads` torch threads, while `spinners` busy processes share the CPU."""
+    import subprocess
+    import sys
+
+    def child(seed: int) -> subprocess.Popen:
+        code = SEEDS_CHILD.format(root=str(ROOT), params=str(ROOT / "params.yaml"), threads=threads, seed=seed,
+                                  epochs=epochs, overrides=[f"data.prepared_root={prepared}", "model.preset=ste_nvan"])
+        return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+
+    load = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(spinners)]
+    try:
+        start = time.perf_counter()
+        if side_by_side:
+            for proc in [child(0), child(1)]:
+                proc.communicate()
+        else:
+            for seed in (0, 1):
+                child(seed).communicate()
+        return time.perf_counter() - start
+    finally:
+        for proc in load:
+            proc.kill()
+
+
+def test_seeds_side_by_side_on_one_thread_quiet_and_loaded(benchmark, default_data):
+    """The embedded default's design: one thread per worker, two seeds at once, against two threads one seed at a time.
+
+    On a shared 2-core machine every OpenMP barrier of a 2-thread step waits for a descheduled thread; single-thread
+    processes have no barrier to wait on. Loaded = 4 busy processes beside the training (a load of about 6).
+    """
+    figures = {}
+
+    def measure():
+        for load in (0, 4):
+            figures[f"two_threads_one_at_a_time_load{load}"] = seeds_wall_time(default_data, 2, False, load)
+            figures[f"one_thread_side_by_side_load{load}"] = seeds_wall_time(default_data, 1, True, load)
+
+    benchmark.pedantic(measure, rounds=1, iterations=1)
+    for load in (0, 4):
+        figures[f"ratio_load{load}"] = (figures[f"one_thread_side_by_side_load{load}"]
+                                        / figures[f"two_threads_one_at_a_time_load{load}"])
+    benchmark.extra_info.update(figures)
+    print("\n" + "\n".join(f"{k}: {v:.2f}" for k, v in figures.items()))

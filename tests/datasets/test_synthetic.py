@@ -56,3 +56,14 @@ def test_bad_sizes_are_rejected(tmp_path: Path):
         write_mars(tmp_path / "x", **{**SMALL, "min_frames": 5, "max_frames": 4})
     assert not (tmp_path / "x").exists()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_worker_processes_write_the_same_bytes_and_test_identities_size_the_split(tmp_path: Path):
+    # The embedded default's test split has many more identities than its training split.
+    write_mars(tmp_path / "one", seed=2, test_identities=3, **SMALL)
+    table = write_mars(tmp_path / "two", seed=2, test_identities=3, workers=2, **SMALL)
+    assert _files(tmp_path / "one") == _files(tmp_path / "two")
+    pids = {split: set(table.filter(table["split"] == split)["pid"].to_list()) - {0, -1} for split in ("train", "test")}
+    assert (len(pids["train"]), len(pids["test"])) == (1, 3)
+    with pytest.raises(DatasetError, match="--test-identities 4"):
+        write_mars(tmp_path / "x", test_identities=4, **SMALL)

@@ -13,6 +13,8 @@ import torch
 
 from datasets.loaders import EvalClips, TrainClips, train_loader
 from harness.train.checkpoint import load_model, save_state
+from harness.evaluate.metrics import scores_from_outcomes
+from harness.evaluate.queries import outcomes_of, read_queries
 from harness.evaluate.features import extract_features, load_features, save_features, score_features
 from harness.train.worker import build_optimizer, train_epoch
 
@@ -134,8 +136,16 @@ def test_cli_round_trip_and_errors(trained, prepared_root, tmp_path):
     folder, _ = trained
     sets = ["--set", f"data.prepared_root={prepared_root}", "--set", "data.frames=4", "--set", "data.height=64",
             "--set", "data.width=32", "--set", "model.preset=nvan", "--set", "model.width=4", "--set", "model.stripes=null"]
-    first = cli("--checkpoint", str(folder), "--save-features", str(tmp_path / "f"), "--out", str(tmp_path / "a.json"), *sets)
+    first = cli("--checkpoint", str(folder), "--save-features", str(tmp_path / "f"), "--out", str(tmp_path / "a.json"),
+                "--queries", str(tmp_path / "a.queries.parquet"), *sets)
     assert first.returncode == 0, first.stderr
+    # The per-query outcomes give back every reported score, and the JSON carries their intervals.
+    scores = json.loads((tmp_path / "a.json").read_text())["mars-official"]
+    outcomes = outcomes_of(read_queries(tmp_path / "a.queries.parquet"), "mars-official")
+    assert scores_from_outcomes("mars-official", outcomes).as_dict() == {k: scores[k] for k in scores_from_outcomes(
+        "mars-official", outcomes).as_dict()}
+    assert scores["ci95"]["rank1"][0] <= scores["rank1"] <= scores["ci95"]["rank1"][1]
+    assert "95 % interval over queries: rank-1 [" in first.stdout
     second = cli("--features", str(tmp_path / "f"), "--out", str(tmp_path / "b.json"), *sets)
     assert second.returncode == 0, second.stderr
     assert json.loads((tmp_path / "a.json").read_text()) == json.loads((tmp_path / "b.json").read_text())

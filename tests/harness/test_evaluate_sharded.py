@@ -62,7 +62,7 @@ def test_training_evaluation_on_two_ranks_scores_rank_zeros_model(odd_test_set, 
     model = tiny_model()
     torch.save(model.state_dict(), tmp_path / "state.pt")
     config = load_config(Path(__file__).resolve().parents[2] / "params.yaml", overrides)
-    expected, _ = evaluate_model(model, EvalClips(odd_test_set, 4, sampler), config, torch.device("cpu"))
+    expected, *_ = evaluate_model(model, EvalClips(odd_test_set, 4, sampler), config, torch.device("cpu"))
     spawn(2, evaluate_worker, overrides, tmp_path / "state.pt", tmp_path)
     got = json.loads((tmp_path / "metrics.json").read_text())
     assert got.keys() == expected.keys()

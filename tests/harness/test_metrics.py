@@ -435,3 +435,42 @@ def test_float_labels_rejected():
     feats, pids, cams = small_test_set()
     with pytest.raises(MetricsError, match="pids must be a 1-D integer array, got shape \\(10,\\) dtype float64"):
         score_test_set(feats, pids.astype(float), cams, np.array([0]))
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_per_query_outcomes_give_every_score_exactly(protocol, tmp_path):
+    """The kept per-query columns are what each score is a plain mean of: equal, not close, after a file round trip."""
+    import statistics
+
+    import polars as pl
+
+    from harness.evaluate.queries import read_queries, scores_table, write_queries
+
+    rng = np.random.default_rng(11)
+    pids = np.array([p for p in range(12) for _ in range(4)] + [-1, -1, 12])  # pid 12: one tracklet, no good match
+    cams = np.array([1 + i % 3 for i in range(len(pids) - 3)] + [1, 2, 3])
+    feats = rng.normal(size=(len(pids), 16)).astype(np.float32) + pids[:, None] * 0.05
+    queries = np.array([0, 5, 9, 14, 18, 22, 27, 31, 36, 41, 44, len(pids) - 1])
+    rows = pl.DataFrame({"pid": pids, "camera": cams, "tracklet": [f"t{i}" for i in range(len(pids))],
+                         "is_query": np.isin(np.arange(len(pids)), queries)})
+    scores = score_test_set(feats, pids, cams, queries, protocol=protocol)
+    write_queries(tmp_path / "q.parquet", scores_table({protocol: scores}, rows))
+    table = read_queries(tmp_path / "q.parquet")
+    assert table["query"].to_list() == list(range(len(queries))) and table["tracklet"][0] == "t0"
+    assert table.filter(pl.col("query") == len(queries) - 1)["first_rank"].to_list() == [None]  # no good match
+    valid = table.filter(pl.col("matches") > 0)
+    n = valid.height
+    assert scores.num_queries == n == len(queries) - 1
+    for k in (1, 5, 10, 20):
+        assert getattr(scores, f"rank{k}") == (valid["first_rank"] <= k).sum() / n
+    assert scores.cmc.tolist() == [(valid["first_rank"] <= r).sum() / n for r in range(1, 51)]
+    assert scores.map == statistics.fmean(valid["ap"].to_list())
+    assert scores.minp == statistics.fmean((valid["matches"] / valid["last_rank"]).to_list())
+    # Each query's AP and ranks are those of the per-query reference, query by query.
+    query_index = queries[:-1]
+    gallery = np.arange(len(pids)) if protocol == "mars-official" else np.setdiff1d(np.arange(len(pids)), queries)
+    dist = cdist(feats[query_index] / np.linalg.norm(feats[query_index], axis=1, keepdims=True),
+                 feats[gallery] / np.linalg.norm(feats[gallery], axis=1, keepdims=True))
+    for i, q in enumerate(query_index):
+        _, ap, _, _ = reference_scores(dist[i:i + 1], pids[[q]], cams[[q]], pids[gallery], cams[gallery], protocol)
+        assert valid["ap"][i] == pytest.approx(ap, abs=1e-12)

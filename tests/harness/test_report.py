@@ -20,12 +20,18 @@ from harness.measure.cost import main as cost_main
 from harness.report.__main__ import main
 from harness.report.build import build_report, write_report
 from harness.report.plot import draw
-from harness.report.runs import (PANELS, PUBLISHED, SCHEMA, load_costs, load_runs, open_experiment, plot_points,
-                                 published_points, select_runs, with_front)
+from harness.report.points import deterministic_front, with_uncertainty
+from harness.report.runs import (PANELS, PUBLISHED, SCHEMA, load_costs, load_runs, open_experiment, published_points,
+                                 select_runs)
 from harness.results.tracking import connect, log_metrics, start_run
 from models.presets import preset_spec
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def points_of(runs: pl.DataFrame) -> pl.DataFrame:
+    """The report's points of `runs` (intervals where per-query outcomes exist)."""
+    return with_uncertainty(runs)[0]
 os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
 
 
@@ -106,13 +112,13 @@ def test_pareto_front_matches_brute_force():
         "cost": rng.choice([0.5, 1.0, 2.0, 4.0, 8.0, 16.0], n).tolist(),  # many cost ties
         "rank1": rng.choice([0.2, 0.4, 0.6, 0.8], n).tolist(),  # and exact duplicates
     })
-    flags = with_front(frame, "rank1")["pareto_rank1"].to_list()
+    flags = deterministic_front(frame, "rank1")["pareto_rank1"].to_list()
     assert flags == [not d for d in dominated(frame, "rank1")]
     assert 0 < sum(flags) < n
 
 
 def test_plot_points_front_per_group(store):
-    points = plot_points(select_runs(load_runs(*open_experiment(store, "nvan-bench")), None, True))
+    points = points_of(select_runs(load_runs(*open_experiment(store, "nvan-bench")), None, True))
     measured = points.drop_nulls("gmacs")
     for acc in ("rank1", "map"):
         assert measured[f"pareto_{acc}"].to_list() == [not d for d in dominated(measured, acc)]
@@ -142,7 +148,7 @@ def panel_points(ax) -> tuple[list[tuple[float, float]], list[tuple[float, float
 
 
 def test_plot_data_one_group_per_panel(store):
-    points = plot_points(select_runs(load_runs(*open_experiment(store, "nvan-bench")), None, True))
+    points = points_of(select_runs(load_runs(*open_experiment(store, "nvan-bench")), None, True))
     refs = published_points()
     fig, tips = draw(points, refs)
     axes = fig.axes
@@ -170,7 +176,7 @@ def test_labels_do_not_overlap():
                                                                            "map", "minp")},
     })
     runs = pl.concat([pl.DataFrame(schema=SCHEMA), cluster], how="diagonal_relaxed")
-    points = plot_points(select_runs(runs, None, latest_per_label=True))
+    points = points_of(select_runs(runs, None, latest_per_label=True))
     fig, _ = draw(points, None)
     renderer = fig.canvas.get_renderer()
     for ax in fig.axes:
@@ -185,7 +191,7 @@ def test_labels_do_not_overlap():
 
 
 def test_report_files(store, tmp_path):
-    points = plot_points(select_runs(load_runs(*open_experiment(store, "nvan-bench")), "mars", True))
+    points = points_of(select_runs(load_runs(*open_experiment(store, "nvan-bench")), "mars", True))
     paths = write_report(points, published_points(), tmp_path, "experiment 'nvan-bench' in test")
     assert [p.name for p in paths] == ["pareto.png", "pareto.html", "benchmark.md", "metrics.json", "pareto.csv"]
     assert paths[0].read_bytes().startswith(b"\x89PNG")
@@ -194,7 +200,8 @@ def test_report_files(store, tmp_path):
     rows = [line for line in md.splitlines() if re.match(r"\| .*\| [0-9a-f]{32} \|", line)]
     assert len(rows) == len(points)
     ste = next(r for r in rows if "| ste_nvan | mars (synthetic) |" in r).split(" | ")
-    assert ste[7] == "0.3" and ste[12:18] == ["45.0", "46.0", "47.0", "48.0", "36.0", "18.0"]
+    # MLflow runs keep no per-query outcomes: means without intervals, seed spread or P(front).
+    assert ste[7] == "0.3" and ste[12:22] == ["45.0", "–", "–", "36.0", "–", "–", "18.0", "46.0", "47.0", "48.0"]
     assert ste[-1] == "0123456789ab-dirty |"
     for r in points.iter_rows(named=True):
         cells = next(row for row in rows if f"| {r['run_id']} |" in row).split(" | ")
@@ -205,9 +212,9 @@ def test_report_files(store, tmp_path):
 
     metrics = json.loads(paths[3].read_text())
     assert set(metrics) == {"mars", "mars (synthetic)"}
-    assert metrics["mars (synthetic)"]["nvan"] == {"rank1_pct": 50.0, "map_pct": 35.0, "minp_pct": 17.5, "gmacs": 1.0,
-                                                   "gmacs_per_tracklet": None, "params_m": 1.5, "latency_ms": 12.5,
-                                                   "latency_noisy": None}
+    assert metrics["mars (synthetic)"]["nvan"] == {"seeds": 1, "rank1_pct": 50.0, "rank1_lo": None, "rank1_hi": None,
+                                                   "rank1_std": None, "map_pct": 35.0, "map_lo": None, "map_hi": None,
+                                                   "map_std": None, "gmacs": 1.0, "latency_ms": 12.5}
     csv = pl.read_csv(paths[4])
     assert len(csv) == len(points) and set(csv["group"]) == {"mars", "mars (synthetic)"}
     assert csv.filter(pl.col("pareto_map"))["label"].to_list() == points.filter(pl.col("pareto_map"))["label"].to_list()
@@ -230,7 +237,7 @@ def cost_files(tmp_path_factory) -> list[Path]:
 
 
 def test_cost_table_merges_the_cost_files(store, tmp_path, cost_files):
-    paths, _ = build_report(tmp_path, mlflow=(store, "nvan-bench"), dataset="mars", cost_files=cost_files)
+    paths, *_ = build_report(tmp_path, mlflow=(store, "nvan-bench"), dataset="mars", cost_files=cost_files)
     assert paths[-1] == tmp_path / "cost.json"
     merged = json.loads(paths[-1].read_text())
     expected = [r for f in cost_files for r in json.loads(f.read_text())["reports"]]
@@ -338,11 +345,10 @@ def record_files(tmp_path) -> list[Path]:
 def test_report_from_run_records_alone(record_files, tmp_path, monkeypatch):
     # No MLflow store anywhere: the records are all the report needs.
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'absent' / 'mlflow.db'}")
-    paths, points = build_report(tmp_path / "out", records=record_files)
+    paths, points, _ = build_report(tmp_path / "out", records=record_files)
     assert sorted(points["label"]) == ["baseline", "nvan", "ste_nvan"]
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["mars (synthetic)"]["nvan"]["rank1_pct"] == 50.0
-    assert metrics["mars (synthetic)"]["nvan"]["latency_noisy"] is True
     md = (tmp_path / "out" / "benchmark.md").read_text()
     assert "| 10.0 noisy |" in md and "| 10.0 |" in md
     assert not (tmp_path / "absent").exists()
@@ -358,7 +364,7 @@ def test_report_adds_sweep_tables(record_files, tmp_path):
                   "rank1": [0.42, None], "gmacs_input": [0.2, None], "dataset": ["mars", "mars"],
                   "synthetic": [True, True], "input": ["4x64x32", "4x64x32"], "mlflow_run_id": ["a" * 32, "b" * 32],
                   "git_commit": ["c" * 40] * 2}).write_parquet(sweep)
-    _, points = build_report(tmp_path / "out", records=record_files, sweeps=[sweep])
+    _, points, _ = build_report(tmp_path / "out", records=record_files, sweeps=[sweep])
     trial = points.filter(pl.col("label") == "t000 p0230").row(0, named=True)
     assert (trial["kind"], trial["gmacs"], trial["map"], trial["parent_run_id"]) == ("trial", 0.2, 0.31, "demo")
     assert len(points) == 5
@@ -396,7 +402,7 @@ def test_report_on_measured_latency_keeps_devices_apart(tmp_path):
         paths.append(tmp_path / f"{i}.json")
         paths[-1].write_text(json.dumps(make_record(label, gmacs=gmacs, rank1=rank1, latency_s=seconds, device=device,
                                                     finished=f"2026-11-30T10:0{i}:00Z")))
-    _, points = build_report(tmp_path / "out", records=paths, axis="latency", latest_per_label=False)
+    _, points, _ = build_report(tmp_path / "out", records=paths, axis="latency", latest_per_label=False)
     assert set(points["group"]) == {"mars (synthetic) on cpu: A", "mars (synthetic) on cuda: B"}
     on_a = points.filter(pl.col("group") == "mars (synthetic) on cpu: A").sort("cost")
     assert on_a["cost"].to_list() == pytest.approx([10.0, 20.0, 30.0])
@@ -416,8 +422,8 @@ def test_report_on_gmacs_per_tracklet(tmp_path):
         paths.append(tmp_path / f"{label}.json")
         paths[-1].write_text(json.dumps(make_record(label, gmacs=gmacs, rank1=rank1, clips=clips,
                                                     finished=f"2026-11-30T10:0{i}:00Z")))
-    _, per_clip = build_report(tmp_path / "a", records=paths)
-    _, per_tracklet = build_report(tmp_path / "b", records=paths, axis="gmacs_tracklet")
+    _, per_clip, _ = build_report(tmp_path / "a", records=paths)
+    _, per_tracklet, _ = build_report(tmp_path / "b", records=paths, axis="gmacs_tracklet")
     assert per_clip.sort("label")["pareto_rank1"].to_list() == [False, True]  # nvan is cheaper per clip
     assert per_tracklet.sort("label")["cost"].to_list() == pytest.approx([0.5, 1.2])
     assert per_tracklet.sort("label")["pareto_rank1"].to_list() == [True, True]

@@ -151,9 +151,9 @@ def trial_runs(client: MlflowClient) -> list:
     return [r for r in client.search_runs([experiment]) if r.data.tags.get("nvan.kind") == "trial"]
 
 
-@pytest.mark.slow(seconds=160)
+@pytest.mark.slow(seconds=200)
 def test_interrupted_sweep_resumes_and_records_every_trial(tiny_sets, tmp_path, s3_storage):
-    """3 grid points, one infeasible; stopped (SIGINT) after the first trial finishes, then resumed.
+    """3 grid points, one infeasible, two seeds each; stopped (SIGINT) after the first trial finishes, then resumed.
 
     The cost objective is the latency each trial measures on its own worker resources.
     ray.storage_path is an S3 URI (a local moto server): Tune's experiment, the sweep's state, the
@@ -164,6 +164,7 @@ def test_interrupted_sweep_resumes_and_records_every_trial(tiny_sets, tmp_path, 
             "--set", f"report.out_dir={tmp_path / 'reports'}", "--set", "sweep.search=grid",
             "--set", "sweep.space={placement: [p0200], stripes: [0, 8, 16]}",  # s16: 16 stripes > 8 rows
             "--set", "sweep.trial={train: {epochs: 2, steps_per_epoch: 2}, eval: {every: 1}}", "--set", "sweep.grace_period=1",
+            "--set", "sweep.seeds=2", "--set", "report.bootstrap_resamples=1000",
             # One trial at a time: when the first one ends, a trained one is still to come (two at once
             # can both end before the interrupt lands, and the sweep exits 0).
             "--name", "t", "--num-samples", "1", "--max-concurrent", "1"]
@@ -189,7 +190,8 @@ def test_interrupted_sweep_resumes_and_records_every_trial(tiny_sets, tmp_path, 
     runs = trial_runs(client)
     sweeps = [r for r in client.search_runs([runs[0].info.experiment_id]) if r.data.tags.get("nvan.kind") == "sweep"]
     assert len(sweeps) == 1 and sweeps[0].data.tags["nvan.status"] == "finished"
-    assert len(runs) == 3 and {r.data.tags["mlflow.parentRunId"] for r in runs} == {sweeps[0].info.run_id}
+    # Two seeds of each of the two trained trials, and the infeasible one recorded once.
+    assert len(runs) == 5 and {r.data.tags["mlflow.parentRunId"] for r in runs} == {sweeps[0].info.run_id}
     # A trial that ended just before the interrupt may still be unfinished in Tune's saved state; Tune
     # then restores it and its Train run resumes at the final checkpoint: no epoch may be trained again.
     for run_id, (status, steps) in ended.items():
@@ -205,7 +207,7 @@ def test_interrupted_sweep_resumes_and_records_every_trial(tiny_sets, tmp_path, 
     assert results.height == 3 and results["trial_id"].n_unique() == 3
     # One truth: each trained trial's row, run record and MLflow run agree on epochs and best score.
     assert storage.exists(storage.join(s3_storage, "t", "nvan-sweep.json"))
-    assert len(storage.list_dirs(storage.join(s3_storage, "t", "train"))) == 2  # the two trained trials' runs
+    assert len(storage.list_dirs(storage.join(s3_storage, "t", "train"))) == 4  # two trained trials, two seeds each
     assert not (ROOT / "s3:").exists()  # nothing in a local folder named after the URI
     paths = [storage.join(s3_storage, "t", "records", f"{trial_id}.json") for trial_id in results["trial_id"]]
     records = {r["run"]["mlflow_run_id"]: r for r in map(read_record, filter(storage.exists, paths))}
@@ -213,7 +215,14 @@ def test_interrupted_sweep_resumes_and_records_every_trial(tiny_sets, tmp_path, 
         record, run = records[row["mlflow_run_id"]], client.get_run(row["mlflow_run_id"])
         assert record["status"] == row["status"] == run.data.tags["nvan.status"]
         assert record["epochs"] == row["epochs"] == len(client.get_metric_history(row["mlflow_run_id"], "loss"))
-        assert record["scores"]["mars-official"]["map"] == row["map"] == run.data.metrics["best.map"]
+        assert record["scores"]["mars-official"]["map"] == run.data.metrics["best.map"]
+        # The table's objective is the mean over the trial's seeds, with its interval over seeds and queries.
+        second_seed = read_record(storage.join(s3_storage, "t", "records", f"{row['trial_id']}-seed1.json"))
+        assert second_seed["config"]["seed"] == record["config"]["seed"] + 1 and second_seed["status"] == row["status"]
+        maps = [record["scores"]["mars-official"]["map"], second_seed["scores"]["mars-official"]["map"]]
+        assert row["seeds"] == 2 and row["map"] == pytest.approx(np.mean(maps), abs=1e-15)
+        assert row["map_std"] == pytest.approx(np.std(maps, ddof=1)) and row["map_lo"] <= row["map"] <= row["map_hi"]
+        assert 0 <= row["p_front_map"] <= 1
     assert set(results["mlflow_run_id"]) == {r.info.run_id for r in runs}
     points = results.filter(pl.col("status").is_in(["finished", "early-stopped"]))
     assert points.height == 2 and points["map"].is_not_null().all()
@@ -237,7 +246,9 @@ def test_a_sweep_with_failed_trials_says_so(tiny_config, tmp_path):
     client, experiment_id = connect(config.mlflow.tracking_uri, config.mlflow.experiment)
     results = pl.DataFrame({"label": ["t000 p0000", "t001 p0200"], "status": ["finished", "failed"],
                             "map": [0.3, None], "rank1": [0.4, None], "gmacs": [0.1, 0.2], "gmacs_input": [0.01, 0.02],
-                            "epochs": [2, 1], "mlflow_run_id": ["a" * 32, "b" * 32], "pareto": [True, False]})
+                            "epochs": [2, 1], "mlflow_run_id": ["a" * 32, "b" * 32], "pareto": [True, False],
+                            "seeds": [2, 0], "map_lo": [0.25, None], "map_hi": [0.35, None], "rank1_lo": [0.3, None],
+                            "rank1_hi": [0.5, None], "p_front_map": [1.0, None]})
     assert sweep_status(results, complete=True) == "failed" and EXIT_CODES["failed"] == 1
     assert sweep_status(results, complete=False) == "interrupted"
     assert sweep_status(results.head(1), complete=True) == "finished"
@@ -249,4 +260,4 @@ def test_a_sweep_with_failed_trials_says_so(tiny_config, tmp_path):
     assert run.data.metrics["sweep.failed"] == 1
     text = format_front(SweepOutcome("s", results, tmp_path / "results.parquet", parent, True, 1.0), "map",
                         "mars-official")
-    assert "FAILED: trial t001 p0200" in text
+    assert "FAILED: trial t001 p0200" in text and "30.0 ± 5.0" in text

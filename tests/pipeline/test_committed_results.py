@@ -8,19 +8,31 @@ where the machine matches the one the record was made on, and skips elsewhere, s
 
 from __future__ import annotations
 
-import pytest
+from pathlib import Path
 
+import pytest
+import yaml
+
+from harness.evaluate.queries import queries_path, read_queries
 from harness.results.records import read_record, reproducible_part
 from project_copy import DVC, RECORD, ROOT, copy_project, mismatch, run, strings
 
+SEEDS = yaml.safe_load((ROOT / "params.yaml").read_text())["seeds"]
+
+
 @pytest.mark.parametrize("preset", ["baseline", "nvan", "ste_nvan"])
 def test_committed_records_are_clean_and_complete(preset):
-    record = read_record(ROOT / "reports" / "runs" / f"{preset}.json")
-    assert len(record["git_commit"]) == 40 and "dirty" not in record["git_commit"]
-    assert not [s for s in strings(record) if s.startswith("/") or s.startswith("~")]
-    assert record["status"] == "finished" and record["preset"] == preset and record["label"] == preset
-    assert set(record["scores"]) == set(record["config"]["eval"]["protocols"])
-    assert record["cost"]["latency"]["median_s"] > 0 and record["run"]["cpu_capability"]
+    for seed in SEEDS:
+        path = ROOT / "reports" / "runs" / preset / f"seed{seed}.json"
+        record = read_record(path)
+        assert len(record["git_commit"]) == 40 and "dirty" not in record["git_commit"]
+        assert not [s for s in strings(record) if s.startswith("/") or s.startswith("~")]
+        assert record["status"] == "finished" and record["preset"] == preset and record["label"] == preset
+        assert record["config"]["seed"] == seed
+        assert set(record["scores"]) == set(record["config"]["eval"]["protocols"])
+        assert all(s["ci95"]["rank1"][0] <= s["rank1"] <= s["ci95"]["rank1"][1] for s in record["scores"].values())
+        assert record["cost"]["latency"]["median_s"] > 0 and record["run"]["cpu_capability"]
+        assert read_queries(queries_path(path)).height == sum(s["num_queries"] for s in record["scores"].values())
 
 
 @pytest.mark.slow(seconds=220, cores=2)
@@ -33,7 +45,10 @@ def test_forced_rerun_reproduces_the_committed_baseline(tmp_path):
     run(DVC, "repro", "prepare@mars", cwd=clone)  # the data is not in git: it is regenerated ...
     assert run("git", "diff", "--name-only", cwd=clone).stdout == ""  # ... to the locked hashes
     run(DVC, "repro", "-f", "-s", "train@baseline", cwd=clone)
-    committed, rerun = read_record(RECORD), read_record(clone / "reports" / "runs" / "baseline.json")
-    assert rerun["scores"] == committed["scores"]
-    same = {k: v for k, v in reproducible_part(rerun).items() if k != "git_commit"}
-    assert same == {k: v for k, v in reproducible_part(committed).items() if k != "git_commit"}
+    for seed in SEEDS:
+        name = Path("reports") / "runs" / "baseline" / f"seed{seed}.json"
+        committed, rerun = read_record(ROOT / name), read_record(clone / name)
+        assert rerun["scores"] == committed["scores"]
+        same = {k: v for k, v in reproducible_part(rerun).items() if k != "git_commit"}
+        assert same == {k: v for k, v in reproducible_part(committed).items() if k != "git_commit"}
+        assert read_queries(queries_path(clone / name)).equals(read_queries(queries_path(ROOT / name)))

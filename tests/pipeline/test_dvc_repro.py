@@ -17,17 +17,19 @@ pytestmark = pytest.mark.slow(seconds=300, cores=2)
 
 TINY = {
     "synthetic": {
-        "mars": {"format": "mars", "identities": 12, "cameras": 3, "tracklets_per_id": 4, "min_frames": 4,
-                 "max_frames": 8, "height": 64, "width": 32, "distractors": 1, "junk": 1, "seed": 0},
-        "duke": {"format": "duke", "identities": 8, "cameras": 3, "tracklets_per_id": 4, "min_frames": 4,
-                 "max_frames": 8, "height": 64, "width": 32, "distractors": 1, "junk": 0, "seed": 1},
+        "mars": {"format": "mars", "identities": 12, "test_identities": 6, "cameras": 3, "tracklets_per_id": 4,
+                 "min_frames": 4, "max_frames": 8, "height": 64, "width": 32, "distractors": 1, "junk": 1, "seed": 0},
+        "duke": {"format": "duke", "identities": 8, "test_identities": 4, "cameras": 3, "tracklets_per_id": 4,
+                 "min_frames": 4, "max_frames": 8, "height": 64, "width": 32, "distractors": 1, "junk": 0, "seed": 1},
     },
+    "seeds": [0, 1],
     "data": {"frames": 4, "height": 64, "width": 32},
     "model": {"width": 4},
     "presets": {"baseline": {}, "nvan": {}, "ste_nvan": {"stripes": [4, 4, 4, 4]}},
     "cost": {"width": 4, "measure": False},
     "train": {"epochs": 1, "batch_size": 8, "k": 2, "steps_per_epoch": 2},
-    "eval": {"protocols": ["mars-official"]},
+    "eval": {"protocols": ["mars-official"], "bootstrap_resamples": 1000},
+    "report": {"bootstrap_resamples": 1000},
     "ray": {"cpus_per_worker": 1, "max_failures": 0},
 }
 
@@ -57,22 +59,32 @@ def ran_stages(proc: subprocess.CompletedProcess) -> set[str]:
 def test_repro_records_reports_and_reruns(repo):
     presets = ("baseline", "nvan", "ste_nvan")
     first = run(DVC, "repro", cwd=repo)
+    seeds = (0, 1)
     outs = ["data/prepared/mars/manifest.json", "data/prepared/duke/manifest.json",
-            *(f"reports/cost/{p}.json" for p in presets), *(f"reports/runs/{p}.json" for p in presets),
+            *(f"reports/cost/{p}.json" for p in presets),
+            *(f"reports/runs/{p}/seed{s}{ext}" for p in presets for s in seeds for ext in (".json", ".queries.parquet")),
             *(f"reports/{f}" for f in ("pareto.png", "pareto.html", "benchmark.md", "metrics.json", "pareto.csv", "cost.json"))]
     assert [o for o in outs if not (repo / o).exists()] == []
     assert "training took" in first.stdout  # the report's summary ends the run
-    metrics = json.loads((repo / "reports/metrics.json").read_text())["mars (synthetic)"]
-    assert sorted(metrics) == sorted(presets)
+    metrics = json.loads((repo / "reports/metrics.json").read_text())
+    # One point per preset over its seeds, each with its interval; every pair of presets compared.
+    assert sorted(metrics["mars (synthetic)"]) == sorted(presets)
+    for point in metrics["mars (synthetic)"].values():
+        assert point["seeds"] == 2 and point["rank1_lo"] <= point["rank1_pct"] <= point["rank1_hi"]
+        assert point["map_lo"] <= point["map_pct"] <= point["map_hi"] and point["map_std"] is not None
+    assert len(metrics["comparisons"]["mars (synthetic)"]) == 3
+    metrics = metrics["mars (synthetic)"]
     costed = json.loads((repo / "reports/cost.json").read_text())["reports"]
     assert sorted({r["name"] for r in costed}) == sorted(presets)
-    records = {p: read_record(repo / f"reports/runs/{p}.json") for p in presets}
+    records = {(p, s): read_record(repo / f"reports/runs/{p}/seed{s}.json") for p in presets for s in seeds}
     for record in records.values():
         # Committed results must not name this machine's folders, nor come from uncommitted code.
         assert not [s for s in strings(record) if s.startswith("/")], record
         assert len(record["git_commit"]) == 40 and not record["git_commit"].endswith("-dirty")
         assert record["dataset"]["synthetic"] and record["dataset"]["manifest_hash"].startswith("blake2b:")
         assert record["cost"]["latency"] is None and record["scores"]["mars-official"]["cmc"]
+        assert record["scores"]["mars-official"]["ci95"]["rank1"][0] <= record["scores"]["mars-official"]["rank1"]
+    assert {r["config"]["seed"] for r in records.values()} == set(seeds)
 
     again = run(DVC, "repro", cwd=repo)
     assert "Running stage" not in again.stdout
@@ -94,9 +106,12 @@ def test_repro_records_reports_and_reruns(repo):
     after = json.loads((repo / "reports/metrics.json").read_text())["mars (synthetic)"]
     assert sorted(after) == sorted(presets)
     assert after["baseline"] == metrics["baseline"] and after["ste_nvan"] == metrics["ste_nvan"]
-    assert read_record(repo / "reports/runs/nvan.json")["spec"]["nl_window"] == 2
+    assert read_record(repo / "reports/runs/nvan/seed1.json")["spec"]["nl_window"] == 2
     table = (repo / "reports/benchmark.md").read_text()
     assert all(f"| {p} | mars (synthetic) |" in table for p in presets)
+    # DVC's own views read like a results table: the compact metrics, not the records' config keys.
+    shown = run(DVC, "metrics", "show", "--json", cwd=repo).stdout
+    assert "rank1_lo" in shown and "train.lr" not in shown and "spec" not in shown
 
     # A forced rerun of a training stage reproduces its recorded results exactly (ids and timings aside).
     # Where this machine can reproduce the committed record, test_committed_results proves that on the
@@ -104,6 +119,7 @@ def test_repro_records_reports_and_reruns(repo):
     if mismatch() is None:
         return
     run(DVC, "repro", "-f", "-s", "train@baseline", cwd=repo)
-    rerun = read_record(repo / "reports/runs/baseline.json")
-    assert rerun["run"]["mlflow_run_id"] != records["baseline"]["run"]["mlflow_run_id"]
-    assert reproducible_part(rerun) == reproducible_part(records["baseline"])
+    for seed in seeds:
+        rerun = read_record(repo / f"reports/runs/baseline/seed{seed}.json")
+        assert rerun["run"]["mlflow_run_id"] != records["baseline", seed]["run"]["mlflow_run_id"]
+        assert reproducible_part(rerun) == reproducible_part(records["baseline", seed])

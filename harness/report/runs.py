@@ -6,6 +6,8 @@ import calendar
 import functools
 import hashlib
 import json
+import math
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +21,7 @@ from harness.cli import UserError
 from harness.config import PAPER_INPUT
 from harness.evaluate.queries import queries_path
 from harness.measure.cost import macs_on_meta
-from harness.results.records import read_record
+from harness.results.records import QUERIES_FILE, read_record
 from harness.results.tracking import check_reachable
 from models.presets import preset_spec
 
@@ -113,7 +115,9 @@ def _row(r) -> dict:
         "params_m": metrics.get("cost.params_m"), "gmacs": metrics.get("cost.gmacs"),
         "gmacs_paper": metrics.get("cost.gmacs_paper"), "latency_ms": metrics.get("cost.latency_ms"),
         "latency_min_ms": metrics.get("cost.latency_min_ms"), "latency_max_ms": metrics.get("cost.latency_max_ms"),
-        "latency_noisy": None if metrics.get("cost.latency_noisy") is None else bool(metrics["cost.latency_noisy"]),
+        # NaN where the latency was not measured: no verdict on its noise either.
+        "latency_noisy": None if not math.isfinite(metrics.get("cost.latency_noisy", math.nan))
+        else bool(metrics["cost.latency_noisy"]),
         "latency_device": tags.get("cost.device"), "eval_sampler": params.get("eval.sampler"),
         "gmacs_tracklet": metrics.get("cost.gmacs_per_tracklet"), "clips_per_tracklet": metrics.get("cost.clips_per_tracklet"),
         "train_s": None if r.info.end_time is None else (r.info.end_time - r.info.start_time) / 1e3,
@@ -227,15 +231,28 @@ def load_sweeps(paths: list[Path]) -> pl.DataFrame:
 
 
 def load_runs(client: MlflowClient, experiment_id: str) -> pl.DataFrame:
-    """One row per training or trial run of the experiment (sweep parents and foreign runs skipped)."""
+    """One row per training or trial run of the experiment (sweep parents and foreign runs skipped), with the
+    per-query outcomes a finished run logged as an artifact, fetched into a temporary folder."""
     rows, token = [], None
     while True:
         page = client.search_runs([experiment_id], run_view_type=ViewType.ACTIVE_ONLY,
                                   max_results=1000, page_token=token)
-        rows += [_row(r) for r in page if r.data.tags.get("nvan.kind") in ("train", "trial")]
+        rows += [_row(r) | {"queries": _queries_artifact(client, r)} for r in page
+                 if r.data.tags.get("nvan.kind") in ("train", "trial")]
         token = page.token
         if not token:
             return pl.DataFrame(rows, schema=SCHEMA)
+
+
+def _queries_artifact(client: MlflowClient, run) -> str | None:
+    """The local path of a run's queries.parquet artifact (harness.train logs it when it finishes), or None."""
+    if run.data.tags.get("nvan.status") != "finished":
+        return None
+    try:
+        folder = Path(tempfile.gettempdir()) / "nvan-bench-report" / run.info.run_id
+        return client.download_artifacts(run.info.run_id, QUERIES_FILE, str(folder))
+    except (MlflowException, OSError):
+        return None  # a run from before per-query outcomes were logged: a point without an interval
 
 
 def select_runs(runs: pl.DataFrame, dataset: str | None, latest_per_label: bool, axis: str = "gmacs") -> pl.DataFrame:

@@ -15,7 +15,7 @@ import yaml
 
 from harness.evaluate.queries import queries_path, read_queries
 from harness.results.records import read_record, reproducible_part
-from project_copy import DVC, RECORD, ROOT, copy_project, mismatch, run, strings
+from project_copy import DVC, ROOT, copy_project, mismatch, run, strings
 
 SEEDS = yaml.safe_load((ROOT / "params.yaml").read_text())["seeds"]
 

@@ -135,8 +135,9 @@ _PUBLISHED_LABEL = "published, real MARS (paper's accuracy; our GMACs at 8x256x1
 
 
 def _references_for(runs: pl.DataFrame, published: pl.DataFrame | None) -> pl.DataFrame | None:
-    # The paper's numbers are MARS numbers: shown only beside runs on (real or synthetic) MARS.
-    return published if published is not None and runs["dataset"][0] == "mars" else None
+    # The paper's numbers are real MARS numbers: shown beside runs on real MARS only. On a synthetic panel
+    # they would only stretch both axes until the runs' intervals and front are too small to read.
+    return published if published is not None and runs["dataset"][0] == "mars" and not runs["synthetic"][0] else None
 
 
 def _panel(ax: Axes, runs: pl.DataFrame, refs: pl.DataFrame | None, acc: str, name: str,
@@ -209,7 +210,7 @@ def draw(points: pl.DataFrame, published: pl.DataFrame | None, axis: str = "gmac
             ax = axes[row][col]
             pending.append((ax, _panel(ax, runs, refs, acc, name, f"pt-{row}-{col}", tips, axis)))
     legend = {label: h for ax in axes.flat for h, label in zip(*ax.get_legend_handles_labels())}
-    fig.legend(legend.values(), legend.keys(), loc="outside lower center", ncols=len(legend))
+    fig.legend(legend.values(), legend.keys(), loc="outside lower center", ncols=min(len(legend), 2))
     fig.canvas.draw()  # settle the layout, then freeze it so label boxes stay where they were measured
     fig.set_layout_engine("none")
     for ax, labels in pending:

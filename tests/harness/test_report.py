@@ -158,11 +158,12 @@ def test_plot_data_one_group_per_panel(store):
         expected = points.filter(pl.col("group") == group).drop_nulls(["gmacs", acc])
         runs, stars = panel_points(ax)
         assert sorted(runs) == sorted(expected.select("gmacs", f"{acc}_pct").rows())
-        assert sorted(stars) == (sorted(refs.select("gmacs", f"{acc}_pct").rows()) if group != "duke" else [])
+        # The paper's real-MARS numbers beside real MARS only: on synthetic panels they would squash the runs.
+        assert sorted(stars) == (sorted(refs.select("gmacs", f"{acc}_pct").rows()) if group == "mars" else [])
         front = expected.filter(pl.col(f"pareto_{acc}")).sort("gmacs")
         step = ax.lines[0].get_data()
         assert list(step[0]) == front["gmacs"].to_list() and list(step[1]) == front[f"{acc}_pct"].to_list()
-    assert len(tips) == 2 * len(points.drop_nulls("gmacs")) + 2 * 2 * len(refs)
+    assert len(tips) == 2 * len(points.drop_nulls("gmacs")) + 2 * len(refs)
 
 
 def test_labels_do_not_overlap():
@@ -222,7 +223,7 @@ def test_report_files(store, tmp_path):
     page = paths[1].read_text()
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)
     assert not re.search(r"<script[^>]*src|<link|@import|url\(\s*['\"]?(https?:)?//", page)
-    assert page.count("<title>") == 1 + 2 * len(points.drop_nulls("gmacs")) + 2 * 2 * 3  # 2 MARS groups x 2 panels
+    assert page.count("<title>") == 1 + 2 * len(points.drop_nulls("gmacs")) + 2 * 3  # real MARS's 2 panels
     assert "run " + points.filter(pl.col("label") == "ste_nvan")["run_id"][0] in page
 
 

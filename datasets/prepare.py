@@ -7,11 +7,13 @@ written in table order, and the whole directory appears by one rename when compl
 from __future__ import annotations
 
 import argparse
+import errno
 import hashlib
 import io
 import json
 import logging
 import multiprocessing
+import shutil
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -25,6 +27,7 @@ from PIL import Image
 from datasets.atomic import atomic_directory
 from datasets.duke import read_duke
 from datasets.errors import DatasetError, run_cli
+from datasets.integrity import describe_files, store_hash
 from datasets.mars import read_mars
 from datasets.progress import Progress
 from datasets.store import FORMATS, Frame, JpegWriter, RawWriter
@@ -36,7 +39,7 @@ log = logging.getLogger(__name__)
 READERS = {"mars": read_mars, "duke": read_duke}
 # Frames per worker task: at 256x128, 25 MB of pixels the worker writes itself (raw) or ~2 MB of JPEG it returns.
 CHUNK_FRAMES = 256
-CODE_FILES = ("atomic.py", "duke.py", "mars.py", "prepare.py", "store.py", "tracklets.py")
+CODE_FILES = ("atomic.py", "duke.py", "integrity.py", "mars.py", "prepare.py", "store.py", "tracklets.py")
 Writer = RawWriter | JpegWriter
 
 
@@ -58,6 +61,21 @@ def prepare(
         )
     _check_store(store, quality)
     table = READERS[layout](root)
+    needed = _bytes_needed(table, Path(root), store, height, width)
+    _check_space(Path(out), needed)
+    try:
+        return _write(layout, table, Path(root), Path(out), height, width, workers, skip_corrupt, store, quality)
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        raise DatasetError(f"the disk filled up while writing {out}: the store needs about {needed:,} bytes and "
+                           f"{_free(Path(out)):,} are free now on {_existing(Path(out))}; nothing was kept. Free space "
+                           f"there (or give another --out) and prepare again.") from None
+
+
+def _write(layout: str, table: pl.DataFrame, root: Path, out: Path, height: int, width: int, workers: int,
+           skip_corrupt: bool, store: str, quality: int) -> dict:
+    """Pack the dataset into a temporary folder beside `out`, record its manifest, rename it into place."""
     with atomic_directory(out) as tmp:
         writer = _writer(store, tmp, int(table["num_frames"].sum()), height, width, quality)
         table, dropped_frames, content_hash = _pack(table, Path(root), writer, workers, skip_corrupt,
@@ -72,8 +90,36 @@ def prepare(
         manifest["store"] = writer.describe()
         manifest["synthetic"] = (Path(root) / SYNTHETIC_MARKER).exists()
         table.write_parquet(tmp / "tracklets.parquet")
+        # What later runs check before they trust the data (datasets.integrity).
+        manifest["files"] = describe_files(tmp)
+        manifest["store_hash"] = store_hash(manifest["content_hash"], manifest["files"])
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
+
+
+def _bytes_needed(table: pl.DataFrame, root: Path, store: str, height: int, width: int) -> int:
+    """Bytes the store will take: exact for raw pixels; for JPEG, the source files' size (frames kept as they are, or
+    re-encoded at about their size)."""
+    if store == "raw":
+        return int(table["num_frames"].sum()) * 3 * height * width
+    return sum((root / path).stat().st_size for path in table["frames"].explode().to_list())
+
+
+def _existing(path: Path) -> Path:
+    return next((p for p in (path, *path.parents) if p.exists()), Path("."))
+
+
+def _free(path: Path) -> int:
+    return shutil.disk_usage(_existing(path)).free
+
+
+def _check_space(out: Path, needed: int) -> None:
+    """DatasetError, before anything is written, when the disk under `out` has not room for `needed` bytes."""
+    free = _free(out)
+    if free < needed:
+        raise DatasetError(f"not enough space for {out}: the store needs about {needed:,} bytes and "
+                           f"{_existing(out)} has {free:,} free; free space there, give another --out, or prepare a "
+                           f"JPEG store (--store jpeg, about a tenth of the raw size).")
 
 
 def _check_store(store: str, quality: int) -> None:
@@ -216,7 +262,8 @@ def _manifest(
 
 def main(argv: list[str] | None = None) -> int:
     """CLI: prepare one dataset; DatasetError exits with code 2."""
-    parser = argparse.ArgumentParser(description="Pack a MARS or DukeMTMC-VideoReID layout into a frame store.")
+    parser = argparse.ArgumentParser(prog="python -m datasets.prepare",
+                                     description="Pack a MARS or DukeMTMC-VideoReID layout into a frame store.")
     parser.add_argument("--format", required=True, choices=sorted(READERS))
     parser.add_argument("--root", required=True, type=Path, help="the dataset's root folder (official layout)")
     parser.add_argument("--out", required=True, type=Path, help="output folder, e.g. data/prepared/mars")

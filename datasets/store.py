@@ -77,9 +77,11 @@ class RawWriter:
     def __init__(self, directory: Path, capacity: int, height: int, width: int) -> None:
         self.directory = Path(directory)
         self.shape = (capacity, 3, height, width)
-        # A sparse file: reserving MARS's 117 GB costs no disk until frames are written.
+        # The space is allocated now, so a full disk is an ENOSPC here rather than a SIGBUS in a worker's memory-mapped
+        # write later (a sparse file would only fail when a page is first written).
         with open(self.directory / DATA, "wb") as f:
-            f.truncate(capacity * 3 * height * width)
+            if capacity:
+                os.posix_fallocate(f.fileno(), 0, capacity * 3 * height * width)
 
     def encode(self, start: int, frames: list[Frame | None]) -> None:
         """Store `frames` at rows start .., in this (decoding) process; nothing is left for `write`."""
@@ -191,6 +193,11 @@ class FrameStore:
             raise DatasetError(f"{self.directory / META} names frame store format {self.format!r}, which this code "
                                f"cannot read (it knows {list(FORMATS)}); prepare the dataset again with this code.")
         self.shape = tuple(meta["shape"])
+        if self.format == "raw":
+            data, expected = self.directory / DATA, int(np.prod(self.shape))
+            if data.stat().st_size < expected:
+                raise DatasetError(f"{data} is truncated: {data.stat().st_size:,} bytes, {expected:,} expected for "
+                                   f"{self.shape[0]:,} frames; prepare the dataset again.")
         self._data: np.memmap | None = None
         self._offsets: np.ndarray | None = None
 

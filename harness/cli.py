@@ -11,6 +11,7 @@ from pathlib import Path
 from datasets.errors import DatasetError
 from harness.config import DEFAULT_PARAMS, Config, ConfigError, load_config
 from harness.evaluate.metrics import MetricsError
+from harness.redact import RedactingFilter, redact
 from models.checkpoints import CheckpointError
 from models.spec import SpecError
 
@@ -39,11 +40,14 @@ def load_from_args(args: argparse.Namespace) -> Config:
 
 
 def run(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> None:
-    """Run a CLI entry point: user errors print one paragraph and exit 2, bugs keep their traceback."""
+    """Run a CLI entry point: user errors print one paragraph and exit 2, bugs keep their traceback. Nothing it
+    logs or prints as an error shows credentials of a URI."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RedactingFilter())
     try:
         code = main(argv)
     except (*USER_ERRORS, UserError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {redact(str(e))}", file=sys.stderr)
         sys.exit(2)
     sys.exit(code or 0)

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from harness.echo import echo, short
 from models.presets import PRESETS, preset_spec
 from models.spec import STAGE_BLOCKS, ModelSpec, SpecError
 
@@ -426,7 +427,7 @@ def parse_override(item: str) -> tuple[str, Any]:
     if not sep or not key.strip():
         raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set model.non_local=[0,2,3,0]")
     try:
-        return key.strip(), yaml.safe_load(raw) if raw.strip() else None
+        return key.strip(), safe_yaml(raw, f"--set {short(item)!r}") if raw.strip() else None
     except yaml.YAMLError as e:
         raise ConfigError(f"--set {item!r}: the value is not valid YAML ({e.problem}); quote it") from e
 
@@ -434,17 +435,66 @@ def parse_override(item: str) -> tuple[str, Any]:
 def _describe(err: dict) -> str:
     where = ".".join(str(p) for p in err["loc"]) or "params"
     if err["type"] == "extra_forbidden":
-        return f"unknown key {where!r}; check the spelling against params.yaml"
+        return f"unknown key {short(where)!r}; check the spelling against params.yaml"
     if err["type"] == "value_error":  # a cross-field check: its message names the fields
-        return f"{where}: {err['msg'].removeprefix('Value error, ')}"
-    return f"{where} = {err.get('input')!r}: {err['msg']}"
+        return f"{where}: {short(err['msg'].removeprefix('Value error, '))}"
+    return f"{where} = {echo(err.get('input'))}: {short(err['msg'])}"
+
+
+def _problems(error: ValidationError) -> str:
+    """The first few problems of a failed validation, one line, bounded."""
+    found = error.errors(include_url=False)
+    more = f"; and {len(found) - 5} more" if len(found) > 5 else ""
+    return "; ".join(_describe(err) for err in found[:5]) + more
+
+
+# Values a params file may expand to through YAML aliases: params.yaml has about 300; a "billion laughs"
+# file (aliases of aliases) would expand to billions, in validation and in any message that echoes it.
+MAX_YAML_VALUES = 100_000
+
+
+def safe_yaml(text: str, source: str) -> Any:
+    """YAML `text` as plain data (yaml.safe_load), refused when its aliases expand it beyond MAX_YAML_VALUES or refer
+    to themselves; ConfigError names `source`."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        size = _expanded_size(node, {}, set(), source)
+        if size > MAX_YAML_VALUES:
+            raise ConfigError(f"{source} expands to {size:,} values through YAML aliases (&anchor / *alias), more than "
+                              f"the {MAX_YAML_VALUES:,} a params file may hold; write the values out, or remove the "
+                              f"aliases of aliases")
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int], open_: set[int], source: str) -> int:
+    """Values under `node` once every alias is expanded; a node reached twice is counted twice, computed once."""
+    if id(node) in sizes:
+        return sizes[id(node)]
+    if id(node) in open_:
+        raise ConfigError(f"{source}: a YAML alias refers to the node that contains it (a cycle); params are a tree")
+    open_.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        size = 1 + sum(_expanded_size(k, sizes, open_, source) + _expanded_size(v, sizes, open_, source)
+                       for k, v in node.value)
+    elif isinstance(node, yaml.SequenceNode):
+        size = 1 + sum(_expanded_size(v, sizes, open_, source) for v in node.value)
+    else:
+        size = 1
+    open_.discard(id(node))
+    sizes[id(node)] = min(size, 10 * MAX_YAML_VALUES)  # enough to refuse; keeps the sums small
+    return sizes[id(node)]
 
 
 def load_config(path: Path | str = DEFAULT_PARAMS, overrides: list[str] = ()) -> Config:
     """Read `path`, apply `overrides` ('a.b=value'), validate; raise ConfigError naming the key."""
     path = Path(path)
     try:
-        tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        tree = safe_yaml(path.read_text(encoding="utf-8"), f"params file {path}") or {}
     except FileNotFoundError:
         raise ConfigError(f"params file {path} not found; pass --params FILE or run from the project root") from None
     except IsADirectoryError:
@@ -465,8 +515,7 @@ def load_config(path: Path | str = DEFAULT_PARAMS, overrides: list[str] = ()) ->
     try:
         return Config.model_validate(tree)
     except ValidationError as e:
-        problems = "; ".join(_describe(err) for err in e.errors(include_url=False))
-        raise ConfigError(f"invalid config in {path} (after --set overrides): {problems}") from None
+        raise ConfigError(f"invalid config in {path} (after --set overrides): {_problems(e)}") from None
 
 
 def _apply_preset_train(tree: dict) -> None:
@@ -491,8 +540,15 @@ def override(config: Config, overrides: dict[str, Any], source: str) -> Config:
     try:
         return Config.model_validate(tree)
     except ValidationError as e:
-        problems = "; ".join(_describe(err) for err in e.errors(include_url=False))
-        raise ConfigError(f"{source}: {problems}") from None
+        raise ConfigError(f"{source}: {_problems(e)}") from None
+
+
+def dotted(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested params tree as flat 'a.b' -> value pairs (values as they are)."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        out |= dotted(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value}
+    return out
 
 
 def flatten(config: Config) -> dict[str, Any]:
@@ -510,4 +566,4 @@ def flatten(config: Config) -> dict[str, Any]:
     return out
 
 
-__all__ = ["Config", "ConfigError", "InputSize", "load_config", "override", "flatten", "PRESETS"]
+__all__ = ["Config", "ConfigError", "InputSize", "load_config", "override", "flatten", "dotted", "PRESETS"]

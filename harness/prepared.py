@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from datasets.integrity import verify
 from harness.cli import UserError
 from harness.config import Config
 
 
 def prepared_dataset(config: Config) -> tuple[Path, dict]:
-    """The folder data/prepared/<data.dataset> and its manifest, after checking they fit the config.
+    """The folder data/prepared/<data.dataset> and its manifest, after checking they fit the config and that its
+    files are those prepare wrote (datasets.integrity).
 
     The frame store holds frames at the size it was prepared at; a clip of another size would
     train and cost a different model than the one recorded, so a mismatch is an error.
@@ -38,4 +40,5 @@ def prepared_dataset(config: Config) -> tuple[Path, dict]:
             f"prepare@{config.data.dataset}` after changing params, or `python -m datasets.prepare ... --height "
             f"{wanted[0]} --width {wanted[1]}`), or set data.height={stored[0]} data.width={stored[1]}"
         )
+    verify(directory, manifest)  # the bytes are the ones prepare wrote: checked once per machine, then by size
     return directory, manifest

@@ -19,6 +19,7 @@ import pyarrow.fs as pafs
 from harness.cli import UserError
 from harness.config import STORAGE_SCHEMES
 from harness.io import atomic_path
+from harness.redact import redact
 
 
 def is_uri(location: str | Path) -> bool:
@@ -47,7 +48,7 @@ def resolve(location: str | Path) -> tuple[pafs.FileSystem, str]:
     try:
         return pafs.FileSystem.from_uri(str(location))
     except (pyarrow.ArrowException, OSError, ValueError) as e:
-        raise UserError(f"ray.storage_path {location}: pyarrow cannot open it ({e}); give a folder every node "
+        raise UserError(f"ray.storage_path {redact(location)}: pyarrow cannot open it ({e}); give a folder every node "
                         f"mounts, or a URI of a filesystem pyarrow supports ({', '.join(STORAGE_SCHEMES)}) with its "
                         f"credentials set in the environment of every node") from None
 
@@ -106,6 +107,22 @@ def write_text(location: str | Path, text: str) -> None:
     write_bytes(location, text.encode("utf-8"))
 
 
+def delete(location: str | Path) -> None:
+    """Remove the file at `location` if it is there."""
+    fs, path = resolve(location)
+    try:
+        fs.delete_file(path)
+    except FileNotFoundError:
+        pass
+
+
+def size(location: str | Path) -> int | None:
+    """The size in bytes of the file at `location`, None if there is none."""
+    fs, path = resolve(location)
+    found = fs.get_file_info(path)
+    return found.size if found.type == pafs.FileType.File else None
+
+
 def list_dirs(location: str | Path) -> list[str]:
     """Names of the folders directly under `location` (empty if it does not exist)."""
     fs, path = resolve(location)
@@ -146,5 +163,5 @@ def check_writable(location: str | Path) -> None:
             f.write(b"probe")
         fs.delete_file(probe)
     except (pyarrow.ArrowException, OSError) as e:
-        raise UserError(f"ray.storage_path {location} is not writable ({type(e).__name__}: {e}); check the bucket "
+        raise UserError(f"ray.storage_path {redact(location)} is not writable ({type(e).__name__}: {redact(str(e))}); check the bucket "
                         f"exists and the credentials in this environment (the same must hold on every node)") from None

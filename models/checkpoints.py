@@ -91,27 +91,29 @@ def _read(path: str | Path) -> dict[str, torch.Tensor]:
     return dict(state)
 
 
-def safe_load(path: str | Path, expected: str) -> object:
+def safe_load(path: str | Path, expected: str, shown: str | Path | None = None) -> object:
     """torch.load with the weights-only unpickler, which builds tensors and plain data and nothing else.
 
     A file that would import anything (a pickled os.system call, say) is refused before it runs;
     that and files that are not checkpoints at all raise one-paragraph CheckpointErrors naming
-    `expected`, instead of torch's advice to turn the protection off.
+    `expected`, instead of torch's advice to turn the protection off. The messages name `shown` (where
+    the user keeps the file) when `path` is a local copy of it.
     """
+    name = path if shown is None else shown
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         lines = [line.strip() for line in str(error).splitlines() if line.strip()]
         blocked = next((line for line in lines if "GLOBAL" in line), None)
         if blocked:
-            raise CheckpointError(f"refusing to load {path}: it holds Python objects beyond tensors and plain data "
+            raise CheckpointError(f"refusing to load {name}: it holds Python objects beyond tensors and plain data "
                                   f"({blocked}), and unpickling them could run code; give {expected}") from None
         detail = next((line for line in lines if line.startswith("Unsupported")), lines[-1] if lines else "")
-        raise CheckpointError(f"{path} is not a PyTorch checkpoint (the unpickler says: {detail}); "
+        raise CheckpointError(f"{name} is not a PyTorch checkpoint (the unpickler says: {detail}); "
                               f"give {expected}") from None
     except Exception as error:  # noqa: BLE001 - random bytes reach IndexError, KeyError, ... inside the unpickler
         first = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        raise CheckpointError(f"{path} is not a PyTorch checkpoint ({type(error).__name__}: {first}); "
+        raise CheckpointError(f"{name} is not a PyTorch checkpoint ({type(error).__name__}: {first}); "
                               f"give {expected}") from None
 
 

@@ -10,7 +10,13 @@ longest first, each into the half with less declared time.
 
 from __future__ import annotations
 
+import os
+import tempfile
+
 import pytest
+
+# The digests of prepared data this machine has checked (datasets.integrity): one cache per test session.
+os.environ.setdefault("NVAN_CACHE", tempfile.mkdtemp(prefix="nvan-cache-"))
 
 
 def expected_seconds(item: pytest.Item) -> float:

@@ -17,7 +17,11 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
 from harness.cli import UserError
+from harness.echo import echo, short
+from harness.redact import redact
 from harness import storage
 
 SCHEMA = "nvan-bench run record 1"
@@ -70,7 +74,8 @@ def run_record(*, label: str, kind: str, config: dict, spec, manifest: dict, cos
         "status": status,
         "preset": config["model"]["preset"],
         "dataset": {"name": data["dataset"], "format": manifest.get("format"),
-                    "manifest_hash": manifest.get("content_hash"), "synthetic": bool(manifest.get("synthetic", False))},
+                    "manifest_hash": manifest.get("content_hash"), "store_hash": manifest.get("store_hash"),
+                    "synthetic": bool(manifest.get("synthetic", False))},
         "input": f"{data['frames']}x{data['height']}x{data['width']}",
         "spec": asdict(spec),
         "config": run_config(config),
@@ -105,13 +110,87 @@ def read_record(path: Path | str) -> dict:
     try:
         record = json.loads(storage.read_text(path))
     except FileNotFoundError:
-        raise UserError(f"run record {path} does not exist; {fix}") from None
+        raise UserError(f"run record {redact(path)} does not exist; {fix}") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"run record {path} is not readable JSON ({type(e).__name__}: {e}); {fix}") from None
+        raise UserError(f"run record {redact(path)} is not readable JSON ({type(e).__name__}: {short(e)}); {fix}") from None
     if not isinstance(record, dict) or record.get("schema") != SCHEMA:
         found = record.get("schema") if isinstance(record, dict) else type(record).__name__
-        raise UserError(f"{path} is not a run record of this version (schema {found!r}, expected {SCHEMA!r}); {fix}")
+        raise UserError(f"{redact(path)} is not a run record of this version (schema {echo(found)}, expected "
+                        f"{SCHEMA!r}); {fix}")
     missing = [k for k in REQUIRED if k not in record]
     if missing:
-        raise UserError(f"run record {path} lacks {missing}; {fix}")
+        raise UserError(f"run record {redact(path)} lacks {missing}; {fix}")
+    try:
+        RecordShape.model_validate(record)
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])} = {echo(err.get('input'))}: {err['msg']}"
+                             for err in e.errors(include_url=False)[:5])
+        raise UserError(f"run record {redact(path)} has fields of the wrong type ({short(problems, 600)}); {fix}") from None
     return record
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class _Dataset(_Section):
+    name: str
+    format: str | None = None
+    manifest_hash: str | None = None
+    synthetic: bool
+
+
+class _Eval(_Section):
+    protocols: list[str] = Field(min_length=1)
+
+
+class _Config(_Section):
+    seed: int | None = None
+    eval: _Eval
+
+
+class _Latency(_Section):
+    median_s: float
+    min_s: float
+    max_s: float
+    device: str | None = None
+
+
+class _Cost(_Section):
+    params_m: float | None = None
+    gmacs: float | None = None
+    gmacs_paper: float | None = None
+    gmacs_per_tracklet: float | None = None
+    clips_per_tracklet: float | None = None
+    latency: _Latency | None = None
+    peak_memory_mb: float | None = None
+
+
+class _Scores(_Section):
+    rank1: float | None = None
+    rank5: float | None = None
+    rank10: float | None = None
+    rank20: float | None = None
+    map: float | None = None
+    minp: float | None = None
+    cmc: list[float] | None = None
+    ci95: dict[str, list[float]] | None = None
+
+
+class RecordShape(_Section):
+    """The types of the fields reports and sweeps read from a record (the rest is kept as written)."""
+
+    label: str
+    kind: str
+    status: str = "finished"
+    preset: str
+    dataset: _Dataset
+    input: str
+    spec: dict[str, Any]
+    config: _Config
+    cost: _Cost
+    scores: dict[str, _Scores]
+    best_epoch: int
+    epochs: int = 0
+    git_commit: str | None
+    run: dict[str, Any]

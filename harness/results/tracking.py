@@ -29,6 +29,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
 from harness.cli import UserError
+from harness.redact import redact
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_URI = f"sqlite:///{ROOT / 'mlflow.db'}"
@@ -98,7 +99,7 @@ def connect(uri: str, experiment: str) -> tuple[MlflowClient, str]:
 def start_run(client: MlflowClient, experiment_id: str, name: str, params: dict[str, Any],
               tags: dict[str, str], parent_run_id: str | None = None) -> str:
     """Create a run with `params` and `tags` (nested under `parent_run_id` if given); return its id."""
-    all_tags = dict(tags)
+    all_tags = {k: redact(str(v)) for k, v in tags.items()}
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id
     run = client.create_run(experiment_id, run_name=name, tags=all_tags)
@@ -107,8 +108,8 @@ def start_run(client: MlflowClient, experiment_id: str, name: str, params: dict[
 
 
 def log_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> None:
-    """Log params in batches (values as strings, None as 'null')."""
-    items = [Param(k, "null" if v is None else str(v)) for k, v in params.items()]
+    """Log params in batches (values as strings, None as 'null', credentials of URIs redacted)."""
+    items = [Param(k, "null" if v is None else redact(str(v))) for k, v in params.items()]
     for i in range(0, len(items), _BATCH):
         client.log_batch(run_id, params=items[i:i + _BATCH])
 
@@ -124,7 +125,7 @@ def log_metrics(client: MlflowClient, run_id: str, metrics: dict[str, float], st
 
 def set_tags(client: MlflowClient, run_id: str, tags: dict[str, str]) -> None:
     """Set run tags in one call."""
-    client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+    client.log_batch(run_id, tags=[RunTag(k, redact(str(v))) for k, v in tags.items()])
 
 
 def find_run(client: MlflowClient, experiment_id: str, tag: str, value: str) -> str | None:

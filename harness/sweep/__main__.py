@@ -6,6 +6,7 @@ import logging
 
 import polars as pl
 
+from harness import preemption
 from harness.cli import config_parser, load_from_args, run
 from harness.sweep.driver import EXIT_CODES, SweepOutcome, run_sweep, sweep_status
 from harness.sweep.space import COST, COST_LABELS, LATENCY, cost_key
@@ -45,7 +46,10 @@ def format_front(outcome: SweepOutcome, metric: str, protocol: str, cost: str = 
         lines.append(f"FAILED: trial {row['label']} (MLflow run {row['mlflow_run_id']}); its error is in the Ray "
                      f"logs under the sweep's folder")
     if not outcome.complete:
-        lines.append(f"interrupted: continue with `python -m harness.sweep --resume --name {outcome.name}`")
+        what = "preempted (SIGTERM)" if preemption.requested() else "interrupted"
+        took = preemption.seconds_since()
+        lines.append(f"{what}{f' {took:.1f} s ago' if took else ''}: continue with "
+                     f"`python -m harness.sweep --resume --name {outcome.name}`")
     return "\n".join(lines)
 
 
@@ -64,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         if value is not None:
             args.overrides.append(f"{key}={value}")
     config = load_from_args(args)
+    preemption.interrupt_on_sigterm()  # a SIGTERM ends the sweep as Ctrl-C does (Tune saves it), as preempted
     outcome = run_sweep(config, resume=args.resume)
     print(format_front(outcome, config.sweep.metric, config.eval.protocols[0], cost_key(config.sweep)))
     return EXIT_CODES[sweep_status(outcome.results, outcome.complete)]

@@ -22,13 +22,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
+from mlflow.exceptions import MlflowException
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray import tune
 
-from harness import storage
+from harness import preemption, storage
 from harness.cli import UserError
+from harness.echo import short
 from harness.config import (Config, flatten,
                             override)
 from harness.io import atomic_path, check_writable
+from harness.redact import redact
 from harness.results.tracking import connect, git_commit, log_metrics, set_tags, start_run
 from harness.train.driver import check_inputs
 from harness.train.session import check_resources, ray_session
@@ -52,23 +56,67 @@ class SweepOutcome:
     seconds: float
 
 
+class SweepState(BaseModel):
+    """nvan-sweep.json: the config a sweep started with (its URIs' credentials redacted) and its MLflow parent run."""
+
+    model_config = ConfigDict(extra="forbid")
+    config: Config
+    parent_run_id: str = Field(pattern=r"^[0-9a-f]{32}$")
+
+
+# Given anew on every resume: where Ray runs, and the URIs whose credentials the saved state does not keep.
+RESUME_FROM_COMMAND_LINE = ("ray.address", "ray.storage_path", "mlflow.tracking_uri")
+
+
+def read_state(location: str) -> SweepState:
+    """The saved sweep state at `location`; UserError naming the file and what is wrong with it."""
+    fix = ("it was written by harness.sweep when the sweep started and is not meant to be edited; restore it, or start "
+           "the sweep again under a new --name")
+    try:
+        return SweepState.model_validate_json(storage.read_text(location))
+    except UnicodeDecodeError as e:
+        raise UserError(f"sweep state {redact(location)} is not UTF-8 text ({e.reason}); {fix}") from None
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or 'the file'}: {err['msg']}"
+                             for err in e.errors(include_url=False)[:5])
+        raise UserError(f"sweep state {redact(location)} is not a valid sweep state ({short(problems)}); {fix}") from None
+
+
+def _resumed(config: Config, base: Config, name: str) -> tuple[Config, str]:
+    """The config and MLflow parent run a sweep being resumed started with, from its saved state; UserError for a
+    missing or damaged state, or a storage or tracking URI other than the sweep's."""
+    folder = storage.join(base.ray.storage_path, name)
+    state = storage.join(folder, STATE_FILE)
+    if not storage.exists(state):
+        raise UserError(f"--resume: no sweep {name!r} at {redact(folder)}; check --name and ray.storage_path")
+    saved = read_state(state)
+    given = {key: getattr(getattr(config, key.split(".")[0]), key.split(".")[1]) for key in RESUME_FROM_COMMAND_LINE}
+    for key in RESUME_FROM_COMMAND_LINE[1:]:
+        was = getattr(getattr(saved.config, key.split(".")[0]), key.split(".")[1])
+        if was is not None and redact(given[key]) != was:
+            raise UserError(f"--resume {name}: the sweep was started with {key} = {was}, not {redact(given[key])}; "
+                            f"resume it with the same {key}")
+    # The sweep continues as it started; only where Ray runs may change.
+    config = override(saved.config, given, "--resume")
+    client, _ = connect(base.mlflow.tracking_uri, base.mlflow.experiment)
+    try:
+        set_tags(client, saved.parent_run_id, {"nvan.status": "running"})
+    except MlflowException:
+        raise UserError(f"sweep state {redact(state)} names MLflow run {saved.parent_run_id}, which the store "
+                        f"{redact(base.mlflow.tracking_uri)} does not hold; resume with the mlflow.tracking_uri the "
+                        f"sweep started with") from None
+    return config, saved.parent_run_id
+
+
 def _start(config: Config, name: str, resume: bool) -> tuple[Config, str]:
     """The sweep's config and MLflow parent run: new ones, or those saved by the sweep being resumed."""
     base = trial_base(config)  # config errors before anything is created
     folder = storage.join(base.ray.storage_path, name)
     state = storage.join(folder, STATE_FILE)
     if resume:
-        if not storage.exists(state):
-            raise UserError(f"--resume: no sweep {name!r} at {folder}; check --name and ray.storage_path")
-        saved = json.loads(storage.read_text(state))
-        # The sweep continues as it started; only where Ray runs may change.
-        address = config.ray.address
-        config = override(Config.model_validate(saved["config"]), {"ray.address": address}, "--address")
-        client, _ = connect(base.mlflow.tracking_uri, base.mlflow.experiment)
-        set_tags(client, saved["parent_run_id"], {"nvan.status": "running"})
-        return config, saved["parent_run_id"]
+        return _resumed(config, base, name)
     if storage.exists(folder):
-        raise UserError(f"sweep {name!r} already exists at {folder}; resume it with --resume --name {name}, "
+        raise UserError(f"sweep {name!r} already exists at {redact(folder)}; resume it with --resume --name {name}, "
                         f"or choose another --name")
     client, experiment_id = connect(base.mlflow.tracking_uri, base.mlflow.experiment)
     directory = check_inputs(base)
@@ -79,7 +127,10 @@ def _start(config: Config, name: str, resume: bool) -> tuple[Config, str]:
         "dataset": config.data.dataset, "preset": config.model.preset, "protocol": config.eval.protocols[0],
         "device": "cuda" if base.ray.use_gpu else "cpu",
         "dataset.synthetic": str(manifest.get("synthetic", False)).lower()})
-    storage.write_text(state, json.dumps({"config": config.model_dump(mode="json"), "parent_run_id": parent}, indent=2))
+    recorded = override(config, {k: redact(v) if isinstance(v := getattr(getattr(config, k.split(".")[0]),
+                                                                          k.split(".")[1]), str) else v
+                                 for k in RESUME_FROM_COMMAND_LINE[1:]}, "sweep state")
+    storage.write_text(state, SweepState(config=recorded, parent_run_id=parent).model_dump_json(indent=2))
     return config, parent
 
 
@@ -110,6 +161,8 @@ def run_sweep(config: Config, resume: bool = False) -> SweepOutcome:
     start, base = time.perf_counter(), trial_base(config)
     check_inputs(base)  # user errors before Ray starts or anything is recorded
     check_writable(config.report.out_dir / "sweeps" / name / "results.parquet")
+    if resume:  # a missing or damaged sweep state, before Ray starts
+        _resumed(config, base, name)
     # MLflow and results.parquet are the records; Tune's own CSV/JSON/TensorBoard loggers only
     # duplicate them, and TensorBoard warns on the NaN objective of not yet evaluated epochs.
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
@@ -134,7 +187,12 @@ def run_sweep(config: Config, resume: bool = False) -> SweepOutcome:
                                             reuse_actors=False),
                 run_config=tune.RunConfig(name=name, storage_path=base.ray.storage_path, verbose=0,
                                           callbacks=[TrialEnds(sweep.metric, base.train.epochs, cost_key(sweep))]))
-        tuner.fit()
+        try:
+            tuner.fit()
+        except Exception:  # noqa: BLE001 - a SIGTERM to the process group kills Ray under Tune; the state is saved
+            if not preemption.requested():
+                raise
+            log.warning("Ray went down with the preemption; the trials are closed from their records")
     # The experiment state on disk was written before Tune's cleanup marked interrupted trials TERMINATED.
     trials = tune.ExperimentAnalysis(experiment).trials
     results, complete = close_trials(base, trials, name, parent_run_id)
@@ -148,14 +206,15 @@ def run_sweep(config: Config, resume: bool = False) -> SweepOutcome:
 
 
 
-EXIT_CODES = {"finished": 0, "failed": 1, "interrupted": 130}
+EXIT_CODES = {"finished": 0, "failed": 1, "interrupted": 130, "preempted": preemption.EXIT_CODE}
 
 
 
 def sweep_status(results: pl.DataFrame, complete: bool) -> str:
-    """The sweep's own status: interrupted (trials left to run), failed (a trial failed), or finished."""
+    """The sweep's own status: interrupted or preempted (SIGTERM; trials left to run), failed (a trial failed), or
+    finished."""
     if not complete:
-        return "interrupted"
+        return "preempted" if preemption.requested() else "interrupted"
     return "failed" if (results["status"] == "failed").any() else "finished"
 
 
@@ -163,9 +222,10 @@ def close_parent(base: Config, run_id: str, results: pl.DataFrame, path: Path, c
     """Log the sweep's counts and results table to its MLflow run; close it unless interrupted."""
     client, _ = connect(base.mlflow.tracking_uri, base.mlflow.experiment)
     counts = {f"sweep.{s.replace('-', '_')}": results.filter(pl.col("status") == s).height
-              for s in ("finished", "early-stopped", "infeasible", "failed", "interrupted")}
+              for s in ("finished", "early-stopped", "infeasible", "failed", "interrupted", "preempted")}
     log_metrics(client, run_id, counts | {"sweep.trials": results.height, "sweep.pareto": int(results["pareto"].sum())})
     client.log_artifact(run_id, str(path))
     status = sweep_status(results, complete)
     set_tags(client, run_id, {"nvan.status": status})
-    client.set_terminated(run_id, {"finished": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}[status])
+    client.set_terminated(run_id, {"finished": "FINISHED", "failed": "FAILED", "interrupted": "KILLED",
+                                   "preempted": "KILLED"}[status])

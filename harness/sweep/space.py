@@ -10,7 +10,8 @@ from typing import Any
 from ray import tune
 
 from harness import storage
-from harness.config import (PAPER_INPUT, TEMPORAL_POOLS, Config, ConfigError, InputSize, SweepConfig, override, placement_blocks)
+from harness.config import (PAPER_INPUT, TEMPORAL_POOLS, Config, ConfigError, InputSize, SweepConfig, dotted, override,
+                            placement_blocks)
 from harness.measure.cost import macs_on_meta
 from harness.results.tracking import tracking_uri
 from models.spec import SpecError
@@ -102,16 +103,9 @@ def resolve(base: Config, params: dict[str, Any]) -> Candidate:
     )
 
 
-def _dotted(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        out |= _dotted(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value}
-    return out
-
-
 def trial_base(config: Config) -> Config:
     """The config every trial starts from: sweep.trial applied, paths absolute; ConfigError names the key."""
-    base = override(config, _dotted(config.sweep.trial), "sweep.trial")
+    base = override(config, dotted(config.sweep.trial), "sweep.trial")
     sweep = base.sweep
     if sweep.scheduler == "asha" and sweep.grace_period < base.eval.every:
         raise ConfigError(

@@ -13,7 +13,7 @@ from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from datasets.loaders import TrainClips
-from harness import storage
+from harness import preemption, storage
 from harness.cli import UserError
 from harness.config import (Config, flatten,
                             override)
@@ -247,7 +247,8 @@ def trial_outcome(tune_status: str, record: dict | None, infeasible: bool, other
     return "interrupted"
 
 
-MLFLOW_END = {"finished": "FINISHED", "early-stopped": "KILLED", "failed": "FAILED", "interrupted": "KILLED"}
+MLFLOW_END = {"finished": "FINISHED", "early-stopped": "KILLED", "failed": "FAILED", "interrupted": "KILLED",
+              "preempted": "KILLED"}
 
 
 def close_trials(base: Config, trials: list, sweep_name: str, parent_run_id: str) -> tuple[pl.DataFrame, bool]:
@@ -271,7 +272,9 @@ def close_trials(base: Config, trials: list, sweep_name: str, parent_run_id: str
         # trial before Tune saved its report.
         costs, reason = feasibility(base, candidate, label)
         status = trial_outcome(trial.status, record, reason is not None, records[1:])
-        complete &= status != "interrupted"
+        if status in ("interrupted", "failed") and preemption.requested():
+            status = "preempted"  # stopped by the SIGTERM (its workers may have died of it first), not broken
+        complete &= status not in ("interrupted", "preempted")
         run_id = (record or {}).get("run", {}).get("mlflow_run_id") or r.get("mlflow_run_id") or find_run(
             client, experiment_id, "nvan.trial_id", trial.trial_id)
         if reason is not None and not run_id:

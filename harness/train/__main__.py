@@ -7,10 +7,12 @@ import re
 import sys
 from pathlib import Path
 
-from harness import storage
+from harness import preemption, storage
 from harness.cli import config_parser, load_from_args, run
 from harness.config import Config
 from harness.io import check_writable
+from harness.preemption import Preempted
+from harness.redact import redact
 from harness.train.driver import TrainingInterrupted, check_inputs, fit
 from harness.train.result import format_summary, train_record, write_run
 from harness.train.runs import check_run_name
@@ -50,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         check_writable(args.out / "seed0.json" if args.all_seeds else args.out)
     fail_at = os.environ.get("NVAN_TEST_FAIL_AT_STEP")
+    preemption.raise_on_sigterm()
     try:
         with ray_session(address, num_cpus=local_cpus(config, args.all_seeds), log_to_driver=config.ray.log_to_driver):
             if args.all_seeds:
@@ -62,9 +65,16 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingInterrupted as stop:
         resume = " ".join(["python -m harness.train", *(sys.argv[1:] if argv is None else argv)])
         resume = re.sub(r"\s--(name|resume)[= ]\S+", "", resume) + f" --resume {stop.ray_run}"
-        print(f"interrupted: MLflow run closed as interrupted; its checkpoints are in "
-              f"{storage.join(config.ray.storage_path, stop.ray_run)}. Continue with:\n  {resume}", file=sys.stderr)
-        return 130
+        what = "preempted (SIGTERM)" if stop.preempted else "interrupted"
+        took = preemption.seconds_since()
+        print(f"{what}: MLflow run closed as {what.split()[0]}{f' {took:.1f} s after the signal' if took else ''}; "
+              f"its checkpoints are in {redact(storage.join(config.ray.storage_path, stop.ray_run))}. Continue with:\n"
+              f"  {redact(resume)}", file=sys.stderr)
+        return preemption.EXIT_CODE if stop.preempted else 130
+    except Preempted:
+        print("preempted (SIGTERM) before training began: nothing was trained; run the command again",
+              file=sys.stderr)
+        return preemption.EXIT_CODE
     print(format_summary(result))
     if args.out:
         write_run(args.out, train_record(config, result), result.queries)

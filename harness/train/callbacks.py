@@ -18,23 +18,25 @@ from harness.results.tracking import log_metrics
 class MlflowEpochLogger:
     """Logs each epoch's numeric metrics (rank 0's report) to one MLflow run, from the Ray controller.
 
-    Checkpoints are sparse (train.checkpoint_every), so workers restarted after a failure train
-    and report again the epochs since the last one: those are logged once, the first time.
+    Checkpoints are sparse (train.checkpoint_every) and a resume starts after the last one, so
+    workers restarted after a failure or a stop train and report again the epochs since: those
+    already logged (`logged`) are skipped, every other epoch is logged once.
     """
 
-    def __init__(self, uri: str, run_id: str, logged_through: int = -1) -> None:
-        self.uri, self.run_id, self._client, self.logged_through = uri, run_id, None, logged_through
+    def __init__(self, uri: str, run_id: str, logged: set[int] | None = None) -> None:
+        self.uri, self.run_id, self._client, self.logged = uri, run_id, None, set(logged or ())
 
     def after_report(self, run_context, metrics: list[dict[str, Any]], checkpoint) -> None:
         from mlflow import MlflowClient
 
-        if metrics[0]["epoch"] <= self.logged_through:
+        epoch = int(metrics[0]["epoch"])
+        if epoch in self.logged:
             return
-        self.logged_through = metrics[0]["epoch"]
+        self.logged.add(epoch)
         self._client = self._client or MlflowClient(self.uri)
         skip = ("epoch", "checkpoint_score", "best_value", "first_step_at")
         numbers = {k: v for k, v in metrics[0].items() if k not in skip}
-        log_metrics(self._client, self.run_id, numbers, step=int(metrics[0]["epoch"]))
+        log_metrics(self._client, self.run_id, numbers, step=epoch)
 
 
 class LiveRecord:

@@ -51,23 +51,31 @@ def save_state(directory: Path, model: nn.Module, spec: ModelSpec, **training: A
     return path
 
 
-def read_state(path: Path) -> dict[str, Any]:
+def read_state(path: Path, shown: str | None = None) -> dict[str, Any]:
     """The dict saved by `save_state`; `path` is the file or the checkpoint folder holding it.
 
     One-paragraph user errors (UserError, CheckpointError) for a missing file, one that is not a
-    checkpoint, and one that holds Python objects beyond plain data (refused, never built).
+    checkpoint, and one that holds Python objects beyond plain data (refused, never built). They name
+    the file at `shown` (the checkpoint folder where the user keeps it) when `path` is a local copy.
     """
     path = Path(path)
     file = path / STATE_FILE if path.is_dir() else path
+    if shown is not None:
+        return _read_state(file, f"{str(shown).rstrip('/')}/{STATE_FILE}")
+    return _read_state(file, str(file))
+
+
+def _read_state(file: Path, shown: str) -> dict[str, Any]:
     if not file.is_file():
-        raise UserError(f"checkpoint {file} does not exist; pass a {STATE_FILE} written by harness.train "
+        raise UserError(f"checkpoint {shown} does not exist; pass a {STATE_FILE} written by harness.train "
                         f"or the checkpoint folder that holds it")
-    state = safe_load(file, f"a {STATE_FILE} written by harness.train (or an official STE-NVAN .pth with --official)")
+    state = safe_load(file, f"a {STATE_FILE} written by harness.train (or an official STE-NVAN .pth with --official)",
+                      shown)
     if not isinstance(state, dict) or "spec" not in state or "model" not in state:
-        raise UserError(f"{file} is not a harness.train checkpoint (no 'spec' and 'model' entries); "
+        raise UserError(f"{shown} is not a harness.train checkpoint (no 'spec' and 'model' entries); "
                         f"for an official STE-NVAN .pth use --official")
     if state.get("format") != FORMAT:
-        raise UserError(f"{file} was written by an older harness.train ({state.get('format', 'format 1')!r}, "
+        raise UserError(f"{shown} was written by an older harness.train ({state.get('format', 'format 1')!r}, "
                         f"expected {FORMAT!r}); train it again")
     return state
 

@@ -8,6 +8,7 @@ an epoch twice. The workers run `harness.train.worker.run_worker`.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
@@ -25,16 +26,21 @@ import yaml
 
 from harness import storage
 from harness.cli import USER_ERRORS, UserError
-from harness.config import Config, flatten
+from harness.config import Config, dotted, flatten
 from harness.evaluate.queries import read_queries
 from harness.prepared import prepared_dataset
-from harness.results.records import QUERIES_FILE
+from harness.echo import short
+from harness import preemption
+from harness.preemption import Preempted
+from harness.redact import redact
+from harness.results.records import QUERIES_FILE, run_config
 from harness.results.tracking import connect, find_run, git_commit, log_metrics, set_tags, start_run, tracking_uri
 from harness.train.callbacks import LiveRecord, MlflowEpochLogger, controller_callback, progress_bars
 from harness.train.checkpoint import read_state
 from harness.train.result import FINAL_KEYS, TrainResult, record_base, train_record, write_run
 from harness.train.run_cost import cost_metrics, run_cost
-from harness.train.runs import check_run_name, log_missing_epochs, saved_epochs
+from harness.train.runs import (PARAMS_FILE, RunLock, check_run_name, latest_checkpoint, log_missing_epochs,
+                                repair_snapshot, saved_epochs)
 from harness.train.session import check_resources, numerics_env, worker_resources
 from models.spec import ModelSpec
 
@@ -42,11 +48,12 @@ log = logging.getLogger("harness.train")
 
 
 class TrainingInterrupted(Exception):
-    """Ctrl-C during training: the MLflow run is closed as interrupted; the Ray run can be resumed."""
+    """Ctrl-C (or SIGTERM, `preempted`) during training: the MLflow run is closed as interrupted (preempted); the
+    Ray run can be resumed."""
 
-    def __init__(self, ray_run: str) -> None:
+    def __init__(self, ray_run: str, preempted: bool = False) -> None:
         super().__init__(ray_run)
-        self.ray_run = ray_run
+        self.ray_run, self.preempted = ray_run, preempted
 
 
 @dataclass(frozen=True)
@@ -69,13 +76,13 @@ class RunPlan:
 
 @dataclass(frozen=True)
 class Tracking:
-    """The run's MLflow run: the client, the store's URI, the run id, the last epoch it holds (-1: none), and
-    whether it is a resumed run's."""
+    """The run's MLflow run: the client, the store's URI, the run id, the epochs it holds, and whether it is a
+    resumed run's."""
 
     client: Any
     uri: str
     run_id: str
-    logged_through: int
+    logged: frozenset[int]
     resumed: bool
 
 
@@ -91,12 +98,14 @@ def fit(config: Config, name: str | None = None, resume: str | None = None, pare
     `fail_at_step` injects one worker failure at that global step (tests of fault tolerance only).
     """
     plan = plan_run(config, name, resume, record_to, label, kind)
-    cost = cost if cost is not None else run_cost(plan.config, plan.spec, plan.directory)
-    tracking = open_tracking(plan, cost, parent_run_id, tags)
-    result = trained_already(plan, tracking, cost)
-    if result is None:
-        result = train(plan, tracking, cost, progress, fail_at_step, tune_callbacks)
-    return finish(plan, tracking, result)
+    with RunLock(plan.run_dir, plan.ray_run):  # one driver per run, from here to its last record
+        check_params(plan)
+        cost = cost if cost is not None else run_cost(plan.config, plan.spec, plan.directory)
+        tracking = open_tracking(plan, cost, parent_run_id, tags)
+        result = trained_already(plan, tracking, cost)
+        if result is None:
+            result = train(plan, tracking, cost, progress, fail_at_step, tune_callbacks)
+        return finish(plan, tracking, result)
 
 
 def absolute_paths(config: Config) -> Config:
@@ -134,8 +143,8 @@ def plan_run(config: Config, name: str | None, resume: str | None, record_to: Pa
     if resume:
         check_run_name(resume, "--resume")
         if not storage.is_dir(storage.join(root, resume)):
-            raise UserError(f"--resume {resume}: no run {storage.join(root, resume)}; list the runs there or start "
-                            f"a new one")
+            raise UserError(f"--resume {resume}: no run {redact(storage.join(root, resume))}; list the runs there or "
+                            f"start a new one")
     else:
         name = name or f"{config.model.preset}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
         check_run_name(name, "--name")
@@ -148,6 +157,43 @@ def plan_run(config: Config, name: str | None, resume: str | None, record_to: Pa
                    saved_epochs(run_dir) if resume else {}, record_to, label or config.model.preset, kind)
 
 
+def check_params(plan: RunPlan) -> None:
+    """A new run: its name must be free (no checkpoints, no recorded params), and its deciding params are recorded.
+    A resumed run: its deciding params must be those it started with, but train.epochs may grow."""
+    location = storage.join(plan.run_dir, PARAMS_FILE)
+    now = run_config(plan.given)
+    if not plan.resume:
+        if storage.exists(location) or saved_epochs(plan.run_dir):
+            raise UserError(f"run name {plan.ray_run} is taken: {redact(plan.run_dir)} holds its checkpoints; "
+                            f"continue it with --resume {plan.ray_run}, or choose another --name")
+        storage.write_text(location, json.dumps(now, indent=2, sort_keys=True))
+        return
+    if not storage.exists(location):
+        log.warning("run %s has no %s (it predates them): its params cannot be checked", plan.ray_run, PARAMS_FILE)
+        return
+    was = json.loads(storage.read_text(location))
+    changed = differing_params(was, now)
+    if changed:
+        listed = "; ".join(f"{key}: {short(a)} when it started, {short(b)} now" for key, a, b in changed[:8])
+        raise UserError(f"--resume {plan.ray_run}: params that decide its results differ from the run's ({listed}); "
+                        f"resume with the params it started with, or start a new run. Only train.epochs may change, "
+                        f"and only grow: --resume {plan.ray_run} --set train.epochs=N trains it on to N epochs")
+    if now != was:  # more epochs: the next resume compares with these
+        storage.write_text(location, json.dumps(now, indent=2, sort_keys=True))
+
+
+def differing_params(was: dict, now: dict) -> list[tuple[str, Any, Any]]:
+    """(dotted key, then, now) for each deciding param that changed, but a growing train.epochs."""
+    before, after = dotted(was), dotted(now)
+    changed = []
+    for key in sorted(before.keys() | after.keys()):
+        a, b = before.get(key), after.get(key)
+        if a == b or (key == "train.epochs" and isinstance(a, int) and isinstance(b, int) and b >= a):
+            continue
+        changed.append((key, a, b))
+    return changed
+
+
 def open_tracking(plan: RunPlan, cost: dict[str, Any], parent_run_id: str | None,
                   tags: dict[str, str] | None) -> Tracking:
     """The run's MLflow run: the resumed one, with any checkpointed epoch it missed logged now, or a new one
@@ -155,9 +201,12 @@ def open_tracking(plan: RunPlan, cost: dict[str, Any], parent_run_id: str | None
     config = plan.config
     uri = tracking_uri(config.mlflow.tracking_uri)
     client, experiment_id = connect(uri, config.mlflow.experiment)
-    run_id = find_run(client, experiment_id, "nvan.ray_run", plan.ray_run) if plan.resume else None
+    run_id = find_run(client, experiment_id, "nvan.ray_run", plan.ray_run)
+    if run_id is not None and not plan.resume:
+        raise UserError(f"run name {plan.ray_run} is taken: MLflow run {run_id} in {redact(uri)} has it; continue it "
+                        f"with --resume {plan.ray_run}, or choose another --name")
     if run_id is not None:
-        return Tracking(client, uri, run_id, log_missing_epochs(client, run_id, plan.saved), True)
+        return Tracking(client, uri, run_id, frozenset(log_missing_epochs(client, run_id, plan.saved)), True)
     params = flatten(config) | {
         "git_commit": git_commit(), "dataset.manifest_hash": plan.manifest.get("content_hash", "unknown"),
         "input": config.data.input.label(),
@@ -169,11 +218,11 @@ def open_tracking(plan: RunPlan, cost: dict[str, Any], parent_run_id: str | None
                 "dataset.synthetic": str(plan.manifest.get("synthetic", False)).lower(),
                 "cost.threads": str(config.ray.cpus_per_worker), "nvan.seed": str(config.seed)} | (tags or {})
     run_id = start_run(client, experiment_id, plan.ray_run, params, run_tags, parent_run_id)
-    log.info("MLflow run %s (experiment %s, %s)", run_id, config.mlflow.experiment, uri)
+    log.info("MLflow run %s (experiment %s, %s)", run_id, config.mlflow.experiment, redact(uri))
     log_metrics(client, run_id, cost_metrics(cost))
     if cost["latency"]:
         set_tags(client, run_id, {"cost.device": cost["latency"]["device"], "cost.node": cost["latency"]["node"]})
-    return Tracking(client, uri, run_id, -1, False)
+    return Tracking(client, uri, run_id, frozenset(), False)
 
 
 def trained_already(plan: RunPlan, tracking: Tracking, cost: dict[str, Any]) -> TrainResult | None:
@@ -188,7 +237,7 @@ def trained_already(plan: RunPlan, tracking: Tracking, cost: dict[str, Any]) -> 
     last = plan.saved[max(plan.saved)]
     folder = storage.join(plan.run_dir, last["folder"])
     with tempfile.TemporaryDirectory() as local:
-        state = read_state(storage.download(folder, Path(local)))
+        state = read_state(storage.download(folder, Path(local)), shown=redact(folder))
     best = state["best"]
     return TrainResult(tracking.run_id, plan.ray_run, best["epoch"], best["scores"] or {}, best["cmc"] or {},
                        state["epoch"] + 1, folder, last.get("clips_per_s", math.nan), math.nan, math.nan, cost,
@@ -198,8 +247,11 @@ def trained_already(plan: RunPlan, tracking: Tracking, cost: dict[str, Any]) -> 
 def build_trainer(plan: RunPlan, tracking: Tracking, cost: dict[str, Any], queue, fail_at_step: int | None,
                   tune_callbacks: list | None):
     """The TorchTrainer of the run: its workers, resources, failure and checkpoint policy, and callbacks."""
+    import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchTrainer
+
+    from harness.train.rendezvous import BoundTorchConfig, loopback_env
 
     from harness.train.worker import run_worker
 
@@ -208,11 +260,17 @@ def build_trainer(plan: RunPlan, tracking: Tracking, cost: dict[str, Any], queue
     probe = None if storage.is_uri(config.ray.storage_path) else storage.join(plan.run_dir, ".driver-probe")
     if probe:
         storage.write_text(probe, f"written by the driver on {platform.node()}\n")
+    if plan.resume:
+        repair_snapshot(plan.run_dir)
     loop_config = {"config": config.model_dump(mode="json"), "progress": queue, "fail_at_step": fail_at_step,
                    "mlflow_run_id": tracking.run_id, "manifest_hash": plan.manifest.get("content_hash"),
-                   "storage_probe": probe, "fail_marker": storage.join(plan.run_dir, ".injected-failure")}
+                   "store_hash": plan.manifest.get("store_hash"), "storage_probe": probe,
+                   "fail_marker": storage.join(plan.run_dir, ".injected-failure"),
+                   # Ray's own list of checkpoints can lag behind the disk (a stop right after a checkpoint was
+                   # written): the worker resumes from whichever of the two is newer.
+                   "resume_from": latest_checkpoint(plan.run_dir) if plan.resume else None}
     # The record first, then MLflow, then Tune: each never ahead of the one before.
-    callbacks = [controller_callback(MlflowEpochLogger, tracking.uri, tracking.run_id, tracking.logged_through),
+    callbacks = [controller_callback(MlflowEpochLogger, tracking.uri, tracking.run_id, set(tracking.logged)),
                  *(tune_callbacks or [])]
     if plan.record_to:
         base = record_base(plan.given, plan.spec, plan.manifest, cost, plan.label, plan.kind)
@@ -222,14 +280,16 @@ def build_trainer(plan: RunPlan, tracking: Tracking, cost: dict[str, Any], queue
         run_worker, train_loop_config=loop_config,
         scaling_config=ScalingConfig(num_workers=config.ray.num_workers, use_gpu=config.ray.use_gpu,
                                      resources_per_worker=worker_resources(config)),
-        torch_config=TorchConfig(backend="nccl" if config.ray.use_gpu else "gloo"),
+        torch_config=BoundTorchConfig(backend="nccl" if config.ray.use_gpu else "gloo"),
         run_config=RunConfig(
             name=plan.ray_run, storage_path=config.ray.storage_path,
             failure_config=FailureConfig(max_failures=config.ray.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=config.train.keep_checkpoints,
                                                checkpoint_score_attribute="checkpoint_score",
                                                checkpoint_score_order="max"),
-            callbacks=callbacks, worker_runtime_env={"env_vars": numerics_env(config.train.cpu_isa)}))
+            callbacks=callbacks, worker_runtime_env={"env_vars": numerics_env(config.train.cpu_isa) | loopback_env(
+                # A local Ray (single-machine mode) runs on 127.0.0.1: its ranks talk over loopback only.
+                ray.util.get_node_ip_address().startswith("127."))}))
 
 
 def train(plan: RunPlan, tracking: Tracking, cost: dict[str, Any], progress: bool, fail_at_step: int | None,
@@ -247,16 +307,26 @@ def train(plan: RunPlan, tracking: Tracking, cost: dict[str, Any], progress: boo
     start, started_at = time.perf_counter(), time.time()
     try:
         outcome = run_watched(trainer.fit, queue)
-    except KeyboardInterrupt:
-        set_tags(client, run_id, {"nvan.status": "interrupted"})
+    except (KeyboardInterrupt, Preempted) as stop:
+        preempted = isinstance(stop, Preempted)
+        set_tags(client, run_id, {"nvan.status": "preempted" if preempted else "interrupted"})
         client.set_terminated(run_id, "KILLED")
-        raise TrainingInterrupted(plan.ray_run) from None
+        raise TrainingInterrupted(plan.ray_run, preempted) from None
+    if "error" in outcome and preemption.requested():  # the workers died of the same SIGTERM first
+        set_tags(client, run_id, {"nvan.status": "preempted"})
+        client.set_terminated(run_id, "KILLED")
+        raise TrainingInterrupted(plan.ray_run, True) from None
     if "error" in outcome:
         set_tags(client, run_id, {"nvan.status": "failed"})
         client.set_terminated(run_id, "FAILED")
         causes = worker_causes(outcome["error"])
         if causes and all(isinstance(c, (*USER_ERRORS, UserError)) for c in causes):
             raise UserError(f"training run {plan.ray_run} failed: {causes[0]}") from None
+        if full := no_space(outcome["error"]):
+            raise UserError(f"training run {plan.ray_run} stopped: no space left on the device ({short(full)}); its "
+                            f"last complete checkpoint is kept. Free space under ray.storage_path "
+                            f"({redact(plan.config.ray.storage_path)}) and the workers' temporary folder, then "
+                            f"continue with --resume {plan.ray_run}") from None
         raise outcome["error"]
     result, root = outcome["result"], plan.config.ray.storage_path
     metrics = result.metrics or {}
@@ -299,6 +369,20 @@ def run_watched(fit_trainer, queue) -> dict[str, Any]:
     return outcome
 
 
+def no_space(error: BaseException) -> str | None:
+    """The message of an ENOSPC (disk full) anywhere in `error`'s causes and the workers' errors, None if there is none."""
+    seen, todo = set(), [error]
+    while todo:
+        found = todo.pop()
+        if found is None or id(found) in seen:
+            continue
+        seen.add(id(found))
+        if isinstance(found, OSError) and found.errno == errno.ENOSPC or "No space left on device" in str(found):
+            return str(found).strip().splitlines()[-1] if str(found).strip() else "ENOSPC"
+        todo += [found.__cause__, found.__context__, *worker_causes(found), getattr(found, "cause", None)]
+    return None
+
+
 def worker_causes(error: BaseException) -> list[BaseException]:
     """The exceptions the training workers raised, unwrapped from Ray's error types."""
     failures = getattr(error, "worker_failures", None) or {}
@@ -329,7 +413,7 @@ def log_artifacts(client, config: Config, result: TrainResult) -> None:
     cmc = result.best_cmc.get(config.eval.protocols[0])
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
-        (folder / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+        (folder / "config.yaml").write_text(redact(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)))
         (folder / "metrics.json").write_text(json.dumps(
             {"best_epoch": result.best_epoch, "best": result.best_scores, "clips_per_s": result.clips_per_s,
              "seconds": result.seconds}, indent=2))

@@ -13,6 +13,8 @@ import json
 import socket
 from pathlib import Path
 
+from datasets.errors import DatasetError
+from datasets.integrity import verify
 from harness import storage
 from harness.cli import UserError
 
@@ -38,19 +40,26 @@ def node_name() -> str:
 
 
 def check_node(prepared: Path, manifest_hash: str, imagenet_init: Path | None = None,
-               storage_probe: str | None = None) -> None:
-    """NodeInputError unless this node has the prepared dataset with `manifest_hash`, the init weights,
-    and sees the driver's probe file in a local ray.storage_path."""
+               storage_probe: str | None = None, store_hash: str | None = None) -> None:
+    """NodeInputError unless this node has the prepared dataset with `manifest_hash` and, byte for byte, the files
+    of `store_hash` (checked once per node, datasets.integrity), the init weights, and sees the driver's probe file
+    in a local ray.storage_path."""
     node = node_name()
     manifest = Path(prepared) / "manifest.json"
     try:
-        found = json.loads(manifest.read_text()).get("content_hash")
+        content = json.loads(manifest.read_text())
+        found = content.get("content_hash")
     except (OSError, ValueError) as e:
         raise NodeInputError(f"on node {node}: the prepared dataset {prepared} is not there ({manifest}: "
                              f"{type(e).__name__}); {FIX}") from None
-    if found != manifest_hash:
+    if found != manifest_hash or (store_hash is not None and content.get("store_hash") != store_hash):
         raise NodeInputError(f"on node {node}: the prepared dataset {prepared} is another version than the "
                              f"driver's (manifest hash {found}, the driver's {manifest_hash}); {FIX}")
+    if store_hash is not None:
+        try:
+            verify(Path(prepared), content)
+        except DatasetError as e:
+            raise NodeInputError(f"on node {node}: {e}") from None
     if imagenet_init is not None and not Path(imagenet_init).is_file():
         raise NodeInputError(f"on node {node}: train.imagenet_init {imagenet_init} does not exist; {FIX}")
     if storage_probe is not None and not storage.exists(storage_probe):

@@ -17,6 +17,7 @@ from typing import Any
 from datasets.progress import Progress
 from harness import storage
 from harness.config import Config, override
+from harness.preemption import Preempted
 from harness.results.records import read_record
 from harness.results.tracking import connect, find_run, set_tags, tracking_uri
 from harness.train.driver import TrainingInterrupted, absolute_paths, check_inputs, fit
@@ -86,9 +87,10 @@ def fit_seeds(config: Config, seeds: list[int], out_dir: Path, name: str, resume
     try:
         # No more seeds started than the cluster can train at once: a waiting one would only hold processes.
         results = _wait(todo, start, slots, records, config.train.epochs)
-    except KeyboardInterrupt:
-        close_interrupted(config, [seed_run_name(name, seed) for seed in todo])
-        raise TrainingInterrupted(name) from None
+    except (KeyboardInterrupt, Preempted) as stop:
+        preempted = isinstance(stop, Preempted)
+        close_interrupted(config, [seed_run_name(name, seed) for seed in todo], "preempted" if preempted else "interrupted")
+        raise TrainingInterrupted(name, preempted) from None
     return [results[seed] for seed in todo]
 
 
@@ -129,13 +131,13 @@ def _epochs(record: Path) -> int:
         return 0
 
 
-def close_interrupted(config: Config, ray_runs: list[str]) -> None:
-    """Close the MLflow runs of `ray_runs` that are still running as interrupted (KILLED)."""
+def close_interrupted(config: Config, ray_runs: list[str], status: str = "interrupted") -> None:
+    """Close the MLflow runs of `ray_runs` that are still running as `status` (interrupted or preempted; KILLED)."""
     client, experiment_id = connect(tracking_uri(config.mlflow.tracking_uri), config.mlflow.experiment)
     for ray_run in ray_runs:
         run_id = find_run(client, experiment_id, "nvan.ray_run", ray_run)
         if run_id and client.get_run(run_id).data.tags.get("nvan.status") == "running":
-            set_tags(client, run_id, {"nvan.status": "interrupted"})
+            set_tags(client, run_id, {"nvan.status": status})
             client.set_terminated(run_id, "KILLED")
 
 

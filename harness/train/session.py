@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import platform
+import signal
+import threading
 from contextlib import contextmanager
 
 from harness.cli import UserError
@@ -38,10 +40,15 @@ def ray_session(address: str | None, num_cpus: int | None = None, resources: dic
     try:
         # "local" starts a new instance even when another Ray runs on this machine (ray.init()
         # without an address would join that one instead).
+        handler = signal.getsignal(signal.SIGTERM)
         ray.init(address=address or "local", num_cpus=num_cpus if local else None,
                  resources=resources if local else None,
                  include_dashboard=False, log_to_driver=log_to_driver,
                  runtime_env={"env_vars": {k: os.environ[k] for k in RAY_ENV}})
+        if callable(handler) and threading.current_thread() is threading.main_thread():
+            # Ray's core installs its own SIGTERM handler in the driver (log and abort): a command that handles
+            # SIGTERM itself (harness.preemption) keeps its own.
+            signal.signal(signal.SIGTERM, handler)
         yield
     finally:
         ray.shutdown()

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 
 from datasets.loaders import EvalClips, TrainClips, normalize, set_epoch, train_loader
 from harness import storage
+from harness.redact import redact
 from harness.train.checkpoint import read_state, rng_state, save_state, set_rng_state
 from harness.config import Config, TrainConfig
 from harness.evaluate.features import autocast, extract_features, score_features
@@ -174,23 +175,28 @@ def evaluate_model(model: nn.Module, dataset: EvalClips, config: Config, device:
 
 
 def save_checkpoint(folder: Path, model: nn.Module, spec: ModelSpec, optimizer: torch.optim.Optimizer,
-                    scheduler, scaler: torch.amp.GradScaler | None, epoch: int, best: Best) -> None:
-    """A full checkpoint of the training state after `epoch` in `folder` (state.pt)."""
+                    scheduler, scaler: torch.amp.GradScaler | None, epoch: int, best: Best,
+                    history: dict[int, dict[str, float]] | None = None) -> None:
+    """A full checkpoint of the training state after `epoch` in `folder` (state.pt), with the metrics of every epoch
+    so far (`history`), so a resume can log the epochs MLflow never heard of."""
     save_state(folder, model, spec, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-               scaler=scaler.state_dict() if scaler else None, epoch=epoch, rng=rng_state(), best=best.__dict__)
+               scaler=scaler.state_dict() if scaler else None, epoch=epoch, rng=rng_state(), best=best.__dict__,
+               history=history or {})
 
 
 def restore(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler,
-            scaler: torch.amp.GradScaler | None) -> tuple[int, Best]:
-    """Load a `save_checkpoint` folder into the training objects; return the epoch to start at and the best so far."""
-    state = read_state(folder)
+            scaler: torch.amp.GradScaler | None, shown: str | None = None) -> tuple[int, Best, dict[int, dict]]:
+    """Load a `save_checkpoint` folder into the training objects; return the epoch to start at, the best so far and
+    the metrics of every epoch it holds. Errors name `shown`, where the checkpoint lives, when `folder` is a local
+    copy of it."""
+    state = read_state(folder, shown)
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     if scaler is not None and state.get("scaler"):
         scaler.load_state_dict(state["scaler"])  # an fp16 resume keeps its loss scale
     set_rng_state(state["rng"])
-    return state["epoch"] + 1, Best(**state["best"])
+    return state["epoch"] + 1, Best(**state["best"]), {int(e): m for e, m in state.get("history", {}).items()}
 
 
 @dataclass
@@ -267,13 +273,10 @@ def run_worker(loop_config: dict[str, Any]) -> None:
 
     config = Config.model_validate(loop_config["config"])
     directory = config.data.prepared_root / config.data.dataset
-    check_node(directory, loop_config["manifest_hash"], config.train.imagenet_init, loop_config.get("storage_probe"))
+    check_node(directory, loop_config["manifest_hash"], config.train.imagenet_init, loop_config.get("storage_probe"),
+               loop_config.get("store_hash"))
     job = build_job(config, directory)
-    start_epoch, best = 0, Best()
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint:
-        with checkpoint.as_directory() as folder:
-            start_epoch, best = restore(Path(folder), job.plain, job.optimizer, job.scheduler, job.scaler)
+    start_epoch, best, history = resume_point(job, loop_config.get("resume_from"))
     watch, warned = StepWatch(loop_config, job.rank, job.world), False
     for epoch in range(start_epoch, config.train.epochs):
         set_epoch(job.loader, epoch)
@@ -293,8 +296,41 @@ def run_worker(loop_config: dict[str, Any]) -> None:
                     # Lets a sweep free the workers of a trial that Tune stops early (ray#54305).
                     "placement_group": ray.get_runtime_context().get_placement_group_id(),
                     "first_step_at": watch.first_step_at, "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+        history[epoch] = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
         every = config.train.checkpoint_every
-        report_epoch(job, epoch, best, metrics, evaluate or (every is not None and (epoch + 1) % every == 0))
+        report_epoch(job, epoch, best, metrics, evaluate or (every is not None and (epoch + 1) % every == 0), history)
+
+
+def resume_point(job: Job, resume_from: str | None) -> tuple[int, Best, dict[int, dict]]:
+    """Restore the newest of Ray's checkpoint (a restart within the run) and `resume_from` (the newest complete one on
+    disk when the run was resumed); return the epoch to start at, the best so far and the epochs' metrics so far
+    (0, none and none: a new run)."""
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    ours = _checkpoint_epoch(storage.join(resume_from, EPOCH_FILE)) if resume_from else -1
+    theirs = _checkpoint_epoch(storage.join(checkpoint.path, EPOCH_FILE), checkpoint.filesystem) if checkpoint else -1
+    if checkpoint is not None and theirs >= ours:
+        with checkpoint.as_directory() as folder:
+            return restore(Path(folder), job.plain, job.optimizer, job.scheduler, job.scaler, redact(checkpoint.path))
+    if resume_from is None:
+        return 0, Best(), {}
+    if not storage.is_uri(resume_from):
+        return restore(Path(resume_from), job.plain, job.optimizer, job.scheduler, job.scaler)
+    with tempfile.TemporaryDirectory() as local:
+        return restore(storage.download(resume_from, Path(local)), job.plain, job.optimizer, job.scheduler, job.scaler,
+                       redact(resume_from))
+
+
+def _checkpoint_epoch(location: str, filesystem=None) -> int:
+    """The epoch a checkpoint's epoch.json names (-1 if it cannot be read)."""
+    try:
+        if filesystem is not None:
+            with filesystem.open_input_stream(location) as f:
+                return int(json.loads(f.read())["epoch"])
+        return int(json.loads(storage.read_text(location))["epoch"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return -1
 
 
 def evaluate_epoch(job: Job, epoch: int, best: Best, metrics: dict[str, Any]) -> Best:
@@ -313,19 +349,25 @@ def evaluate_epoch(job: Job, epoch: int, best: Best, metrics: dict[str, Any]) ->
     return Best(epoch, scores[select_by], by_protocol, cmcs, queries)
 
 
-def report_epoch(job: Job, epoch: int, best: Best, metrics: dict[str, Any], checkpointed: bool) -> None:
-    """Report `epoch` to Ray Train, with rank 0's full checkpoint (and its epoch.json) when `checkpointed`."""
+def report_epoch(job: Job, epoch: int, best: Best, metrics: dict[str, Any], checkpointed: bool,
+                 history: dict[int, dict[str, float]]) -> None:
+    """Report `epoch` to Ray Train, with rank 0's full checkpoint when `checkpointed`: state.pt, the best
+    evaluation's per-query outcomes, and epoch.json (this epoch's numbers, and every earlier epoch's)."""
     import ray.train
 
     if job.rank != 0 or not checkpointed:
         ray.train.report(metrics)
         return
     with tempfile.TemporaryDirectory() as folder:
-        numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
-        (Path(folder) / EPOCH_FILE).write_text(json.dumps(numbers))
         if best.queries:  # the best evaluation's per-query outcomes, for the run record beside it
             outcomes_table(best.outcomes(), job.eval_set.rows).write_parquet(Path(folder) / QUERIES_FILE)
-        save_checkpoint(Path(folder), job.plain, job.spec, job.optimizer, job.scheduler, job.scaler, epoch, best)
+        save_checkpoint(Path(folder), job.plain, job.spec, job.optimizer, job.scheduler, job.scaler, epoch, best,
+                        history)
+        # Every file's size, so a copy cut short on its way to storage is told from a whole one (runs.saved_epochs);
+        # the earlier epochs' numbers, so a resume logs those MLflow never heard of (runs.log_missing_epochs).
+        numbers = history[epoch] | {"files": {f.name: f.stat().st_size for f in Path(folder).iterdir()},
+                                    "history": {str(e): m for e, m in history.items() if e != epoch}}
+        (Path(folder) / EPOCH_FILE).write_text(json.dumps(numbers))
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
 

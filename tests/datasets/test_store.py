@@ -34,7 +34,8 @@ def _frames(directory: Path) -> np.ndarray:
 
 
 def _without_store(manifest: dict) -> dict:
-    return {key: value for key, value in manifest.items() if key != "store"}
+    """The manifest but what describes the store's own files (its format, their digests and the hash over them)."""
+    return {key: value for key, value in manifest.items() if key not in ("store", "files", "store_hash")}
 
 
 def _disk_bytes(directory: Path) -> int:

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from harness.results.tracking import connect
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -90,3 +92,47 @@ def test_stale_temporary_folders_of_dead_processes_are_removed(tmp_path):
         (tmp / "manifest.json").write_text(json.dumps({}))
     assert not dead.exists() and (out / "manifest.json").exists()
     assert [p.name for p in out.parent.iterdir()] == ["mars"]
+
+
+def test_an_alias_bomb_is_refused_at_once_in_one_short_line(cli, tmp_path):
+    # A "billion laughs": 9 levels of 9 aliases would expand to 9^9 values in validation and in the message.
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]
+    (tmp_path / "bomb.yaml").write_text("\n".join(lines) + "\nmodel: {preset: *a8}\n")
+    done = cli("harness.cost", "--params", str(tmp_path / "bomb.yaml"), "--no-measure")
+    assert refused(done, "bomb.yaml", "expands to", "YAML aliases") and len(done.stderr) < 1000
+    done = cli("harness.cost", "--set", "model.non_local=" + "[" * 3 + "1" + "]" * 3, "--no-measure")
+    assert refused(done, "model.non_local") and len(done.stderr) < 1000
+    # A value that only has to be echoed is bounded too.
+    done = cli("harness.cost", "--set", f"model.preset={'x' * 5000}", "--no-measure")
+    assert refused(done, "model.preset", "...") and len(done.stderr) < 1000
+
+
+def test_a_run_record_with_a_field_of_the_wrong_type(cli, tmp_path):
+    good = json.loads((ROOT / "reports" / "runs" / "nvan" / "seed0.json").read_text())
+    for field, value, named in (("cost", None, "cost"), ("scores", {"mars-official": {"rank1": "high"}}, "rank1"),
+                                ("config", {"eval": {"protocols": []}}, "config.eval.protocols")):
+        record = good | {field: value}
+        (tmp_path / "run.json").write_text(json.dumps(record))
+        done = cli("harness.report", "--runs", str(tmp_path / "run.json"), "--out-dir", str(tmp_path / "out"))
+        assert refused(done, "run.json", "wrong type", named), done.stderr
+
+
+@pytest.mark.parametrize("state, named", [
+    ("{not json", "nvan-sweep.json"),
+    ("[1, 2]", "nvan-sweep.json"),
+    ('{"config": {"seed": "zero"}, "parent_run_id": "' + "a" * 32 + '"}', "config.seed"),
+    ('{"config": {"train": 7}, "parent_run_id": "' + "a" * 32 + '"}', "config.train"),
+    ('{"config": {}}', "parent_run_id"),
+    ("a valid state of a parent run the store does not hold", "names MLflow run " + "b" * 32),
+])
+def test_a_tampered_sweep_state_is_refused_before_anything_runs(cli, tiny_sets, tiny_config, tmp_path, state, named):
+    if state.startswith("a valid state"):
+        config = tiny_config()
+        connect(config.mlflow.tracking_uri, config.mlflow.experiment)  # the store exists; it lacks that run
+        state = json.dumps({"config": config.model_dump(mode="json"), "parent_run_id": "b" * 32})
+    folder = tmp_path / "ray" / "s"
+    folder.mkdir(parents=True)
+    (folder / "nvan-sweep.json").write_text(state)
+    done = cli("harness.sweep", *tiny_sets, "--name", "s", "--resume")
+    assert refused(done, named), done.stderr

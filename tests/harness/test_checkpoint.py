@@ -87,7 +87,7 @@ def test_evaluate_cli_refuses_bad_checkpoints(cli, tmp_path, prepared_root):
     # The attack as reported, in a real process; the rest through the same entry point in this one.
     evil = evil_checkpoint(tmp_path / "evil.pt", marker)
     done = subprocess.run([sys.executable, "-m", "harness.evaluate", "--checkpoint", str(evil), *sets],
-                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+                          capture_output=True, text=True, cwd=ROOT, timeout=1800)
     assert done.returncode == 2 and "refusing to load" in done.stderr and one_paragraph(done.stderr), done.stderr
     for path, message in [(tmp_path / "garbage.pt", "is not a PyTorch checkpoint"),
                           (tmp_path / "record.json", "is not a PyTorch checkpoint")]:

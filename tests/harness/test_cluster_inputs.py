@@ -159,5 +159,5 @@ def test_a_resume_keeps_the_fp16_loss_scale(tmp_path):
     scaler.update(new_scale=2.0 ** 9)  # where overflows during training left it
     save_checkpoint(tmp_path, model, spec, optimizer, scheduler, scaler, epoch=4, best=Best(3, 0.5))
     model, optimizer, scheduler, fresh = objects()
-    assert restore(tmp_path, model, optimizer, scheduler, fresh) == (5, Best(3, 0.5))
+    assert restore(tmp_path, model, optimizer, scheduler, fresh) == (5, Best(3, 0.5), {})
     assert fresh.get_scale() == 2.0 ** 9 and fresh.state_dict() == scaler.state_dict()

@@ -31,7 +31,7 @@ with ray_session(None, num_cpus=1):
 
 @pytest.mark.slow
 def test_a_local_ray_listens_on_loopback_only():
-    done = subprocess.run([sys.executable, "-c", LISTENERS], capture_output=True, text=True, cwd=ROOT, timeout=180,
+    done = subprocess.run([sys.executable, "-c", LISTENERS], capture_output=True, text=True, cwd=ROOT, timeout=1800,
                           env={"RAY_USAGE_STATS_ENABLED": "0", "PATH": "/usr/bin:/bin", "HOME": str(Path.home())})
     assert done.returncode == 0, done.stderr[-2000:]
     addresses = {line.split()[0] for line in done.stdout.splitlines()}
@@ -47,7 +47,7 @@ def test_drivers_creating_one_sqlite_store_at_once(tmp_path):
     for p in procs:
         p.start()
     for p in procs:
-        p.join(120)
+        p.join(1800)  # a net against a hang
     assert [p.exitcode for p in procs] == [0, 0, 0]
     client, experiment_id = connect(uri, "nvan-bench")
     assert [e.name for e in client.search_experiments()].count("nvan-bench") == 1
@@ -63,5 +63,5 @@ def test_an_unreachable_tracking_server_is_named_at_once():
     with pytest.raises(UserError, match=f"tracking server {uri} is unreachable"):
         open_experiment(uri, "nvan-bench")
     done = subprocess.run([sys.executable, "-m", "harness.report", "--from-mlflow", "--set",
-                           f"mlflow.tracking_uri={uri}"], capture_output=True, text=True, cwd=ROOT, timeout=60)
+                           f"mlflow.tracking_uri={uri}"], capture_output=True, text=True, cwd=ROOT, timeout=1800)
     assert done.returncode == 2 and "unreachable" in done.stderr and "Traceback" not in done.stderr

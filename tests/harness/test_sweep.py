@@ -172,7 +172,7 @@ def test_interrupted_sweep_resumes_and_records_every_trial(tiny_sets, tmp_path, 
     try:
         done_line = next(line for line in first.stdout if re.match(r"trial t\d{3} .* (finished|stopped early):", line))
         first.send_signal(signal.SIGINT)
-        rest = first.communicate(timeout=180)[0]
+        rest = first.communicate(timeout=1800)[0]  # nets against a hang, not speed limits
     finally:
         first.kill()
     assert first.returncode == 130 and "--resume --name t" in rest
@@ -182,7 +182,7 @@ def test_interrupted_sweep_resumes_and_records_every_trial(tiny_sets, tmp_path, 
              for r in trial_runs(client) if r.data.tags["nvan.status"] in ("finished", "early-stopped")}
     assert ended, "the trial that printed its line should be closed in MLflow"
 
-    second = subprocess.run(args + ["--resume"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    second = subprocess.run(args + ["--resume"], capture_output=True, text=True, cwd=ROOT, timeout=1800)
     assert second.returncode == 0, second.stderr[-3000:]
     done_label = done_line.split(" finished")[0].split(" stopped early")[0].removeprefix("trial ")
     assert f"trial {done_label} " not in second.stdout  # not run again
@@ -223,7 +223,8 @@ def test_interrupted_sweep_resumes_and_records_every_trial(tiny_sets, tmp_path, 
         assert row["seeds"] == 2 and row["map"] == pytest.approx(np.mean(maps), abs=1e-15)
         assert row["map_std"] == pytest.approx(np.std(maps, ddof=1)) and row["map_lo"] <= row["map"] <= row["map_hi"]
         assert 0 <= row["p_front_map"] <= 1
-    assert set(results["mlflow_run_id"]) == {r.info.run_id for r in runs}
+    # The table names each trial's first seed's run; the others' runs are nested beside them.
+    assert set(results["mlflow_run_id"]) <= {r.info.run_id for r in runs}
     points = results.filter(pl.col("status").is_in(["finished", "early-stopped"]))
     assert points.height == 2 and points["map"].is_not_null().all()
     for row in points.iter_rows(named=True):

@@ -1,0 +1,262 @@
+"""The faults a cluster throws at a training run, each as the real thing where it is a process-level one:
+a reused name, two drivers at once, SIGTERM to the driver and to its process group, a stop right after a
+checkpoint, a full disk, a corrupt or truncated store, and the rendezvous port a 2-rank job opens."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from datasets.errors import DatasetError
+from harness import storage
+from harness.cli import UserError
+from harness.prepared import prepared_dataset
+from harness.results.tracking import find_run, set_tags
+from harness.train.callbacks import MlflowEpochLogger
+from harness.train.driver import fit
+from harness.train.runs import LOCK_FILE, SNAPSHOT_FILE, RunLock, repair_snapshot, saved_epochs
+from harness.train.session import ray_session
+
+ROOT = Path(__file__).resolve().parents[2]
+# A safety net against a hang, not a speed limit: on a loaded 2-core machine a step can take 100x longer.
+HANG_S = 1800
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    with ray_session(None, num_cpus=2):
+        yield
+
+
+def steps(client: MlflowClient, run_id: str, key: str = "loss") -> list[int]:
+    return sorted(m.step for m in client.get_metric_history(run_id, key))
+
+
+def mlflow_run(tmp_path: Path, ray_run: str):
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("nvan-bench").experiment_id
+    return client, client.get_run(find_run(client, experiment, "nvan.ray_run", ray_run))
+
+
+@pytest.mark.slow(seconds=90)
+def test_a_name_is_an_identity(local_ray, tiny_config, tmp_path):
+    config = tiny_config("train.epochs=2", "train.steps_per_epoch=2")
+    first = fit(config, name="base1", progress=False)
+    # The name is taken: a new run under it would continue the old one, so it is refused.
+    with pytest.raises(UserError, match=r"run name base1 is taken: .* --resume base1"):
+        fit(tiny_config("train.epochs=3", "train.steps_per_epoch=2"), name="base1", progress=False)
+    # A resume must decide its results as the run did; the keys that differ are named.
+    with pytest.raises(UserError, match=r"train\.lr: 0\.001 when it started, 0\.005 now.*train\.epochs=N"):
+        fit(tiny_config("train.epochs=3", "train.steps_per_epoch=2", "train.lr=5e-3"), resume="base1", progress=False)
+    with pytest.raises(UserError, match=r"train\.epochs: 2 when it started, 1 now"):
+        fit(tiny_config("train.epochs=1", "train.steps_per_epoch=2"), resume="base1", progress=False)
+    # ... but train.epochs may grow on purpose: the run trains on, each epoch logged once.
+    more = fit(tiny_config("train.epochs=3", "train.steps_per_epoch=2"), resume="base1", progress=False)
+    client = MlflowClient(config.mlflow.tracking_uri)
+    assert more.run_id == first.run_id and more.epochs == 3 and steps(client, more.run_id) == [0, 1, 2]
+    # The MLflow run alone holds the name too (the checkpoints were deleted).
+    shutil.rmtree(tmp_path / "ray" / "base1")
+    with pytest.raises(UserError, match=rf"MLflow run {first.run_id} .* has it"):
+        fit(config, name="base1", progress=False)
+    assert not (tmp_path / "ray" / "base1" / LOCK_FILE).exists()  # every refusal released the lock
+
+
+def test_the_run_lock(tmp_path, s3_storage):
+    for root in (str(tmp_path / "run"), storage.join(s3_storage, "locked")):
+        storage.make_dirs(root)
+        with RunLock(root, "locked"):
+            with pytest.raises(UserError, match=r"being trained by process \d+ on .*delete the lock file"):
+                RunLock(root, "locked").__enter__()
+        assert not storage.exists(storage.join(root, LOCK_FILE))
+    # A lock left by a process that is gone (SIGKILL) is taken over, not obeyed.
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    storage.write_text(storage.join(str(tmp_path / "run"), LOCK_FILE), json.dumps(
+        {"host": os.uname().nodename, "pid": int(dead.stdout), "since": time.time(), "beat": time.time()}))
+    with RunLock(str(tmp_path / "run"), "locked"):
+        pass
+
+
+@pytest.mark.slow(seconds=70, cores=2)
+def test_two_drivers_cannot_train_one_name(tiny_sets, tmp_path):
+    args = [sys.executable, "-m", "harness.train", *tiny_sets, "--name", "dup", "--no-progress"]
+    drivers = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+               for _ in range(2)]
+    done = [d.communicate(timeout=HANG_S) for d in drivers]
+    codes = sorted(d.returncode for d in drivers)
+    assert codes == [0, 2], [err[-1500:] for _, err in done]
+    refused = next(err for d, (_, err) in zip(drivers, done) if d.returncode == 2)
+    assert re.search(r"being trained by process|was just started by another driver|is taken", refused), refused
+    assert "Traceback" not in refused
+
+
+def start_and_stop(args: list[str], run_dir: Path, how: str) -> tuple[subprocess.Popen, str, float]:
+    """Start a training command, send `how` (sigint, sigterm, or sigterm to its process group) right after its first
+    checkpoint is on disk; return the process, its stderr and the seconds from the signal to its exit."""
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                            start_new_session=True, env=os.environ | {"NVAN_PROGRESS_INTERVAL_S": "0"})
+    try:
+        deadline = time.time() + HANG_S
+        while not list(run_dir.glob("checkpoint_*/epoch.json")) and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        sent = time.time()
+        if how == "group":
+            os.killpg(proc.pid, signal.SIGTERM)  # as `scancel` and a Kubernetes pod stop do: every process at once
+        else:
+            proc.send_signal(signal.SIGINT if how == "sigint" else signal.SIGTERM)
+        _, err = proc.communicate(timeout=HANG_S)
+        return proc, err, time.time() - sent
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.mark.slow(seconds=110)
+@pytest.mark.parametrize("how", ["sigint", "sigterm", "group"])
+def test_a_stopped_run_resumes_with_every_epoch_logged_once(cli, tiny_sets, tmp_path, how):
+    """Ctrl-C, SIGTERM (a preemption) or SIGTERM to the whole process group right after a checkpoint: the MLflow run
+    is closed as interrupted or preempted with the exit code a scheduler expects, and --resume trains on from the
+    newest checkpoint on disk, logging every epoch exactly once (none twice, none lost)."""
+    args = [sys.executable, "-m", "harness.train", *tiny_sets, "--set", "train.epochs=8", "--set",
+            "train.steps_per_epoch=3", "--set", "eval.every=2", "--name", "stopped"]
+    proc, err, seconds = start_and_stop(args, tmp_path / "ray" / "stopped", how)
+    sys.__stderr__.write(f"\n{how}: exited {proc.returncode} {seconds:.1f} s after the signal\n")  # for the record
+    preempted = how != "sigint"
+    assert proc.returncode == (143 if preempted else 130), err[-3000:]
+    assert "Traceback" not in err and "--resume stopped" in err
+    assert ("preempted (SIGTERM)" if preempted else "interrupted") in err
+    client, run = mlflow_run(tmp_path, "stopped")
+    assert run.data.tags["nvan.status"] == ("preempted" if preempted else "interrupted")
+    assert run.info.status == "KILLED"
+    done = cli("harness.train", *tiny_sets, "--set", "train.epochs=8", "--set", "train.steps_per_epoch=3",
+               "--set", "eval.every=2", "--resume", "stopped", "--no-progress")
+    assert done.returncode == 0, done.stderr[-3000:]
+    _, run = mlflow_run(tmp_path, "stopped")
+    assert run.data.tags["nvan.status"] == "finished"
+    assert steps(client, run.info.run_id) == list(range(8))
+    assert steps(client, run.info.run_id, "map") == [1, 3, 5, 7]
+    assert not (tmp_path / "ray" / "stopped" / LOCK_FILE).exists()
+
+
+def test_a_checkpoint_cut_short_is_not_trusted_and_a_broken_snapshot_is_repaired(tmp_path):
+    run = tmp_path / "run"
+    for epoch, whole in ((0, True), (1, False)):
+        folder = run / f"checkpoint_{epoch}"
+        folder.mkdir(parents=True)
+        (folder / "state.pt").write_bytes(b"x" * (100 if whole else 40))  # epoch 1's copy stopped at 40 bytes
+        (folder / "epoch.json").write_text(json.dumps({"epoch": epoch, "loss": 1.0, "files": {"state.pt": 100}}))
+    assert sorted(saved_epochs(str(run))) == [0]
+    (run / SNAPSHOT_FILE).write_bytes(b"")  # what a full disk leaves of Ray's list of checkpoints
+    repair_snapshot(str(run))
+    assert not (run / SNAPSHOT_FILE).exists()
+    (run / SNAPSHOT_FILE).write_text("{}")
+    repair_snapshot(str(run))
+    assert (run / SNAPSHOT_FILE).exists()  # a whole one is Ray's to read
+
+
+def test_an_epoch_retrained_after_a_resume_is_logged_once(tmp_path):
+    from harness.results.tracking import connect, start_run
+
+    client, experiment = connect(f"sqlite:///{tmp_path / 'mlflow.db'}", "nvan-bench")
+    run_id = start_run(client, experiment, "r", {}, {})
+    # MLflow had epochs 0, 1 and (from its checkpoint) 3; the resume retrains 2 and 3 from epoch 1's checkpoint.
+    logger = MlflowEpochLogger(f"sqlite:///{tmp_path / 'mlflow.db'}", run_id, {0, 1, 3})
+    for epoch in (2, 3):
+        logger.after_report(None, [{"epoch": epoch, "loss": float(epoch)}], None)
+    assert steps(client, run_id) == [2]
+
+
+@pytest.fixture
+def prepared_copy(prepared_root, tmp_path, monkeypatch) -> Path:
+    """A private copy of the tiny prepared dataset, with a digest cache of its own."""
+    monkeypatch.setenv("NVAN_CACHE", str(tmp_path / "cache"))
+    shutil.copytree(prepared_root, tmp_path / "prepared")
+    return tmp_path / "prepared"
+
+
+def test_the_data_is_what_the_manifest_says(cli, tiny_config, prepared_copy, tiny_sets):
+    config = tiny_config(f"data.prepared_root={prepared_copy}")
+    folder, manifest = prepared_dataset(config)  # checked, and its digests cached
+    store = folder / "frames.uint8"
+    size = store.stat().st_size
+    store.write_bytes(os.urandom(size))  # noise over every frame, same size
+    with pytest.raises(DatasetError, match=r"frames\.uint8 does not hold the bytes prepare wrote"):
+        prepared_dataset(config)
+    done = cli("harness.train", *tiny_sets, "--set", f"data.prepared_root={prepared_copy}")
+    assert done.returncode == 2 and "does not hold the bytes" in done.stderr and "Traceback" not in done.stderr
+    with open(store, "r+b") as f:
+        f.truncate(size // 2)
+    with pytest.raises(DatasetError, match=rf"frames\.uint8 is truncated: {size // 2:,} bytes, the manifest says "
+                                           rf"{size:,}"):
+        prepared_dataset(config)
+    edited = manifest | {"content_hash": "blake2b:" + "0" * 64}
+    (folder / "manifest.json").write_text(json.dumps(edited))
+    with pytest.raises(DatasetError, match="manifest.json was edited"):
+        prepared_dataset(config)
+
+
+def test_a_tampered_checkpoint_is_named_where_the_user_keeps_it(local_ray, tiny_config, tmp_path):
+    config = tiny_config("train.epochs=2", "train.steps_per_epoch=2")
+    fit(config, name="kept", progress=False)
+    client = MlflowClient(config.mlflow.tracking_uri)
+    experiment = client.get_experiment_by_name("nvan-bench").experiment_id
+    set_tags(client, find_run(client, experiment, "nvan.ray_run", "kept"), {"nvan.status": "running"})
+    last = storage.join(str(tmp_path / "ray" / "kept"), saved_epochs(str(tmp_path / "ray" / "kept"))[1]["folder"])
+    Path(last, "state.pt").write_bytes(b"\x80\x04cos\nsystem\n(S'echo pwned'\ntR.")
+    with pytest.raises(Exception, match=re.escape(f"{last}/state.pt")) as found:
+        fit(config, resume="kept", progress=False)
+    assert "/tmp/tmp" not in str(found.value)
+
+
+RENDEZVOUS = """
+import sys, threading, time, psutil
+sys.path.insert(0, {tests!r})
+from harness.config import load_config
+from harness.train.driver import fit
+from harness.train.session import ray_session
+config = load_config({params!r}, {overrides!r})
+seen, done = set(), threading.Event()
+def watch():
+    me = psutil.Process()
+    while not done.is_set():
+        family = {{me.pid}} | {{p.pid for p in me.children(recursive=True)}}
+        for c in psutil.net_connections(kind="inet"):
+            if c.status == psutil.CONN_LISTEN and c.pid in family:
+                seen.add((c.laddr.ip, c.laddr.port))
+        time.sleep(0.1)
+thread = threading.Thread(target=watch, daemon=True)
+thread.start()
+with ray_session(None, num_cpus=2):
+    fit(config, progress=False)
+done.set()
+thread.join()
+for ip, port in sorted(seen):
+    print(ip, port)
+"""
+
+
+@pytest.mark.slow(seconds=80, cores=2)
+def test_a_local_two_rank_job_listens_on_loopback_only(tiny_config, tmp_path):
+    """Every socket the driver, Ray and both ranks listen on while training, the gloo rendezvous store included."""
+    import yaml
+
+    config = tiny_config("ray.num_workers=2", "train.epochs=2", "train.steps_per_epoch=3")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    code = RENDEZVOUS.format(tests=str(ROOT / "tests"), params=str(tmp_path / "params.yaml"), overrides=[])
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=HANG_S,
+                          env=os.environ | {"RAY_AUTH_MODE": "disabled"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    addresses = {line.split()[0] for line in done.stdout.splitlines()}
+    assert len(done.stdout.splitlines()) >= 4  # GCS, raylet, workers and the ranks' store
+    assert addresses <= {"127.0.0.1", "::ffff:127.0.0.1", "::1"}, done.stdout

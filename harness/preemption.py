@@ -20,8 +20,13 @@ _received = threading.Event()
 _at: list[float] = []
 
 
-class Preempted(BaseException):
-    """SIGTERM reached the command (a BaseException, like KeyboardInterrupt: no `except Exception` swallows it)."""
+class Preempted(KeyboardInterrupt):
+    """SIGTERM reached the command; tell it from Ctrl-C with `requested()`, not by its type.
+
+    A KeyboardInterrupt because a signal often arrives while the main thread waits in ray.get, and
+    Ray's C++ wait passes on only a KeyboardInterrupt from a signal handler (as a new, plain
+    KeyboardInterrupt); any other exception comes out mangled into a SystemError, or is lost.
+    """
 
 
 def raise_on_sigterm() -> None:
@@ -29,7 +34,7 @@ def raise_on_sigterm() -> None:
     def handler(signum, frame) -> None:
         if _received.is_set():
             return  # one preemption: a second SIGTERM must not interrupt the bookkeeping of the first
-        _received.set()
+        _received.set()  # first: a library that swallows the exception below does not hide the preemption
         _at.append(time.monotonic())
         raise Preempted()
 

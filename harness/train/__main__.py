@@ -11,7 +11,6 @@ from harness import preemption, storage
 from harness.cli import config_parser, load_from_args, run
 from harness.config import Config
 from harness.io import check_writable
-from harness.preemption import Preempted
 from harness.redact import redact
 from harness.train.driver import TrainingInterrupted, check_inputs, fit
 from harness.train.result import format_summary, train_record, write_run
@@ -71,7 +70,9 @@ def main(argv: list[str] | None = None) -> int:
               f"its checkpoints are in {redact(storage.join(config.ray.storage_path, stop.ray_run))}. Continue with:\n"
               f"  {redact(resume)}", file=sys.stderr)
         return preemption.EXIT_CODE if stop.preempted else 130
-    except Preempted:
+    except KeyboardInterrupt:
+        if not preemption.requested():
+            raise
         print("preempted (SIGTERM) before training began: nothing was trained; run the command again",
               file=sys.stderr)
         return preemption.EXIT_CODE

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import posixpath
 import threading
-from typing import Any
+from typing import Any, Callable
 
 from pyarrow.fs import FileType
 
@@ -72,14 +72,24 @@ def controller_callback(cls, *args):
     return type(cls.__name__ + "Callback", (cls, UserCallback), {})(*args)
 
 
-def progress_bars(queue, done: threading.Event) -> None:
-    """Rank 0's steps as a bar per epoch on a terminal, else as log lines (datasets.progress.Progress)."""
+def progress_bars(queue, done: threading.Event, stop: Callable[[], bool]) -> None:
+    """Rank 0's steps as a bar per epoch on a terminal, else as log lines (datasets.progress.Progress), until the
+    run is done or `stop()` says the caller should stop watching."""
+    from ray.exceptions import RayActorError
+    from ray.util.queue import Empty
+
     progress, current = None, None
-    while not (done.is_set() and queue.empty()):
+    while not stop():
         try:
             epoch, step, steps, loss, clips = queue.get(timeout=0.5)
-        except Exception:  # ray.util.queue.Empty; the queue's exception types vary by version
+        except Empty:  # Ray raises it wrapped in RayTaskError(Empty), a subclass
+            if done.is_set():
+                break
             continue
+        except RayActorError:
+            # The queue's actor is gone: a SIGTERM to the whole process group (scancel) stops Ray's
+            # processes too. There is no more progress to show; the caller decides what the stop was.
+            break
         if epoch != current:
             if progress:
                 progress.close()
@@ -89,4 +99,3 @@ def progress_bars(queue, done: threading.Event) -> None:
             progress.bar.set_postfix(loss=f"{loss:.3f}", clips_s=f"{clips:.1f}", refresh=True)
     if progress:
         progress.close()
-

@@ -307,8 +307,8 @@ def train(plan: RunPlan, tracking: Tracking, cost: dict[str, Any], progress: boo
     start, started_at = time.perf_counter(), time.time()
     try:
         outcome = run_watched(trainer.fit, queue)
-    except (KeyboardInterrupt, Preempted) as stop:
-        preempted = isinstance(stop, Preempted)
+    except KeyboardInterrupt:  # Ctrl-C, or a SIGTERM (Preempted, or what Ray made of it)
+        preempted = preemption.requested()
         set_tags(client, run_id, {"nvan.status": "preempted" if preempted else "interrupted"})
         client.set_terminated(run_id, "KILLED")
         raise TrainingInterrupted(plan.ray_run, preempted) from None
@@ -361,10 +361,12 @@ def run_watched(fit_trainer, queue) -> dict[str, Any]:
     thread = threading.Thread(target=target, daemon=True)
     thread.start()
     if queue is not None:
-        progress_bars(queue, done)
+        progress_bars(queue, done, stop=preemption.requested)
     # Wake up now and then: Ctrl-C may reach one of Ray's threads, and Python handles it
     # only when the main thread runs; a plain join() would sleep through it until the run ends.
     while thread.is_alive():
+        if preemption.requested():  # its exception was lost in a library (see harness.preemption.Preempted)
+            raise Preempted()
         thread.join(0.5)
     return outcome
 

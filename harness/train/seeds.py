@@ -17,7 +17,7 @@ from typing import Any
 from datasets.progress import Progress
 from harness import storage
 from harness.config import Config, override
-from harness.preemption import Preempted
+from harness import preemption
 from harness.results.records import read_record
 from harness.results.tracking import connect, find_run, set_tags, tracking_uri
 from harness.train.driver import TrainingInterrupted, absolute_paths, check_inputs, fit
@@ -87,8 +87,8 @@ def fit_seeds(config: Config, seeds: list[int], out_dir: Path, name: str, resume
     try:
         # No more seeds started than the cluster can train at once: a waiting one would only hold processes.
         results = _wait(todo, start, slots, records, config.train.epochs)
-    except (KeyboardInterrupt, Preempted) as stop:
-        preempted = isinstance(stop, Preempted)
+    except KeyboardInterrupt:  # Ctrl-C, or a SIGTERM (Preempted, or what Ray made of it)
+        preempted = preemption.requested()
         close_interrupted(config, [seed_run_name(name, seed) for seed in todo], "preempted" if preempted else "interrupted")
         raise TrainingInterrupted(name, preempted) from None
     return [results[seed] for seed in todo]

@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -18,12 +19,13 @@ import pytest
 from mlflow import MlflowClient
 
 from datasets.errors import DatasetError
-from harness import storage
+from harness import preemption, storage
 from harness.cli import UserError
 from harness.prepared import prepared_dataset
 from harness.results.tracking import find_run, set_tags
-from harness.train.callbacks import MlflowEpochLogger
-from harness.train.driver import fit
+from harness.preemption import Preempted
+from harness.train.callbacks import MlflowEpochLogger, progress_bars
+from harness.train.driver import fit, run_watched
 from harness.train.runs import LOCK_FILE, SNAPSHOT_FILE, RunLock, repair_snapshot, saved_epochs
 from harness.train.session import ray_session
 
@@ -120,6 +122,57 @@ def start_and_stop(args: list[str], run_dir: Path, how: str) -> tuple[subprocess
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+# A SIGTERM while the driver's main thread waits in ray.get (for the progress queue), as it does most of a run.
+SIGTERM_IN_RAY_GET = """
+import os, signal, threading
+from ray.util.queue import Queue
+from harness import preemption
+from harness.train.session import ray_session
+
+preemption.raise_on_sigterm()
+with ray_session(None, num_cpus=1):
+    queue = Queue()
+    threading.Timer(2.0, os.kill, (os.getpid(), signal.SIGTERM)).start()
+    try:
+        queue.get(timeout=120)
+    except KeyboardInterrupt:
+        print("stopped; preempted:", preemption.requested())
+"""
+
+
+@pytest.mark.slow(seconds=20)
+def test_a_sigterm_during_ray_get_is_a_preemption():
+    """Ray's wait passes on only a KeyboardInterrupt from a signal handler: a Preempted of any other type came out of
+    ray.get as a SystemError (and the run ended with exit 1 instead of 143 as preempted)."""
+    done = subprocess.run([sys.executable, "-c", SIGTERM_IN_RAY_GET], capture_output=True, text=True, cwd=ROOT,
+                          timeout=HANG_S)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "stopped; preempted: True" in done.stdout
+
+
+def test_progress_ends_quietly_when_the_queue_is_gone(local_ray):
+    """A SIGTERM to the whole process group stops the progress queue's actor too: the bars end, without an error."""
+    import ray
+    from ray.util.queue import Queue
+
+    queue = Queue()
+    queue.put((0, 1, 2, 0.5, 10.0))
+    ray.kill(queue.actor)
+    progress_bars(queue, threading.Event(), stop=lambda: False)  # returns: before, ActorDiedError
+
+
+def test_a_preemption_whose_exception_was_lost_still_stops_the_watch(monkeypatch):
+    """The SIGTERM flag is set before the handler raises: if a library swallows the exception, the watch loop raises
+    Preempted itself instead of training on to the end."""
+    release = threading.Event()
+    monkeypatch.setattr(preemption, "requested", lambda: True)
+    try:
+        with pytest.raises(Preempted):
+            run_watched(lambda: release.wait(60), None)  # before: returned after 60 s, as a run that trained on
+    finally:
+        release.set()
 
 
 @pytest.mark.slow(seconds=110)

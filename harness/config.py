@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -171,6 +172,8 @@ class TrainConfig(Section):
     triplet_weight: float = Field(1.0, ge=0)
     id_weight: float = Field(1.0, ge=0)
     amp: Literal["none", "bf16", "fp16"] = "none"
+    tf32: bool = Field(False, description="allow TF32 in cuDNN convolutions and CUDA matmuls (Ampere and newer GPUs); "
+                                          "false: true fp32, as the authors trained (harness.precision)")
     sync_bn: bool = False
     grad_accum: int = Field(1, ge=1, description="steps whose gradients are summed before an update")
     imagenet_init: Path | None = None
@@ -184,7 +187,8 @@ class TrainConfig(Section):
     keep_checkpoints: int = Field(2, ge=1, description="best checkpoints kept by score; the latest is always kept")
     checkpoint_every: int | None = Field(
         None, ge=1, description="epochs between full checkpoints besides evaluation epochs; null: evaluation epochs only")
-    log_checkpoint: bool = False
+    log_checkpoint: bool = Field(False, description="log the best epoch's checkpoint (the weights the scores are of) "
+                                                  "to MLflow as artifacts")
 
     @model_validator(mode="after")
     def _pk(self) -> TrainConfig:
@@ -508,24 +512,30 @@ def load_config(path: Path | str = DEFAULT_PARAMS, overrides: list[str] = ()) ->
         raise ConfigError(f"params file {path} is not valid YAML: {e}") from e
     if not isinstance(tree, dict):
         raise ConfigError(f"params file {path}: expected a mapping of sections, got {type(tree).__name__}")
-    for item in overrides:
-        key, value = parse_override(item)
+    parsed = [(item, *parse_override(item)) for item in overrides]
+    # params.yaml < presets.<name> < --set: the preset's train block is merged first (as the command line sets the
+    # preset and the block), then the command line is applied over it, so an explicit --set always wins.
+    staged = copy.deepcopy(tree)
+    for item, key, value in parsed:
+        _set_path(staged, key, value, f"--set {item!r}")
+    _apply_preset_train(tree, staged)
+    for item, key, value in parsed:
         _set_path(tree, key, value, f"--set {item!r}")
-    _apply_preset_train(tree)
     try:
         return Config.model_validate(tree)
     except ValidationError as e:
         raise ConfigError(f"invalid config in {path} (after --set overrides): {_problems(e)}") from None
 
 
-def _apply_preset_train(tree: dict) -> None:
-    """Merge presets.<model.preset>.train over the train section of a raw params tree, in place.
+def _apply_preset_train(tree: dict, staged: dict) -> None:
+    """Merge presets.<model.preset>.train over the train section of a raw params tree, in place; the preset and its
+    block are read from `staged` (the tree with the command line applied).
 
     Done once, where params are read, so later overrides (a sweep's trial params) are not undone.
     """
-    model = tree.get("model") if isinstance(tree.get("model"), dict) else {}
+    model = staged.get("model") if isinstance(staged.get("model"), dict) else {}
     preset = model.get("preset", ModelConfig.model_fields["preset"].default)
-    presets = tree.get("presets") if isinstance(tree.get("presets"), dict) else {}
+    presets = staged.get("presets") if isinstance(staged.get("presets"), dict) else {}
     extra = (presets.get(preset) or {}).get("train") if isinstance(presets.get(preset), dict) else None
     if isinstance(extra, dict) and extra:
         train = tree.get("train") if isinstance(tree.get("train"), dict) else {}

@@ -24,10 +24,16 @@ class CheckpointError(ValueError):
 
 
 def load_imagenet(model: VideoReIDNet, path: str | Path) -> None:
-    """Load a torchvision resnet50 state-dict file into `model.backbone` (fc.* ignored), in place."""
+    """Load a torchvision resnet50 state-dict file into `model.backbone` (fc.* ignored), in place.
+
+    Both of torchvision's layouts load: resnet50-0676ba61.pth has a `num_batches_tracked` counter per
+    batch norm, the older resnet50-19c8e357.pth (the same weights) has none; BatchNorm's own loader
+    fills a missing counter (with 0), as it does for any state dict of before PyTorch 0.4.1.
+    """
     state = _read(path)
     backbone = {k: v for k, v in state.items() if not k.startswith("fc.")}
-    _load_strict(model.backbone, backbone, f"ImageNet file {path}", "a torchvision resnet50 state dict")
+    _load_strict(model.backbone, backbone, f"ImageNet file {path}", "a torchvision resnet50 state dict",
+                 optional=("num_batches_tracked",))
 
 
 def load_official_checkpoint(
@@ -117,10 +123,12 @@ def safe_load(path: str | Path, expected: str, shown: str | Path | None = None) 
                               f"give {expected}") from None
 
 
-def _load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], name: str, expected: str) -> None:
-    """load_state_dict(strict) with one error listing missing, unexpected and mis-shaped keys."""
+def _load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], name: str, expected: str,
+                 optional: tuple[str, ...] = ()) -> None:
+    """load_state_dict(strict) with one error listing missing, unexpected and mis-shaped keys; keys ending in an
+    `optional` name may be missing."""
     own = module.state_dict()
-    missing = sorted(own.keys() - state.keys())
+    missing = sorted(k for k in own.keys() - state.keys() if not k.endswith(optional))
     unexpected = sorted(state.keys() - own.keys())
     shapes = [
         f"{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
@@ -134,7 +142,7 @@ def _load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], name: str
             f"shape mismatches (file vs model) {_few(shapes)}. Check that the file and the "
             f"model's preset and width belong together."
         )
-    module.load_state_dict(state)
+    module.load_state_dict(state, strict=not optional)
 
 
 def _width(module: nn.Module) -> int:

@@ -16,6 +16,7 @@ from harness.evaluate.metrics import Scores
 from harness.evaluate.queries import scores_table, write_queries
 from harness.evaluate.statistics import query_interval, query_values
 from harness.io import check_writable, write_json_atomic
+from harness.precision import set_tf32
 from harness.prepared import prepared_dataset
 from harness.train.checkpoint import load_model
 from models.checkpoints import load_official_checkpoint
@@ -76,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         dataset = EvalClips(directory, config.data.frames, config.eval.sampler)
         model = _model_from_args(args, config)
         device = "cuda" if torch.cuda.is_available() else "cpu"
+        set_tf32(config.train.tf32)  # as the model was trained: float32 is float32 unless train.tf32
         log.info("extracting features of %d test tracklets on %s", len(dataset), device)
         features = extract_features(model, dataset, config.eval.batch_size, device, compile=config.eval.compile)
         rows = dataset.rows

@@ -33,6 +33,7 @@ from harness.config import ConfigError, InputSize
 from harness.measure.cost import Latency, _rss_kb, cpu_name, peak_rss_mib, reset_peak_rss, time_steps
 from harness.evaluate.features import autocast
 from harness.io import atomic_path, check_writable
+from harness.precision import set_tf32
 from harness.train.losses import reid_loss
 from models.fuse import inference_model
 from models.presets import preset_spec
@@ -58,6 +59,7 @@ class Setting:
     amp: str
     channels_last: bool
     compile: bool
+    tf32: bool = False  # TF32 in cuDNN convolutions and CUDA matmuls (harness.precision); no effect on a CPU
 
 
 def _is_oom(e: BaseException, capped: bool) -> bool:
@@ -118,6 +120,7 @@ def step_fn(model, compiled, s: Setting, clips: torch.Tensor, device: torch.devi
 def _measure(spec: ModelSpec, size: InputSize, s: Setting, warmup: int, repeats: int, threads: int,
              memory_cap_mb: int | None) -> dict:
     """Runs in a fresh spawned process: one try at `s`; status, Latency (s per step), memory (MiB), compile s."""
+    set_tf32(s.tf32)
     if threads:
         torch.set_num_threads(threads)
     cuda = torch.cuda.is_available()
@@ -231,13 +234,13 @@ def slug(text: str) -> str:
 
 def format_table(rows: list[dict]) -> str:
     """A markdown table of the rows: throughput (clips/s, frames/s), step ms, peak MiB."""
-    head = ["model", "mode", "batch", "amp", "channels-last", "compile", "status", "clips/s", "frames/s",
+    head = ["model", "mode", "batch", "amp", "tf32", "channels-last", "compile", "status", "clips/s", "frames/s",
             "median ms/step", "q1-q3 ms", "min-max ms", "peak MiB", "compile s", "other cpus"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         batch = f"{r['batch']}" + (f" (of {r['batch_requested']})" if r["oom_backoff"] else "")
         ok = r["status"] == "ok"
-        cells = [r["model"], r["mode"], batch, r["amp"], r["channels_last"], r["compile"],
+        cells = [r["model"], r["mode"], batch, r["amp"], r.get("tf32", "off"), r["channels_last"], r["compile"],
                  r["status"] + (" noisy" if r["noisy"] else ""),
                  *((f"{r['clips_per_s']:.2f}", f"{r['frames_per_s']:.1f}", f"{r['step_ms_median']:.1f}",
                     f"{r['step_ms_q1']:.1f}-{r['step_ms_q3']:.1f}", f"{r['step_ms_min']:.1f}-{r['step_ms_max']:.1f}",
@@ -264,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--amp", default="none", help="autocast: none, bf16, fp16 (CUDA only), comma-separated")
     parser.add_argument("--channels-last", default="on", help="channels-last backbone: off, on, comma-separated")
     parser.add_argument("--compile", default="off", help="torch.compile: off, on, comma-separated")
+    parser.add_argument("--tf32", default="off", help="TF32 in convolutions and matmuls (CUDA, Ampere and newer): "
+                                                      "off (true fp32, train.tf32: false), on; comma-separated")
     parser.add_argument("--mode", default="infer,train", help="infer, train, comma-separated")
     parser.add_argument("--warmup", type=int, help="untimed steps before timing (default cost.warmup)")
     parser.add_argument("--repeats", type=int, help="timed steps (default cost.repeats)")
@@ -280,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     amps = parse_list("--amp", args.amp, AMPS)
     layouts = parse_list("--channels-last", args.channels_last, SWITCHES)
     compiles = parse_list("--compile", args.compile, SWITCHES)
+    tf32s = parse_list("--tf32", args.tf32, SWITCHES)
     modes = parse_list("--mode", args.mode, MODES)
     warmup = cost.warmup if args.warmup is None else args.warmup
     repeats = cost.repeats if args.repeats is None else args.repeats
@@ -312,8 +318,8 @@ def main(argv: list[str] | None = None) -> int:
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     common = {"torch_version": torch.__version__, "python_version": platform.python_version(),
               "hostname": socket.gethostname(), "started_at": started, "warmup": warmup}
-    settings = [Setting(m, b, a, cl == "on", c == "on")
-                for m, b, a, cl, c in itertools.product(modes, batches, amps, layouts, compiles)]
+    settings = [Setting(m, b, a, cl == "on", c == "on", tf == "on")
+                for m, b, a, cl, c, tf in itertools.product(modes, batches, amps, layouts, compiles, tf32s)]
     work = [(name, spec, s) for name, spec in jobs for s in settings]
     tty = sys.stderr.isatty()
     bar = None
@@ -323,10 +329,10 @@ def main(argv: list[str] | None = None) -> int:
     rows, failed, own_threads = [], 0, threads or torch.get_num_threads()
     for i, (name, spec, s) in enumerate(work, 1):
         label = (f"{name} {s.mode} batch {s.batch} amp {s.amp} channels-last {'on' if s.channels_last else 'off'} "
-                 f"compile {'on' if s.compile else 'off'}")
+                 f"compile {'on' if s.compile else 'off'} tf32 {'on' if s.tf32 else 'off'}")
         base = {"model": name, "spec": spec_summary(spec), "model_width": spec.width, "input": size.label(),
                 "frames": size.frames, "mode": s.mode, "amp": s.amp, "channels_last": "on" if s.channels_last else "off",
-                "compile": "on" if s.compile else "off"} | common
+                "compile": "on" if s.compile else "off", "tf32": "on" if s.tf32 else "off"} | common
         least, skip = least_batch(spec, size, s.mode), None
         if s.amp == "fp16" and not cuda:
             skip = "fp16 autocast needs CUDA"
@@ -351,7 +357,8 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = args.out_dir
     settings_tag = "_".join([
         "+".join(names), f"w{jobs[0][1].width}-{size.label()}", "-".join(modes), "b" + "-".join(map(str, batches)),
-        "amp-" + "-".join(amps), "cl-" + "-".join(layouts), "compile-" + "-".join(compiles)])
+        "amp-" + "-".join(amps), "cl-" + "-".join(layouts), "compile-" + "-".join(compiles)]
+        + (["tf32-" + "-".join(tf32s)] if tf32s != ["off"] else []))
     stem = slug(f"{device.split(':')[0]}-{device.split(':', 1)[1]}") + f"_torch{slug(torch.__version__.split('+')[0])}_"
     stem += slug(settings_tag)
     import polars as pl  # only the parent writes tables; keeps the measuring processes' start light

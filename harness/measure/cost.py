@@ -29,6 +29,7 @@ from torch import nn
 from harness.cli import config_parser, load_from_args
 from harness.config import InputSize
 from harness.io import check_writable, write_json_atomic
+from harness.precision import set_tf32
 from models.fuse import inference_model
 from models.presets import preset_spec
 from models.spec import ModelSpec, SpecError
@@ -286,8 +287,9 @@ def time_steps(step, repeats: int, cuda: bool) -> tuple[list[float], float | Non
 
 
 def _measure(spec: ModelSpec, size: InputSize, batch: int, warmup: int, repeats: int, threads: int,
-             device: str = "cpu"):
+             device: str = "cpu", tf32: bool = False):
     """Runs in a fresh spawned process, so its peak RSS counts this model alone."""
+    set_tf32(tf32)
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -312,26 +314,27 @@ def _measure(spec: ModelSpec, size: InputSize, batch: int, warmup: int, repeats:
 
 
 def measure(spec: ModelSpec, size: InputSize, batch: int = 1, warmup: int = 2, repeats: int = 10,
-            threads: int = 0, device: str = "cpu") -> tuple[Latency, float | None]:
-    """Latency per batch (s, with spread and conditions) and peak extra memory of one forward (MiB) on `device`."""
+            threads: int = 0, device: str = "cpu", tf32: bool = False) -> tuple[Latency, float | None]:
+    """Latency per batch (s, with spread and conditions) and peak extra memory of one forward (MiB) on `device`,
+    with TF32 allowed or not as training runs it (train.tf32)."""
     with mp.get_context("spawn").Pool(1) as pool:
-        return pool.apply(_measure, (spec, size, batch, warmup, repeats, threads, device))
+        return pool.apply(_measure, (spec, size, batch, warmup, repeats, threads, device, tf32))
 
 
 def _measure_on_node(spec: ModelSpec, size: InputSize, batch: int, warmup: int, repeats: int, threads: int,
-                     device: str) -> tuple[Latency, float | None, dict[str, str]]:
+                     device: str, tf32: bool) -> tuple[Latency, float | None, dict[str, str]]:
     import socket
 
     import ray
 
-    latency, peak = measure(spec, size, batch, warmup, repeats, threads, device)
+    latency, peak = measure(spec, size, batch, warmup, repeats, threads, device, tf32)
     node = {"node": f"{socket.gethostname()} ({ray.util.get_node_ip_address()})",
             "node_id": ray.get_runtime_context().get_node_id()}
     return latency, peak, node
 
 
 def measure_where_trained(spec: ModelSpec, size: InputSize, *, cpus: int, gpus: float, env: dict[str, str],
-                          batch: int = 1, warmup: int = 2, repeats: int = 10
+                          batch: int = 1, warmup: int = 2, repeats: int = 10, tf32: bool = False
                           ) -> tuple[Latency, float | None, dict[str, str]]:
     """Latency (s per batch) and peak memory (MiB) timed by a Ray task holding one training worker's
     resources (`cpus` threads, `gpus` GPUs, the workers' environment `env`), and the node it ran on
@@ -346,7 +349,7 @@ def measure_where_trained(spec: ModelSpec, size: InputSize, *, cpus: int, gpus: 
     # CPU; the task must take its resources from the cluster, as the trial's Train workers do.
     task = ray.remote(_measure_on_node).options(num_cpus=cpus, num_gpus=gpus, runtime_env={"env_vars": env},
                                                 scheduling_strategy="DEFAULT")
-    return ray.get(task.remote(spec, size, batch, warmup, repeats, cpus, "cuda" if gpus else "cpu"))
+    return ray.get(task.remote(spec, size, batch, warmup, repeats, cpus, "cuda" if gpus else "cpu", tf32))
 
 
 def tracklet_costs(gmacs_per_clip: float, frames: int, clips_per_tracklet: list[int] | tuple[int, ...],
@@ -360,7 +363,7 @@ def tracklet_costs(gmacs_per_clip: float, frames: int, clips_per_tracklet: list[
 
 
 def cost_of(name: str, spec: ModelSpec, size: InputSize, batch: int = 1, measure_time: bool = True,
-            warmup: int = 2, repeats: int = 10, threads: int = 0) -> CostReport:
+            warmup: int = 2, repeats: int = 10, threads: int = 0, tf32: bool = False) -> CostReport:
     """The full CostReport of `spec` at `size` (MACs per clip; latency per batch of `batch`)."""
     spec.validate_input(size.frames, size.height, size.width)
     torch.manual_seed(0)
@@ -370,7 +373,7 @@ def cost_of(name: str, spec: ModelSpec, size: InputSize, batch: int = 1, measure
     macs, macs_by_part, uncounted = count_macs(model, clips)
     latency = peak = None
     if measure_time:
-        latency, peak = measure(spec, size, batch, warmup, repeats, threads)
+        latency, peak = measure(spec, size, batch, warmup, repeats, threads, tf32=tf32)
     return CostReport(
         name=name, model_width=spec.width, frames=size.frames, height=size.height, width=size.width, batch=batch,
         params=params, params_by_part=params_by_part, params_classifier=params_classifier,
@@ -433,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
                             f"change cost.inputs / --input, or the preset's params") from None
         reports.append(cost_of(
             name, spec, size, batch=cost.batch, measure_time=cost.measure and not args.no_measure,
-            warmup=cost.warmup, repeats=cost.repeats, threads=cost.threads,
+            warmup=cost.warmup, repeats=cost.repeats, threads=cost.threads, tf32=config.train.tf32,
         ))
     print(format_table(reports))
     if args.out:

@@ -13,12 +13,15 @@ import multiprocessing as mp
 import platform
 import subprocess
 import sys
+import time
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
+from harness.measure import gpu_hour
 from harness.measure.bench import Setting, bench_model, bench_one, slug, step_fn
 from harness.cli import UserError
 from harness.config import PAPER_INPUT, InputSize
@@ -126,20 +129,39 @@ def report(device: str, tests_passed: bool, tests_summary: str, rows: list[dict]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m harness.gpu_check", description="CUDA checks: tests/gpu, then train / infer clips/s, peak GPU "
-                                                 "memory and SDPA kernels per preset x amp x channels-last.")
+    started = time.monotonic()
+    parser = argparse.ArgumentParser(prog="python -m harness.gpu_check",
+                                     description="CUDA checks: tests/gpu, then train / infer clips/s, peak GPU memory "
+                                                 "and SDPA kernels per preset x amp x channels-last.")
     parser.add_argument("--batch", type=int, default=8, help="clips per step, at least 2 (default 8)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps before timing (default 3)")
     parser.add_argument("--repeats", type=int, default=10, help="timed steps (default 10)")
-    parser.add_argument("--out", type=Path, help="markdown report (default reports/gpu_check/<device>.md)")
+    parser.add_argument("--out", type=Path, help="markdown report (default reports/gpu_check/<device>.md; with --all, "
+                                                 "the folder of everything, default reports/gpu_hour/<device>)")
+    parser.add_argument("--all", action="store_true",
+                        help="the first GPU hour: after the check, bench rows (fp32, TF32, bf16), a 2-epoch NVAN "
+                             "training at 8x256x128 on synthetic data and its evaluation, all under one folder")
+    parser.add_argument("--rehearse", action="store_true",
+                        help="with --all: the same steps on the CPU at toy sizes, to prove the plumbing without a GPU")
+    parser.add_argument("--budget", type=float, default=570,
+                        help="with --all: seconds for the whole command (default 570, within a 10-minute call); a "
+                             "step that would start after them is skipped and listed so")
     args = parser.parse_args(argv)
+    if args.budget <= 0:
+        raise UserError(f"--budget {args.budget:g}: expected seconds > 0")
+    if args.all and args.rehearse:
+        out = args.out or Path("reports/gpu_hour/rehearsal")
+        results = gpu_hour.run_steps(out, gpu_hour.REHEARSAL, args.budget - (time.monotonic() - started))
+        _write_summary(out, gpu_hour.summary(out, "CPU rehearsal", None, results))
+        return 0 if all(r["exit"] == 0 for r in results) else 1
     device = require_cuda()
     for option, value, least in (("--batch", args.batch, 2), ("--warmup", args.warmup, 0),
                                  ("--repeats", args.repeats, 1)):
         if value < least:
             raise UserError(f"{option} {value}: expected an integer >= {least}"
                             + (" (training batch norm needs 2 clips)" if option == "--batch" else ""))
-    out = args.out or Path("reports/gpu_check") / f"{slug(device)}.md"
+    folder = args.out or Path("reports/gpu_hour") / slug(device) if args.all else None
+    out = folder / "gpu_check.md" if args.all else args.out or Path("reports/gpu_check") / f"{slug(device)}.md"
     check_writable(out)  # before minutes of tests and timing
     conditions = {"torch": torch.__version__, "CUDA": torch.version.cuda, "cuDNN": torch.backends.cudnn.version(),
                   "python": platform.python_version(),
@@ -153,5 +175,18 @@ def main(argv: list[str] | None = None) -> int:
         tmp.write_text(markdown)
     print(markdown)
     log.info("wrote %s", out)
-    return 0 if passed and all(row[m]["status"] == "ok" for row in rows for m in MODES) else 1
+    checked = passed and all(row[m]["status"] == "ok" for row in rows for m in MODES)
+    if not args.all:
+        return 0 if checked else 1
+    sizes = replace(gpu_hour.GPU, ranks=gpu_hour.ranks_for(torch.cuda.device_count()))
+    results = gpu_hour.run_steps(folder, sizes, args.budget - (time.monotonic() - started))
+    _write_summary(folder, gpu_hour.summary(folder, device, f"{'passed' if checked else 'FAILED'}: {summary}, "
+                                                            f"table in gpu_check.md", results))
+    return 0 if checked and all(r["exit"] == 0 for r in results) else 1
+
+
+def _write_summary(folder: Path, text: str) -> None:
+    with atomic_path(folder / "summary.md") as tmp:
+        tmp.write_text(text)
+    print(text)
 

@@ -238,10 +238,11 @@ def trained_already(plan: RunPlan, tracking: Tracking, cost: dict[str, Any]) -> 
     folder = storage.join(plan.run_dir, last["folder"])
     with tempfile.TemporaryDirectory() as local:
         state = read_state(storage.download(folder, Path(local)), shown=redact(folder))
-    best = state["best"]
+    best, worker = state["best"], last.get("worker") or {}
     return TrainResult(tracking.run_id, plan.ray_run, best["epoch"], best["scores"] or {}, best["cmc"] or {},
                        state["epoch"] + 1, folder, last.get("clips_per_s", math.nan), math.nan, math.nan, cost,
-                       plan.spec, plan.manifest, last.get("cpu_capability"), checkpoint_queries(folder))
+                       plan.spec, plan.manifest, worker.get("cpu_capability"), checkpoint_queries(folder),
+                       worker.get("precision"), best_checkpoint(plan.run_dir, best["epoch"]))
 
 
 def build_trainer(plan: RunPlan, tracking: Tracking, cost: dict[str, Any], queue, fail_at_step: int | None,
@@ -332,11 +333,19 @@ def train(plan: RunPlan, tracking: Tracking, cost: dict[str, Any], progress: boo
     metrics = result.metrics or {}
     # Where the user finds it: a local path, or a URI like ray.storage_path.
     checkpoint = storage.join(root, storage.relative(result.checkpoint.path, root)) if result.checkpoint else None
-    return TrainResult(run_id, plan.ray_run, metrics.get("best_epoch", -1), metrics.get("best_scores") or {},
+    best_epoch = metrics.get("best_epoch", -1)
+    return TrainResult(run_id, plan.ray_run, best_epoch, metrics.get("best_scores") or {},
                        metrics.get("best_cmc") or {}, metrics.get("epoch", -1) + 1, checkpoint,
                        metrics.get("clips_per_s", math.nan), time.perf_counter() - start,
                        metrics.get("first_step_at", math.nan) - started_at, cost, plan.spec, plan.manifest,
-                       metrics.get("cpu_capability"), checkpoint_queries(checkpoint) if checkpoint else None)
+                       metrics.get("cpu_capability"), checkpoint_queries(checkpoint) if checkpoint else None,
+                       metrics.get("precision"), best_checkpoint(plan.run_dir, best_epoch))
+
+
+def best_checkpoint(run_dir: str, best_epoch: int) -> str | None:
+    """The complete checkpoint of the best epoch (train.keep_checkpoints keeps it by its score); None if it has none."""
+    saved = saved_epochs(run_dir).get(best_epoch)
+    return storage.join(run_dir, saved["folder"]) if saved else None
 
 
 def checkpoint_queries(folder: str) -> pl.DataFrame | None:
@@ -399,6 +408,8 @@ def finish(plan: RunPlan, tracking: Tracking, result: TrainResult) -> TrainResul
     log_metrics(client, result.run_id, {f"best.{k}": primary[k] for k in FINAL_KEYS if k in primary}
                 | {"best.epoch": result.best_epoch} | extra, step=max(result.epochs - 1, 0))
     log_artifacts(client, config, result)
+    if result.precision:
+        set_tags(client, result.run_id, {f"precision.{k}": v for k, v in result.precision.items()})
     if plan.record_to:
         write_run(plan.record_to, train_record(Config.model_validate(plan.given), result, plan.label, plan.kind),
                   result.queries)
@@ -432,6 +443,6 @@ def log_artifacts(client, config: Config, result: TrainResult) -> None:
             result.queries.write_parquet(folder / QUERIES_FILE)
         for file in folder.iterdir():
             client.log_artifact(result.run_id, str(file))
-    if result.checkpoint and config.train.log_checkpoint:
+    if (logged := result.best_checkpoint or result.checkpoint) and config.train.log_checkpoint:
         with tempfile.TemporaryDirectory() as local:
-            client.log_artifacts(result.run_id, str(storage.download(result.checkpoint, Path(local))), "checkpoint")
+            client.log_artifacts(result.run_id, str(storage.download(logged, Path(local))), "checkpoint")

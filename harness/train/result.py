@@ -22,7 +22,7 @@ FINAL_KEYS = ("rank1", "rank5", "rank10", "rank20", "map", "minp")
 
 @dataclass(frozen=True)
 class TrainResult:
-    """What a finished training job leaves: its MLflow run, best epoch, scores and CMC, checkpoint, cost."""
+    """What a finished training job leaves: its MLflow run, best epoch, scores and CMC, checkpoints, cost."""
 
     run_id: str
     ray_run: str
@@ -30,7 +30,7 @@ class TrainResult:
     best_scores: dict[str, dict[str, float]]
     best_cmc: dict[str, list[float]]
     epochs: int
-    checkpoint: str | None
+    checkpoint: str | None  # the latest: where the run resumes
     clips_per_s: float
     seconds: float
     startup_s: float
@@ -39,6 +39,8 @@ class TrainResult:
     manifest: dict[str, Any]
     cpu_capability: str | None = None  # the CPU kernels torch ran in the workers (e.g. AVX2)
     queries: pl.DataFrame | None = None  # per-query outcomes of the best evaluation (harness.evaluate.queries)
+    precision: dict[str, Any] | None = None  # the TF32 settings the workers trained with (harness.precision)
+    best_checkpoint: str | None = None  # the best epoch's: the weights best_scores are of
 
 
 def record_base(config: dict, spec, manifest: dict, cost: dict, label: str | None, kind: str) -> dict:
@@ -62,14 +64,17 @@ def train_record(config: Config, result: TrainResult, label: str | None = None, 
 
     from harness.measure.cost import cpu_name
 
-    checkpoint = storage.relative(result.checkpoint, config.ray.storage_path) if result.checkpoint else None
+    def under_storage(checkpoint: str | None) -> str | None:
+        return storage.relative(checkpoint, config.ray.storage_path) if checkpoint else None
+
     run = {
-        "mlflow_run_id": result.run_id, "ray_run": result.ray_run, "checkpoint": checkpoint,
+        "mlflow_run_id": result.run_id, "ray_run": result.ray_run, "checkpoint": under_storage(result.checkpoint),
+        "best_checkpoint": under_storage(result.best_checkpoint),
         "checkpoint_under": "ray.storage_path", "seconds": result.seconds, "startup_s": result.startup_s,
         "clips_per_s": result.clips_per_s, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "device": "cuda" if config.ray.use_gpu else "cpu", "workers": config.ray.num_workers,
         "threads_per_worker": config.ray.cpus_per_worker, "cpu_capability": result.cpu_capability,
-        "driver_cpu": cpu_name(), "torch": torch.__version__,
+        "driver_cpu": cpu_name(), "torch": torch.__version__, "precision": result.precision,
     }
     return run_record(label=label or config.model.preset, kind=kind, config=config.model_dump(mode="json"),
                       spec=result.spec, manifest=result.manifest, cost=result.cost, scores=result.best_scores,

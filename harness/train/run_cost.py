@@ -29,7 +29,8 @@ def run_cost(config: Config, spec, directory: Path) -> dict[str, Any]:
         resources = worker_resources(config)
         latency, peak, node = measure_where_trained(
             spec, config.data.input, cpus=config.ray.cpus_per_worker, gpus=resources.get("GPU", 0),
-            env=numerics_env(config.train.cpu_isa), warmup=config.cost.warmup, repeats=config.cost.repeats)
+            env=numerics_env(config.train.cpu_isa), warmup=config.cost.warmup, repeats=config.cost.repeats,
+            tf32=config.train.tf32)
         cost |= {"latency": latency.as_dict() | node | {"batch": 1, "model": "BN-folded, as evaluation runs it"},
                  "peak_memory_mb": peak}
     return cost

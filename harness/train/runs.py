@@ -93,7 +93,7 @@ def log_missing_epochs(client, run_id: str, saved: dict[int, dict[str, float]]) 
     return the epochs MLflow now holds. An epoch retrained after a resume is logged if and only if
     it is not among them, so every epoch is logged once, however the run stopped."""
     logged = {m.step for m in client.get_metric_history(run_id, "loss")}
-    skip = ("epoch", "checkpoint_score", "best_value", "first_step_at", "folder", "files", "history")
+    skip = ("epoch", "checkpoint_score", "best_value", "first_step_at", "folder", "files", "history", "worker")
     # Each checkpoint holds its own epoch's numbers and every earlier epoch's (their `history`).
     known: dict[int, dict] = {}
     for epoch, metrics in sorted(saved.items()):

@@ -20,6 +20,8 @@ from torch.utils.data import DataLoader
 
 from datasets.loaders import EvalClips, TrainClips, normalize, set_epoch, train_loader
 from harness import storage
+from harness.precision import effective as precision_effective
+from harness.precision import set_tf32
 from harness.redact import redact
 from harness.train.checkpoint import read_state, rng_state, save_state, set_rng_state
 from harness.config import Config, TrainConfig
@@ -230,6 +232,7 @@ def build_job(config: Config, directory: Path) -> Job:
     device = ray.train.torch.get_device()
     # Autotuned convolution kernels: the clip shape is fixed for the whole run.
     torch.backends.cudnn.benchmark = device.type == "cuda"
+    set_tf32(config.train.tf32)  # false: float32 is float32, as the authors trained (harness.precision)
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
     data = TrainClips(directory, config.data.frames, config.train.sampler, config.train.stride, seed=config.seed)
@@ -246,17 +249,19 @@ def build_job(config: Config, directory: Path) -> Job:
 
 
 class StepWatch:
-    """Called after every step: notes when training began, shows rank 0's progress at most once a second, and
-    injects the test hook's one failure (train.fail_at_step)."""
+    """Called after every step: notes when training began and the TF32 settings the first step ran with, shows
+    rank 0's progress at most once a second, and injects the test hook's one failure (train.fail_at_step)."""
 
     def __init__(self, loop_config: dict[str, Any], rank: int, world: int) -> None:
         self.progress, self.fail_at_step = loop_config.get("progress"), loop_config.get("fail_at_step")
         self.fail_marker, self.rank, self.world = loop_config.get("fail_marker"), rank, world
         self.first_step_at, self.shown_at = math.nan, 0.0
+        self.precision: dict[str, Any] | None = None
 
     def __call__(self, epoch: int, step: int, steps: int, stats: dict[str, Any]) -> None:
         if math.isnan(self.first_step_at):
             self.first_step_at = time.time()
+            self.precision = precision_effective()
         if self.fail_at_step is not None and epoch * steps + step == self.fail_at_step and self.rank == self.world - 1:
             if not storage.exists(self.fail_marker):  # fail once, so the restarted worker gets past this step
                 storage.write_text(self.fail_marker, "")
@@ -295,7 +300,8 @@ def run_worker(loop_config: dict[str, Any]) -> None:
                     "mlflow_run_id": loop_config.get("mlflow_run_id"),
                     # Lets a sweep free the workers of a trial that Tune stops early (ray#54305).
                     "placement_group": ray.get_runtime_context().get_placement_group_id(),
-                    "first_step_at": watch.first_step_at, "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+                    "first_step_at": watch.first_step_at, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                    "precision": watch.precision or precision_effective()}
         history[epoch] = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
         every = config.train.checkpoint_every
         report_epoch(job, epoch, best, metrics, evaluate or (every is not None and (epoch + 1) % every == 0), history)
@@ -366,7 +372,8 @@ def report_epoch(job: Job, epoch: int, best: Best, metrics: dict[str, Any], chec
         # Every file's size, so a copy cut short on its way to storage is told from a whole one (runs.saved_epochs);
         # the earlier epochs' numbers, so a resume logs those MLflow never heard of (runs.log_missing_epochs).
         numbers = history[epoch] | {"files": {f.name: f.stat().st_size for f in Path(folder).iterdir()},
-                                    "history": {str(e): m for e, m in history.items() if e != epoch}}
+                                    "history": {str(e): m for e, m in history.items() if e != epoch},
+                                    "worker": {k: metrics.get(k) for k in ("precision", "cpu_capability")}}
         (Path(folder) / EPOCH_FILE).write_text(json.dumps(numbers))
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
 

@@ -34,11 +34,11 @@ MODEL_WIDTH = 16  # every layer and non-local block of the real network, at a si
 # GradScaler skips steps whose gradients overflow at its first scales (2**16, halving each time); a skipped
 # step creates no Adam state. The test set's two P x K steps per pass, over this many passes, leave it room.
 PASSES = 4
-# Features of fp32 on CUDA (TF32 off), TF32 (torch's default for cuDNN convolutions, what harness.evaluate
-# runs) and bf16 autocast against fp32 on the CPU: bounds on max |cuda - cpu| / max |cpu| and on 1 - the
-# least per-tracklet cosine similarity. fp32 differs only in summation order (1e-5 between CPU batch sizes).
-# bf16 autocast on the CPU is off by up to 1.9e-2 and 2.3e-4 on these models; TF32 keeps 3 more mantissa
-# bits (errors 8x smaller, cosine's 64x).
+# Features of fp32 on CUDA (TF32 off, the harness's default), TF32 (torch's own default for cuDNN convolutions;
+# the harness's with train.tf32: true) and bf16 autocast against fp32 on the CPU: bounds on max |cuda - cpu| /
+# max |cpu| and on 1 - the least per-tracklet cosine similarity. fp32 differs only in summation order (1e-5
+# between CPU batch sizes). bf16 autocast on the CPU is off by up to 1.9e-2 and 2.3e-4 on these models; TF32
+# keeps 3 more mantissa bits (errors 8x smaller, cosine's 64x).
 BOUNDS = {"fp32": (1e-4, 1e-6), "tf32": (2e-2, 2.5e-4), "bf16": (8e-2, 1e-3)}
 
 

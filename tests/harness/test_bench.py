@@ -66,6 +66,13 @@ def test_table_columns_units_and_files(monkeypatch, tmp_path, capsys):
     assert markdown in capsys.readouterr().out
 
 
+def test_tf32_is_a_setting_of_every_row(monkeypatch, tmp_path):
+    # On a CPU TF32 changes nothing, but the rows and the file name say which setting each ran with.
+    table = run_bench(monkeypatch, tmp_path / "bench", "--batch", "2", "--mode", "infer", "--tf32", "off,on")
+    assert sorted(table["tf32"]) == ["off", "on"] and set(table["status"]) == {"ok"}
+    assert [p.name for p in (tmp_path / "bench").iterdir() if p.suffix == ".md"][0].endswith("_tf32-off-on.md")
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the cap is on CPU virtual memory")
 def test_oom_halves_the_batch_and_records_it():
     # 40 MiB of address space beyond the built model: batch 32 of this input needs more, 16 fits.

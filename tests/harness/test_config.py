@@ -101,3 +101,18 @@ def test_preset_params_fill_null_model_fields(params):
     assert load_config(params, with_block + ["model.stripes=[8,8,8,8]"]).spec(3).stripes == (8, 8, 8, 8)
     # Another preset's block does not leak into the chosen one.
     assert load_config(params, with_block + ["model.preset=nvan"]).spec(3).stripes == (0, 0, 0, 0)
+
+
+def test_tf32_flags_follow_the_setting():
+    import torch
+
+    from harness.precision import effective, set_tf32
+
+    try:
+        assert set_tf32(False) == {"cudnn_allow_tf32": False, "cuda_matmul_allow_tf32": False,
+                                   "float32_matmul_precision": "highest"}
+        assert set_tf32(True) == {"cudnn_allow_tf32": True, "cuda_matmul_allow_tf32": True,
+                                  "float32_matmul_precision": "high"}
+        assert torch.backends.cudnn.allow_tf32 and effective()["cuda_matmul_allow_tf32"]
+    finally:
+        set_tf32(False)

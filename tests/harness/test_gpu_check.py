@@ -1,14 +1,22 @@
 """python -m harness.gpu_check on a CPU machine: the refusal, the measuring and the report's plumbing (tiny model)."""
 
+import json
+import subprocess
+import sys
+from dataclasses import replace
 from pathlib import Path
 
+import polars as pl
 import pytest
 import torch
 
-from harness.measure import gpu_check
+from harness.measure import gpu_check, gpu_hour
+from harness.results.records import read_record
 from harness.cli import run
 from harness.config import PAPER_INPUT, InputSize
 from harness.measure.sdpa_kernels import CPU_FLASH
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -77,3 +85,66 @@ def test_batch_below_two_is_a_user_error(monkeypatch, capsys):
     with pytest.raises(SystemExit) as exit_:
         run(gpu_check.main, ["--batch", "1"])
     assert exit_.value.code == 2 and "--batch 1: expected an integer >= 2" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("gpus", "ranks"), [(0, 1), (1, 1), (2, 2), (3, 2), (4, 4), (7, 4), (8, 8), (16, 8)])
+def test_the_first_gpu_hour_trains_on_as_many_gpus_as_split_a_batch(gpus, ranks):
+    assert gpu_hour.ranks_for(gpus) == ranks
+
+
+def test_all_writes_the_check_and_the_hour_under_one_folder(rows, monkeypatch, tmp_path, capsys):
+    given = []
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(gpu_check, "require_cuda", lambda: "NVIDIA Test GPU")
+    monkeypatch.setattr(gpu_check, "run_gpu_tests", lambda: (True, "57 passed in 60.00s"))
+    monkeypatch.setattr(gpu_check, "measure_rows", lambda *args: rows)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
+    steps = [{"step": "train NVAN 2 epochs", "exit": 0, "seconds": 1.0, "log": "logs/02 train.log", "command": "-"},
+             {"step": "bench bf16", "exit": "skipped: out of time", "seconds": 0, "log": "-", "command": "-"}]
+    monkeypatch.setattr(gpu_hour, "run_steps", lambda *args: given.append(args) or steps)
+    assert gpu_check.main(["--all"]) == 1  # a step skipped is not a pass
+    folder = Path("reports/gpu_hour/nvidia-test-gpu")
+    [(out, sizes, budget)] = given
+    assert out == folder and sizes == replace(gpu_hour.GPU, ranks=2) and 0 < budget < 570
+    assert sorted(p.name for p in folder.iterdir()) == ["gpu_check.md", "summary.md"]
+    summary = (folder / "summary.md").read_text()
+    assert summary.startswith("# The first GPU hour: NVIDIA Test GPU\n")
+    assert "| bench bf16 | skipped: out of time | 0 | - |" in summary
+    assert "GPU tests and throughput table: passed: 57 passed in 60.00s, table in gpu_check.md" in summary
+    assert summary in capsys.readouterr().out
+
+
+def test_steps_past_the_budget_are_skipped_and_listed(tmp_path):
+    results = gpu_hour.run_steps(tmp_path, gpu_hour.REHEARSAL, budget_s=1e-9)
+    assert [r["exit"] for r in results] == ["skipped: out of time"] * 6
+    assert "| train NVAN 2 epochs | skipped: out of time | 0 | - |" in gpu_hour.summary(tmp_path, "x", None, results)
+
+
+def test_a_budget_of_no_time_is_a_user_error(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        run(gpu_check.main, ["--all", "--budget", "0"])
+    assert exit_.value.code == 2 and "--budget 0: expected seconds > 0" in capsys.readouterr().err
+
+
+@pytest.mark.slow(seconds=150)
+def test_the_rehearsal_runs_every_step_of_the_first_gpu_hour(tmp_path):
+    # As a user runs it; on the CPU at toy sizes, the training on 2 ranks over gloo.
+    done = subprocess.run([sys.executable, "-m", "harness.gpu_check", "--all", "--rehearse", "--out", str(tmp_path)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=1800)
+    summary = (tmp_path / "summary.md").read_text()
+    assert done.returncode == 0, summary
+    names = [name for name, _ in gpu_hour.steps(tmp_path, gpu_hour.REHEARSAL)]
+    assert len(names) == 6 and all(f"| {name} | 0 | " in summary for name in names), summary
+    record = read_record(tmp_path / "train" / "record.json")
+    assert record["run"]["workers"] == 2 and record["epochs"] == 2
+    assert record["run"]["precision"]["cudnn_allow_tf32"] is False
+    # harness.evaluate rescored the best checkpoint in one process: the sharded evaluation's every score.
+    assert ", same checkpoint, 12 scores: identical\n" in summary, summary
+    scored = json.loads((tmp_path / "evaluate" / "scores.json").read_text())
+    assert scored["mars-official"]["rank1"] == record["scores"]["mars-official"]["rank1"]
+    assert pl.read_parquet(tmp_path / "evaluate" / "queries.parquet").height > 0
+    [table] = (tmp_path / "bench").glob("*_amp-none_*_tf32-off-on.md")
+    rows = [line.split(" | ") for line in table.read_text().splitlines() if line.startswith("| ") and " ok " in line]
+    assert sorted((r[0][2:], r[1], r[4]) for r in rows) == sorted(
+        (p, m, t) for p in ("baseline", "nvan", "ste_nvan") for m in ("infer", "train") for t in ("off", "on"))
+    assert len(list((tmp_path / "bench").glob("*_amp-bf16_*.md"))) == 1

@@ -52,5 +52,19 @@ def test_recipe_network_has_the_authors_parameters(preset):
 def test_preset_train_overrides_apply_only_to_their_preset():
     nvan = load_config(EXAMPLES / "paper-mars.yaml", ["model.preset=nvan", "presets.nvan.train.epochs=3"])
     assert nvan.train.epochs == 3
-    baseline = load_config(EXAMPLES / "paper-mars.yaml", ["model.preset=baseline", "train.epochs=3"])
-    assert baseline.train.epochs == 300  # presets.baseline.train wins over train.*, as documented
+    assert load_config(EXAMPLES / "paper-mars.yaml", ["model.preset=baseline"]).train.epochs == 300
+
+
+def test_the_command_line_wins_over_a_preset_block():
+    # paper-mars.yaml's presets.baseline.train sets 300 epochs; an explicit --set is the user's last word.
+    config = load_config(EXAMPLES / "paper-mars.yaml", ["model.preset=baseline", "train.epochs=10"])
+    assert (config.train.epochs, config.train.weight_decay) == (10, 1e-5)  # the block's other keys still apply
+    # The block itself can be set from the command line, and then holds.
+    config = load_config(EXAMPLES / "paper-mars.yaml", ["model.preset=baseline", "presets.baseline.train.epochs=7"])
+    assert config.train.epochs == 7
+
+
+@pytest.mark.parametrize("file, dataset, identities", RECIPES)
+def test_the_recipe_is_true_fp32(file, dataset, identities):
+    # The authors trained with PyTorch 1.0, before TF32 existed: no TF32 anywhere in the recipe.
+    assert load_config(EXAMPLES / file, ["model.preset=nvan"]).train.tf32 is False

@@ -259,6 +259,22 @@ def test_the_data_is_what_the_manifest_says(cli, tiny_config, prepared_copy, tin
         prepared_dataset(config)
 
 
+def test_a_run_stopped_before_its_bookkeeping_finishes_with_what_it_trained_with(local_ray, tiny_config):
+    config = tiny_config("train.epochs=2", "train.steps_per_epoch=2", "eval.every=1")
+    first = fit(config, name="booked", progress=False)
+    run_dir = str(Path(config.ray.storage_path) / "booked")
+    assert first.best_checkpoint == storage.join(run_dir, saved_epochs(run_dir)[first.best_epoch]["folder"])
+    assert first.precision == {"cudnn_allow_tf32": False, "cuda_matmul_allow_tf32": False,
+                               "float32_matmul_precision": "highest"} and first.cpu_capability
+    client = MlflowClient(config.mlflow.tracking_uri)
+    experiment = client.get_experiment_by_name("nvan-bench").experiment_id
+    set_tags(client, find_run(client, experiment, "nvan.ray_run", "booked"), {"nvan.status": "running"})
+    again = fit(config, resume="booked", progress=False)  # every epoch checkpointed: read back, not retrained
+    assert (again.best_epoch, again.best_scores, again.best_checkpoint) == (first.best_epoch, first.best_scores,
+                                                                            first.best_checkpoint)
+    assert (again.precision, again.cpu_capability) == (first.precision, first.cpu_capability)
+
+
 def test_a_tampered_checkpoint_is_named_where_the_user_keeps_it(local_ray, tiny_config, tmp_path):
     config = tiny_config("train.epochs=2", "train.steps_per_epoch=2")
     fit(config, name="kept", progress=False)

@@ -66,6 +66,10 @@ def test_train_and_resume_on_object_storage_with_sparse_checkpoints(local_ray, t
     assert client.get_run(result.run_id).data.tags["nvan.status"] == "finished" and result.best_epoch == 2
     assert sorted(saved_epochs(storage.join(s3_storage, "early"))) == [1, 2]
     assert read_record(record)["run"]["checkpoint"].startswith("early/checkpoint_")
+    # Float32 is float32 unless train.tf32: the workers' settings are in the record and in MLflow.
+    assert read_record(record)["run"]["precision"] == {"cudnn_allow_tf32": False, "cuda_matmul_allow_tf32": False,
+                                                       "float32_matmul_precision": "highest"}
+    assert client.get_run(result.run_id).data.tags["precision.cudnn_allow_tf32"] == "False"
     assert result.checkpoint == storage.join(s3_storage, read_record(record)["run"]["checkpoint"])
     assert read_state(storage.download(result.checkpoint, tmp_path / "best"))["epoch"] == 2
     assert not list(tmp_path.glob("s3*"))  # nothing written to a local folder named after the URI

@@ -101,6 +101,29 @@ def test_load_imagenet_round_trip(tmp_path):
     assert torch.equal(model.non_local.layer2[0].theta.weight, before)
 
 
+def test_both_torchvision_layouts_load_the_same_weights(tmp_path):
+    # resnet50-0676ba61.pth has a num_batches_tracked per batch norm; the older resnet50-19c8e357.pth has none.
+    path, state = torchvision_file(tmp_path)
+    assert any(k.endswith("num_batches_tracked") for k in state)
+    old = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
+    torch.save(old, tmp_path / "resnet50-19c8e357.pth")
+    models = [build_model(preset_spec("baseline", 5, width=8)) for _ in range(2)]
+    load_imagenet(models[0], path)
+    load_imagenet(models[1], tmp_path / "resnet50-19c8e357.pth")
+    new, older = models[0].backbone.state_dict(), models[1].backbone.state_dict()
+    assert new.keys() == older.keys()
+    for key in new:
+        if key.endswith("num_batches_tracked"):
+            assert int(older[key]) == 0  # filled by BatchNorm's loader; training counts on from there
+        else:
+            assert torch.equal(new[key], older[key]) and torch.equal(new[key], state[key]), key
+    # Only the counters may be missing: any other missing key is still an error.
+    del old["layer1.0.bn1.weight"]
+    torch.save(old, tmp_path / "broken.pth")
+    with pytest.raises(CheckpointError, match="layer1.0.bn1.weight"):
+        load_imagenet(build_model(preset_spec("baseline", 5, width=8)), tmp_path / "broken.pth")
+
+
 def test_load_imagenet_missing_file(tmp_path):
     with pytest.raises(CheckpointError, match=r"resnet50\.pth does not exist"):
         load_imagenet(build_model(preset_spec("baseline", 5, width=8)), tmp_path / "resnet50.pth")

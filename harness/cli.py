@@ -9,7 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from datasets.errors import DatasetError
-from harness.config import DEFAULT_PARAMS, Config, ConfigError, load_config
+from harness.config import Config, ConfigError
+from harness.params import DEFAULT_PARAMS, load_config
 from harness.evaluate.metrics import MetricsError
 from harness.redact import RedactingFilter, redact
 from models.checkpoints import CheckpointError

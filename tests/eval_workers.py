@@ -43,7 +43,7 @@ def evaluate_worker(rank: int, world: int, port: int, overrides: list[str], stat
     import json
 
     from datasets.loaders import EvalClips
-    from harness.config import load_config
+    from harness.params import load_config
     from harness.train.worker import evaluate_model
 
     _join(rank, world, port)

@@ -29,8 +29,8 @@ from ray import tune
 from harness import preemption, storage
 from harness.cli import UserError
 from harness.echo import short
-from harness.config import (Config, flatten,
-                            override)
+from harness.config import Config
+from harness.params import flatten, override
 from harness.io import atomic_path, check_writable
 from harness.redact import redact
 from harness.results.tracking import connect, git_commit, log_metrics, set_tags, start_run

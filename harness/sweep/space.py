@@ -10,8 +10,8 @@ from typing import Any
 from ray import tune
 
 from harness import storage
-from harness.config import (PAPER_INPUT, TEMPORAL_POOLS, Config, ConfigError, InputSize, SweepConfig, dotted, override,
-                            placement_blocks)
+from harness.config import PAPER_INPUT, TEMPORAL_POOLS, Config, ConfigError, InputSize, SweepConfig, placement_blocks
+from harness.params import dotted, override
 from harness.measure.cost import macs_on_meta
 from harness.results.tracking import tracking_uri
 from models.spec import SpecError

@@ -15,8 +15,8 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from datasets.loaders import TrainClips
 from harness import preemption, storage
 from harness.cli import UserError
-from harness.config import (Config, flatten,
-                            override)
+from harness.config import Config
+from harness.params import flatten, override
 from harness.prepared import prepared_dataset
 from harness.evaluate.queries import outcomes_of, queries_path, read_queries
 from harness.evaluate.statistics import SCORES, Sample, front_probability, interval, query_values, replicates

@@ -26,7 +26,8 @@ import yaml
 
 from harness import storage
 from harness.cli import USER_ERRORS, UserError
-from harness.config import Config, dotted, flatten
+from harness.config import Config
+from harness.params import dotted, flatten
 from harness.evaluate.queries import read_queries
 from harness.prepared import prepared_dataset
 from harness.echo import short

@@ -16,7 +16,8 @@ from typing import Any
 
 from datasets.progress import Progress
 from harness import storage
-from harness.config import Config, override
+from harness.config import Config
+from harness.params import override
 from harness import preemption
 from harness.results.records import read_record
 from harness.results.tracking import connect, find_run, set_tags, tracking_uri

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from harness.measure.bench import Setting, bench_one
-from harness.config import load_config
+from harness.params import load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 ROUNDS, WARMUP, REPEATS, BATCH = 7, 2, 10, 8
@@ -25,7 +25,7 @@ THREADS = 1
 # about 10 % slower than a fresh one, which would be counted as the bench's overhead.
 PLAIN = """
 import statistics, time, torch
-from harness.config import load_config
+from harness.params import load_config
 from models.fuse import fuse_for_inference
 from models.video_reid import build_model
 torch.set_num_threads({threads})

@@ -17,7 +17,7 @@ import torch
 from datasets.loaders import TrainClips, set_epoch, train_loader
 from datasets.prepare import prepare
 from datasets.synthetic import write_mars
-from harness.config import load_config
+from harness.params import load_config
 from harness.train.driver import fit
 from harness.train.session import ray_session
 from harness.train.worker import build_optimizer, train_epoch
@@ -80,7 +80,7 @@ import sys, time
 import torch
 sys.path.insert(0, {root!r})
 from datasets.loaders import TrainClips, set_epoch, train_loader
-from harness.config import load_config
+from harness.params import load_config
 from harness.train.worker import build_optimizer, train_epoch
 from models.video_reid import build_model
 

@@ -14,7 +14,8 @@ from datasets.errors import run_cli
 from datasets.prepare import prepare
 from datasets.synthetic import write_mars
 from harness.cli import run
-from harness.config import Config, load_config
+from harness.config import Config
+from harness.params import load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a throwaway local cluster per test session

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from harness.measure.bench import Setting, bench_one, least_batch, main, slug
-from harness.config import InputSize, load_config
+from harness.config import InputSize
+from harness.params import load_config
 from harness.measure.cost import cpu_name
 
 ROOT = Path(__file__).resolve().parents[2]

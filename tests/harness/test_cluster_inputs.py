@@ -12,7 +12,8 @@ import torch
 
 from datasets.loaders import TrainClips, train_loader
 from harness import storage
-from harness.config import ConfigError, load_config
+from harness.config import ConfigError
+from harness.params import load_config
 from harness.train.node_check import NodeInputError, check_node
 from harness.train.worker import LOADER_BOUND, build_optimizer, loader_warning, loader_workers, train_epoch
 from models.video_reid import build_model

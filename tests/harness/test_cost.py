@@ -182,7 +182,7 @@ def test_gmacs_per_tracklet_match_a_hand_count(prepared_root, sampler):
     """Under `dense` a tracklet of F frames runs ceil(F / T) clips; other test samplers run one."""
     import polars as pl
 
-    from harness.config import load_config
+    from harness.params import load_config
     from harness.train.run_cost import run_cost
 
     frames = 3

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def trained(prepared_root, tmp_path_factory):
     """A checkpoint of a tiny NVAN trained for a few steps, and its config."""
-    from harness.config import load_config
+    from harness.params import load_config
 
     config = load_config(ROOT / "params.yaml", [
         f"data.prepared_root={prepared_root}", "data.frames=4", "data.height=64", "data.width=32",

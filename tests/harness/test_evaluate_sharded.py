@@ -51,7 +51,7 @@ def test_two_ranks_give_the_one_process_features(odd_test_set, tmp_path):
 def test_training_evaluation_on_two_ranks_scores_rank_zeros_model(odd_test_set, tmp_path):
     # Rank 1's BN statistics differ (as after DDP training without SyncBN): both ranks must extract
     # with rank 0's, so the scores equal one process evaluating rank 0's model.
-    from harness.config import load_config
+    from harness.params import load_config
     from harness.train.worker import evaluate_model
 
     sampler = "dense"

@@ -9,7 +9,7 @@ import pytest
 
 from authors_reference import AuthorsCNN
 from datasets.sampling import PKSampler
-from harness.config import load_config
+from harness.params import load_config
 from models.video_reid import build_model
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"

@@ -309,7 +309,7 @@ def make_record(label: str, dataset: str = "mars", synthetic: bool = True, gmacs
                 mean_ap: float = 0.3, noisy: bool = False, finished: str = "2026-11-30T10:00:00Z",
                 clips: float = 1.0, latency_s: float = 0.01, device: str = "cpu: test") -> dict:
     """A run record as harness.train --out writes it (harness/records.py)."""
-    from harness.config import load_config
+    from harness.params import load_config
     from harness.results.records import run_record
 
     config = load_config(ROOT / "params.yaml", [f"model.preset={label}", f"data.dataset={dataset}"])

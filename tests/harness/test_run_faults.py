@@ -291,7 +291,7 @@ def test_a_tampered_checkpoint_is_named_where_the_user_keeps_it(local_ray, tiny_
 RENDEZVOUS = """
 import sys, threading, time, psutil
 sys.path.insert(0, {tests!r})
-from harness.config import load_config
+from harness.params import load_config
 from harness.train.driver import fit
 from harness.train.session import ray_session
 config = load_config({params!r}, {overrides!r})

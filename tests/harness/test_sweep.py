@@ -14,7 +14,8 @@ import polars as pl
 import pytest
 from mlflow import MlflowClient
 
-from harness.config import ConfigError, load_config
+from harness.config import ConfigError
+from harness.params import load_config
 from harness.results.records import read_record
 from harness import storage
 from harness.sweep.space import Candidate, resolve, search_setup, trial_base

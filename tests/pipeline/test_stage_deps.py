@@ -83,3 +83,20 @@ def test_the_import_walk_sees_imports_inside_functions():
     runs = imported("harness.train.__main__")
     assert {"harness/train/driver.py", "harness/precision.py", "models/resnet.py"} <= runs
     assert "harness/sweep/driver.py" not in runs and "harness/__init__.py" not in runs
+
+
+@pytest.mark.parametrize("name", sorted(stages()))
+def test_every_param_a_stage_names_is_in_params_yaml(name):
+    """DVC refuses to run a stage whose params key is missing from params.yaml (a default in config.py is not
+    enough)."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    stage = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"][name]
+    items = stage.get("foreach") if isinstance(stage.get("foreach"), list) else [None]
+    for key in stage.get("do", stage).get("params", []):
+        for item in items:
+            node = params
+            for part in key.replace("${item}", str(item)).split("."):
+                if "${" in part:
+                    break  # a foreach key over a params mapping: those keys exist by construction
+                assert isinstance(node, dict) and part in node, f"{name}: param {key} is not in params.yaml"
+                node = node[part]

@@ -90,9 +90,10 @@ def _resumed(config: Config, base: Config, name: str) -> tuple[Config, str]:
     if not storage.exists(state):
         raise UserError(f"--resume: no sweep {name!r} at {redact(folder)}; check --name and ray.storage_path")
     saved = read_state(state)
-    given = {key: getattr(getattr(config, key.split(".")[0]), key.split(".")[1]) for key in RESUME_FROM_COMMAND_LINE}
+    now, then = flatten(config), flatten(saved.config)
+    given = {key: now[key] for key in RESUME_FROM_COMMAND_LINE}
     for key in RESUME_FROM_COMMAND_LINE[1:]:
-        was = getattr(getattr(saved.config, key.split(".")[0]), key.split(".")[1])
+        was = then[key]
         if was is not None and redact(given[key]) != was:
             raise UserError(f"--resume {name}: the sweep was started with {key} = {was}, not {redact(given[key])}; "
                             f"resume it with the same {key}")
@@ -127,8 +128,8 @@ def _start(config: Config, name: str, resume: bool) -> tuple[Config, str]:
         "dataset": config.data.dataset, "preset": config.model.preset, "protocol": config.eval.protocols[0],
         "device": "cuda" if base.ray.use_gpu else "cpu",
         "dataset.synthetic": str(manifest.get("synthetic", False)).lower()})
-    recorded = override(config, {k: redact(v) if isinstance(v := getattr(getattr(config, k.split(".")[0]),
-                                                                          k.split(".")[1]), str) else v
+    flat = flatten(config)
+    recorded = override(config, {k: redact(flat[k]) if isinstance(flat[k], str) else flat[k]
                                  for k in RESUME_FROM_COMMAND_LINE[1:]}, "sweep state")
     storage.write_text(state, SweepState(config=recorded, parent_run_id=parent).model_dump_json(indent=2))
     return config, parent

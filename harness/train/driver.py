@@ -310,14 +310,13 @@ def train(plan: RunPlan, tracking: Tracking, cost: dict[str, Any], progress: boo
     try:
         outcome = run_watched(trainer.fit, queue)
     except KeyboardInterrupt:  # Ctrl-C, or a SIGTERM (Preempted, or what Ray made of it)
+        outcome = {"stopped": True}
+    # A SIGTERM to the process group may kill the workers first: their error is then the preemption.
+    if "stopped" in outcome or "error" in outcome and preemption.requested():
         preempted = preemption.requested()
         set_tags(client, run_id, {"nvan.status": "preempted" if preempted else "interrupted"})
         client.set_terminated(run_id, "KILLED")
         raise TrainingInterrupted(plan.ray_run, preempted) from None
-    if "error" in outcome and preemption.requested():  # the workers died of the same SIGTERM first
-        set_tags(client, run_id, {"nvan.status": "preempted"})
-        client.set_terminated(run_id, "KILLED")
-        raise TrainingInterrupted(plan.ray_run, True) from None
     if "error" in outcome:
         set_tags(client, run_id, {"nvan.status": "failed"})
         client.set_terminated(run_id, "FAILED")

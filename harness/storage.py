@@ -12,6 +12,7 @@ import os
 import posixpath
 import uuid
 from pathlib import Path
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import pyarrow
 import pyarrow.fs as pafs
@@ -39,6 +40,40 @@ def join(location: str | Path, *parts: str) -> str:
     base, _, query = str(location).partition("?")
     joined = posixpath.join(base.rstrip("/"), *parts)
     return f"{joined}?{query}" if query else joined
+
+
+# pyarrow's S3 options that carry credentials, and the environment variables its default chain reads them from.
+_S3_QUERY_CREDENTIALS = {"access_key": "AWS_ACCESS_KEY_ID", "secret_key": "AWS_SECRET_ACCESS_KEY",
+                         "session_token": "AWS_SESSION_TOKEN"}
+
+
+def split_credentials(location: str | Path) -> tuple[str, dict[str, str]]:
+    """(`location` without credentials, the AWS environment variables that carry them instead) for an s3:// URI
+    holding them (s3://KEY:SECRET@bucket/x, ?access_key=...&secret_key=...); anything else unchanged, with {}.
+
+    Ray Tune stores its storage path in its experiment state (tuner.pkl, search_gen_state-*.json) and pickles
+    any filesystem object it is given with the keys inside, so a URI's credentials would sit in the bucket
+    beside the runs: Ray gets the bare URI, and pyarrow finds the keys in the environment.
+    """
+    text = str(location)
+    if not text.startswith("s3://"):
+        return text, {}
+    parts = urlsplit(text)
+    env = {}
+    if parts.username:
+        env["AWS_ACCESS_KEY_ID"] = unquote(parts.username)
+    if parts.password:
+        env["AWS_SECRET_ACCESS_KEY"] = unquote(parts.password)
+    query = []
+    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+        if key in _S3_QUERY_CREDENTIALS:
+            env[_S3_QUERY_CREDENTIALS[key]] = value
+        else:
+            query.append((key, value))
+    if not env:
+        return text, {}
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit((parts.scheme, host, parts.path, urlencode(query, safe=":/"), parts.fragment)), env
 
 
 def resolve(location: str | Path) -> tuple[pafs.FileSystem, str]:

@@ -1,6 +1,7 @@
 """From runs to the points a report shows: one per configuration, over its seeds, with how sure each number is.
 
-A point is every run of one label and configuration (`config_key`) in a dataset group: its scores
+A point is every run of one label and configuration (`config_key`) in a group (one test set of a
+dataset, `harness.report.testsets`): its scores
 are the means over its seeds, with the sample std over seeds and a 95 % interval from the two-way
 (seeds x queries) bootstrap of `harness.evaluate.statistics`, its P(on the Pareto front) and, for
 every pair of trained presets, the paired difference. All of a group's points are resampled on one
@@ -12,19 +13,15 @@ a sweep's trials arrive aggregated by the sweep, with its own intervals and fron
 from __future__ import annotations
 
 import itertools
-import logging
 import math
 
 import numpy as np
 import polars as pl
 
-from harness.cli import UserError
 from harness.evaluate.queries import outcomes_of, read_queries
 from harness.evaluate.statistics import (DEFAULT_RESAMPLES, SCORES, Sample, compare, front_probability, interval,
                                          query_values, replicates)
 from harness.report.runs import INTERVAL_METRICS, METRICS, PANELS
-
-log = logging.getLogger("harness.report")
 
 SURE = 0.95  # P(on the front) at which a point is drawn as surely on it
 KEY = ("group", "label", "config_key")
@@ -54,10 +51,8 @@ def samples(points: pl.DataFrame) -> dict[int, Sample]:
         files, seeds = row["query_files"], row["seed_list"]
         if row["kind"] == "trial" or row["cost"] is None or not files or None in files or None in seeds:
             continue
-        values = [query_values(outcomes_of(read_queries(f), row["protocol"])) for f in files]
-        if len({v.shape for v in values}) > 1:
-            raise UserError(f"{row['label']}: its runs were scored on different query sets ({files}); a point's seeds "
-                            f"must share one prepared test set")
+        # One group is one test set (harness.report.testsets): its seeds' queries pair up by index.
+        values = [query_values(outcomes_of(read_queries(f, row["preset"]), row["protocol"])) for f in files]
         out[i] = Sample(tuple(seeds), np.stack(values))
     return out
 
@@ -78,9 +73,6 @@ def with_uncertainty(runs: pl.DataFrame, resamples: int = DEFAULT_RESAMPLES) -> 
         if not found:
             continue
         index = {rows[i]: s for i, s in found.items()}
-        if len({s.values.shape[2] for s in index.values()}) > 1:
-            log.warning("%s: points scored on different query sets; no intervals or front odds", group)
-            continue
         reps = replicates({str(i): s for i, s in index.items()}, resamples)
         for i, rep in reps.items():
             low, high = interval(rep)

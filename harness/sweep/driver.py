@@ -127,7 +127,7 @@ def _start(config: Config, name: str, resume: bool) -> tuple[Config, str]:
         "nvan.kind": "sweep", "nvan.label": name, "nvan.ray_run": name, "nvan.status": "running",
         "dataset": config.data.dataset, "preset": config.model.preset, "protocol": config.eval.protocols[0],
         "device": "cuda" if base.ray.use_gpu else "cpu",
-        "dataset.synthetic": str(manifest.get("synthetic", False)).lower()})
+        "dataset.synthetic": str(manifest.get("synthetic", False)).lower()}, command="python -m harness.sweep")
     flat = flatten(config)
     recorded = override(config, {k: redact(flat[k]) if isinstance(flat[k], str) else flat[k]
                                  for k in RESUME_FROM_COMMAND_LINE[1:]}, "sweep state")
@@ -159,6 +159,10 @@ def run_sweep(config: Config, resume: bool = False) -> SweepOutcome:
         if resume:
             raise UserError("--resume needs the sweep's name: pass --name NAME (or set sweep.name)")
         name = f"sweep-{time.strftime('%Y%m%d-%H%M%S')}"
+    clean, credentials = storage.split_credentials(config.ray.storage_path)
+    if credentials:  # Tune stores its storage URI: the keys travel in the environment instead
+        config = override(config, {"ray.storage_path": clean}, "ray.storage_path")
+        os.environ.update(credentials)
     start, base = time.perf_counter(), trial_base(config)
     check_inputs(base)  # user errors before Ray starts or anything is recorded
     check_writable(config.report.out_dir / "sweeps" / name / "results.parquet")
@@ -168,7 +172,7 @@ def run_sweep(config: Config, resume: bool = False) -> SweepOutcome:
     # duplicate them, and TensorBoard warns on the NaN objective of not yet evaluated epochs.
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     with ray_session(config.ray.address, num_cpus=os.cpu_count(), log_to_driver=config.ray.log_to_driver,
-                     resources={"trial_driver": config.sweep.max_concurrent}):
+                     resources={"trial_driver": config.sweep.max_concurrent}, env=credentials):
         _check_cluster(base, config.sweep.max_concurrent)
         config, parent_run_id = _start(config, name, resume)
         base, sweep = trial_base(config), config.sweep
@@ -195,7 +199,14 @@ def run_sweep(config: Config, resume: bool = False) -> SweepOutcome:
                 raise
             log.warning("Ray went down with the preemption; the trials are closed from their records")
     # The experiment state on disk was written before Tune's cleanup marked interrupted trials TERMINATED.
-    trials = tune.ExperimentAnalysis(experiment).trials
+    # Tune's own result files are off (above), so it would warn that no trial has metrics: the records hold them.
+    analysis_log = logging.getLogger("ray.tune.analysis.experiment_analysis")
+    level = analysis_log.level
+    analysis_log.setLevel(logging.ERROR)
+    try:
+        trials = tune.ExperimentAnalysis(experiment).trials
+    finally:
+        analysis_log.setLevel(level)
     results, complete = close_trials(base, trials, name, parent_run_id)
     # Interrupted before the search created every trial: more to run, whatever the trials say.
     complete &= len(trials) >= expected_trials(sweep)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from dataclasses import dataclass
 from typing import Any
 
+import optuna
 from ray import tune
 
 from harness import storage
@@ -153,6 +155,23 @@ def feasibility(base: Config, candidate: Candidate, label: str) -> tuple[dict[st
 
 
 
+class PicklableNSGAII(optuna.samplers.NSGAIISampler):
+    """NSGA-II that Ray Tune can pickle (tuner.pkl, searcher checkpoints, --resume): Optuna 5.1's genetic samplers
+    hold a threading.Lock, so the sweep died in tune.Tuner before its first trial. A lock only guards one
+    process's threads, so an unpickled sampler gets a fresh one; Optuna 5.0 has no lock and pickles as it is."""
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        if "_thread_lock" in state:
+            state["_thread_lock"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if "_thread_lock" in state:
+            self._thread_lock = threading.Lock()
+
+
 def search_setup(sweep: SweepConfig, seed: int) -> tuple[Any, dict[str, Any]]:
     """Tune's search algorithm (None: Tune's default variant generator) and parameter space."""
     from ray.tune.search.basic_variant import BasicVariantGenerator
@@ -163,12 +182,11 @@ def search_setup(sweep: SweepConfig, seed: int) -> tuple[Any, dict[str, Any]]:
     choices = {k: tune.choice(v) for k, v in space.items()}
     if sweep.search == "random":
         return BasicVariantGenerator(random_state=seed), choices
-    import optuna
     from ray.tune.search.optuna import OptunaSearch
 
     # Both samplers start with random points; scale that start to the budget, or small sweeps stay random.
     start = max(2, sweep.num_samples // 4)
-    sampler = (optuna.samplers.NSGAIISampler(population_size=min(50, start), seed=seed)
+    sampler = (PicklableNSGAII(population_size=min(50, start), seed=seed)
                if sweep.optuna_sampler == "nsga2" else
                optuna.samplers.TPESampler(n_startup_trials=min(10, start), seed=seed))
     return OptunaSearch(metric=[objective(sweep.metric), cost_key(sweep)], mode=["max", "min"],

@@ -16,6 +16,7 @@ from harness.evaluate.queries import outcomes_of, queries_path, write_queries
 from harness.evaluate.statistics import query_interval, query_values
 from harness.results.records import run_record, write_record
 from harness.results.tracking import git_commit
+from harness.versions import software_versions
 
 FINAL_KEYS = ("rank1", "rank5", "rank10", "rank20", "map", "minp")
 
@@ -75,6 +76,7 @@ def train_record(config: Config, result: TrainResult, label: str | None = None, 
         "device": "cuda" if config.ray.use_gpu else "cpu", "workers": config.ray.num_workers,
         "threads_per_worker": config.ray.cpus_per_worker, "cpu_capability": result.cpu_capability,
         "driver_cpu": cpu_name(), "torch": torch.__version__, "precision": result.precision,
+        "software": software_versions(),
     }
     return run_record(label=label or config.model.preset, kind=kind, config=config.model_dump(mode="json"),
                       spec=result.spec, manifest=result.manifest, cost=result.cost, scores=result.best_scores,

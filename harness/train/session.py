@@ -17,8 +17,9 @@ LOCAL_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray's single-machine mo
 
 @contextmanager
 def ray_session(address: str | None, num_cpus: int | None = None, resources: dict[str, float] | None = None,
-                log_to_driver: bool = False):
-    """Connect to the Ray cluster at `address`, or start a local one on loopback; shut it down on exit.
+                log_to_driver: bool = False, env: dict[str, str] | None = None):
+    """Connect to the Ray cluster at `address`, or start a local one on loopback; shut it down on exit. `env` goes
+    to every task and actor of the job (storage credentials kept out of the URIs Ray stores).
 
     A local Ray serves this machine alone, so its GCS, raylet and workers listen on 127.0.0.1
     only. Ray does that in its single-machine mode (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, read
@@ -44,7 +45,7 @@ def ray_session(address: str | None, num_cpus: int | None = None, resources: dic
         ray.init(address=address or "local", num_cpus=num_cpus if local else None,
                  resources=resources if local else None,
                  include_dashboard=False, log_to_driver=log_to_driver,
-                 runtime_env={"env_vars": {k: os.environ[k] for k in RAY_ENV}})
+                 runtime_env={"env_vars": {k: os.environ[k] for k in RAY_ENV} | (env or {})})
         if callable(handler) and threading.current_thread() is threading.main_thread():
             # Ray's core installs its own SIGTERM handler in the driver (log and abort): a command that handles
             # SIGTERM itself (harness.preemption) keeps its own.

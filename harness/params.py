@@ -169,8 +169,8 @@ def dotted(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def flatten(config: Config) -> dict[str, Any]:
-    """The config as flat 'a.b' -> value pairs (lists and paths as strings), for MLflow params."""
+def flatten(config: Config | dict[str, Any]) -> dict[str, Any]:
+    """The config (or a params tree) as flat 'a.b' -> value pairs (lists and paths as strings), for MLflow params."""
     out: dict[str, Any] = {}
 
     def walk(prefix: str, value: Any) -> None:
@@ -180,5 +180,5 @@ def flatten(config: Config) -> dict[str, Any]:
         else:
             out[prefix] = value if isinstance(value, (int, float, str, bool)) or value is None else str(value)
 
-    walk("", config.model_dump(mode="json"))
+    walk("", config if isinstance(config, dict) else config.model_dump(mode="json"))
     return out

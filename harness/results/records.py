@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from harness.cli import UserError
+from harness.config import PRESETS
 from harness.echo import echo, short
 from harness.redact import redact
 from harness import storage
@@ -32,6 +35,10 @@ QUERIES_FILE = "queries.parquet"  # likewise: the per-query outcomes of the best
 RUN_PARAMS = {"seed": None, "data": ("dataset", "frames", "height", "width"), "model": None, "train": None,
               "eval": None, "ray": ("num_workers", "cpus_per_worker", "use_gpu", "gpus_per_worker"),
               "cost": ("measure", "warmup", "repeats")}
+# How a run ends (or that it is still running); a sweep trial may also be early-stopped or infeasible.
+STATUSES = ("running", "finished", "preempted", "interrupted", "failed", "early-stopped", "infeasible")
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"  # run.finished_at, in UTC
+RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # of a Ray run: a folder under ray.storage_path
 MEASURED = ("run",)  # top-level keys that differ between identical runs
 COST_MEASURED = ("latency", "peak_memory_mb")  # likewise inside "cost"
 REQUIRED = ("label", "kind", "preset", "dataset", "input", "spec", "config", "cost", "scores", "best_epoch",
@@ -64,8 +71,7 @@ def run_record(*, label: str, kind: str, config: dict, spec, manifest: dict, cos
     """The record of one run. `config` is the params as given (config.model_dump(mode='json'); the record
     keeps its `run_config`), `spec` a ModelSpec, `scores` {protocol: metrics}, `cmc` {protocol: [rank-1 ..
     rank-n]}, `run` the measured part (ids, seconds, device), `ci95` {protocol: {score: [lo, hi]}} the 95 %
-    query-bootstrap intervals. `status`: finished, or for sweep trials running, early-stopped, interrupted,
-    failed or infeasible."""
+    query-bootstrap intervals. `status`: one of STATUSES."""
     data = config["data"]
     return _plain({
         "schema": SCHEMA,
@@ -102,41 +108,103 @@ def write_record(path: Path | str, record: dict) -> None:
 
 
 def read_record(path: Path | str) -> dict:
-    """The record at `path` (a file or a URI); UserError naming it and what is wrong."""
-    file = Path(str(path).partition("?")[0])
-    seeds = file.stem.startswith("seed")  # <out>/seed<k>.json of `harness.train --all-seeds --out <out>`
-    fix = (f"rerun the training that writes it (`dvc repro train@{file.parent.name if seeds else file.stem}` or "
-           f"`python -m harness.train {f'--all-seeds --out {file.parent}' if seeds else f'--out {path}'}`)")
+    """The record at `path` (a file or a URI); UserError naming it, the field and what is wrong, and how to fix it."""
+    file = Path(str(path).partition("?")[0]) if storage.is_uri(path) else Path(path).resolve()
     try:
         record = json.loads(storage.read_text(path))
     except FileNotFoundError:
-        raise UserError(f"run record {redact(path)} does not exist; {fix}") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"run record {redact(path)} is not readable JSON ({type(e).__name__}: {short(e)}); {fix}") from None
+        raise UserError(f"run record {redact(path)} does not exist; check the path ({_writers(file)})") from None
+    except OSError as e:
+        raise UserError(f"run record {redact(path)} cannot be read ({type(e).__name__}: {short(redact(str(e)))}); "
+                        f"check that it is a file you may read, on storage that is reachable") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"run record {redact(path)} is not readable JSON ({type(e).__name__}: {short(e)}); "
+                        f"{_not_written_so(file)}") from None
     if not isinstance(record, dict) or record.get("schema") != SCHEMA:
         found = record.get("schema") if isinstance(record, dict) else type(record).__name__
         raise UserError(f"{redact(path)} is not a run record of this version (schema {echo(found)}, expected "
-                        f"{SCHEMA!r}); {fix}")
+                        f"{SCHEMA!r}); {_not_written_so(file)}")
     missing = [k for k in REQUIRED if k not in record]
     if missing:
-        raise UserError(f"run record {redact(path)} lacks {missing}; {fix}")
+        raise UserError(f"run record {redact(path)} lacks {missing}; {_not_written_so(file)}")
     try:
         RecordShape.model_validate(record)
     except ValidationError as e:
-        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])} = {echo(err.get('input'))}: {err['msg']}"
-                             for err in e.errors(include_url=False)[:5])
-        raise UserError(f"run record {redact(path)} has fields of the wrong type ({short(problems, 600)}); {fix}") from None
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])} = {echo(err.get('input'))}, expected "
+                             f"{_expected(err)}" for err in e.errors(include_url=False)[:5])
+        raise UserError(f"run record {redact(path)} has fields of the wrong type or value ({short(problems, 600)}); "
+                        f"{_not_written_so(file)}") from None
     return record
 
 
+def _expected(error: dict) -> str:
+    """What a field should hold, from pydantic's error about it."""
+    kind, message = error["type"], error["msg"]
+    if kind == "missing":
+        return "a value (the field is required)"
+    if kind in ("model_type", "dict_type"):
+        return "a JSON object"
+    if kind == "string_pattern_mismatch":
+        return f"a string matching {error['ctx']['pattern']}"
+    return message.removeprefix("Value error, ").removeprefix("Input should be ")
+
+
+_TRAIN_WRITES = ("`python -m harness.train --out FILE.json` writes a record, and with --all-seeds `--out DIR` writes "
+                 "DIR/seed<k>.json")
+_DVC_WRITES = (f"`dvc repro train@<preset>` writes reports/runs/<preset>/seed<k>.json, for the presets "
+               f"{', '.join(PRESETS)}")
+
+
+def _dvc_preset(file: Path) -> str | None:
+    """The preset whose DVC stage train@<preset> writes `file` (reports/runs/<preset>/seed<k>.json), else None."""
+    parts = file.parts
+    if len(parts) >= 4 and parts[-4:-2] == ("reports", "runs") and parts[-2] in PRESETS \
+            and re.fullmatch(r"seed\d+\.json", parts[-1]):
+        return parts[-2]
+    return None
+
+
+def _writers(file: Path) -> str:
+    """What writes a record where `file` is missing: its DVC stage, or the commands (no stage that does not exist)."""
+    preset = _dvc_preset(file)
+    return f"`dvc repro train@{preset}` writes it" if preset else f"{_TRAIN_WRITES}; {_DVC_WRITES}"
+
+
+def _not_written_so(file: Path) -> str:
+    """How to get a good record when `file` is not one harness.train wrote (never by writing over `file`)."""
+    preset = _dvc_preset(file)
+    if preset:
+        return (f"it changed since the DVC stage train@{preset} wrote it (`dvc status train@{preset}` shows whether it "
+                f"differs from dvc.lock), or another version wrote it: correct it, or give another record "
+                f"({_TRAIN_WRITES})")
+    return (f"it was edited, cut short, or written by another tool or version: correct it, or give a record "
+            f"harness.train wrote ({_TRAIN_WRITES}; {_DVC_WRITES})")
+
+
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    # Strict: a reader takes each value as written ("0.5" is no score, 1 no flag), so the types must hold as written.
+    model_config = ConfigDict(extra="allow", strict=True)
+
+
+def _utc_time(value: str) -> str:
+    """`value` if it is a time as records write it (TIME_FORMAT), else ValueError saying what is expected."""
+    try:
+        time.strptime(value, TIME_FORMAT)
+    except ValueError:
+        raise ValueError(f"a UTC time written as {time.strftime(TIME_FORMAT, time.gmtime(0))}") from None
+    return value
+
+
+UtcTime = Annotated[str, AfterValidator(_utc_time)]
+MlflowRunId = Annotated[str, Field(pattern=r"^[0-9A-Za-z_-]{1,64}$")]
+RayRun = Annotated[str, Field(pattern=f"^{RUN_NAME.pattern}$")]
 
 
 class _Dataset(_Section):
     name: str
     format: str | None = None
     manifest_hash: str | None = None
+    store_hash: str | None = None
     synthetic: bool
 
 
@@ -144,8 +212,13 @@ class _Eval(_Section):
     protocols: list[str] = Field(min_length=1)
 
 
+class _Train(_Section):
+    epochs: int = Field(ge=1)
+
+
 class _Config(_Section):
     seed: int | None = None
+    train: _Train
     eval: _Eval
 
 
@@ -153,6 +226,7 @@ class _Latency(_Section):
     median_s: float
     min_s: float
     max_s: float
+    noisy: bool | None = None
     device: str | None = None
 
 
@@ -162,6 +236,7 @@ class _Cost(_Section):
     gmacs_paper: float | None = None
     gmacs_per_tracklet: float | None = None
     clips_per_tracklet: float | None = None
+    eval_sampler: str | None = None
     latency: _Latency | None = None
     peak_memory_mb: float | None = None
 
@@ -177,20 +252,36 @@ class _Scores(_Section):
     ci95: dict[str, list[float]] | None = None
 
 
+class _Run(_Section):
+    """The measured part: where the run lives (MLflow, Ray) and how it ran."""
+
+    mlflow_run_id: MlflowRunId | None = None
+    ray_run: RayRun | None = None
+    checkpoint: str | None = None
+    best_checkpoint: str | None = None
+    seconds: float | None = None
+    startup_s: float | None = None
+    clips_per_s: float | None = None
+    finished_at: UtcTime | None = None
+    device: str | None = None
+    workers: int | None = Field(default=None, ge=1)
+    threads_per_worker: int | None = Field(default=None, ge=1)
+
+
 class RecordShape(_Section):
-    """The types of the fields reports and sweeps read from a record (the rest is kept as written)."""
+    """The types of the fields reports, sweeps and --all-seeds read from a record (the rest is kept as written)."""
 
     label: str
     kind: str
-    status: str = "finished"
+    status: Literal[STATUSES] = "finished"
     preset: str
     dataset: _Dataset
-    input: str
+    input: str = Field(pattern=r"^\d+x\d+x\d+$")
     spec: dict[str, Any]
     config: _Config
     cost: _Cost
     scores: dict[str, _Scores]
-    best_epoch: int
-    epochs: int = 0
+    best_epoch: int = Field(ge=-1)
+    epochs: int = Field(default=0, ge=0)
     git_commit: str | None
-    run: dict[str, Any]
+    run: _Run

@@ -1,7 +1,9 @@
 """MLflow: one run per training job or sweep trial; params, stepped metrics, artifacts, queries.
 
 What a run holds (the report and any query of the store rely on it):
-- tags: `nvan.kind` (train | trial | sweep), `nvan.label` (plot label), `nvan.status` (running,
+- experiment tag `mlflow.experimentKind` = custom_model_development (MLflow's UI opens it on its runs table);
+- tags: MLflow's source tags (`mlflow.source.name`, the command; `mlflow.source.git.commit`), `nvan.kind`
+  (train | trial | sweep | seeds), `nvan.label` (plot label), `nvan.status` (running,
   finished, failed, infeasible, early-stopped, interrupted), `nvan.ray_run`, `dataset`,
   `dataset.synthetic`, `preset`, `protocol` (the primary one), `device`; trials are nested
   under their sweep's run (`mlflow.parentRunId`);
@@ -32,6 +34,9 @@ from harness.cli import UserError
 from harness.redact import redact
 
 ROOT = Path(__file__).resolve().parents[2]
+# MLflow 3 opens an experiment without a kind on its GenAI overview; a training benchmark's is the runs table.
+KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_TAGS = {KIND_TAG: "custom_model_development"}
 DEFAULT_URI = f"sqlite:///{ROOT / 'mlflow.db'}"
 _BATCH = 100  # MLflow's limit of params (and tags) per log_batch call
 
@@ -93,13 +98,26 @@ def connect(uri: str, experiment: str) -> tuple[MlflowClient, str]:
     with lock:
         client = MlflowClient(uri)
         found = client.get_experiment_by_name(experiment)
-        return client, found.experiment_id if found else client.create_experiment(experiment)
+        if found is None:
+            return client, client.create_experiment(experiment, tags=EXPERIMENT_TAGS)
+        if found.tags.get(KIND_TAG) is None:  # a store from before the kind was set
+            client.set_experiment_tag(found.experiment_id, KIND_TAG, EXPERIMENT_TAGS[KIND_TAG])
+        return client, found.experiment_id
+
+
+def source_tags(command: str) -> dict[str, str]:
+    """MLflow's own source tags, which its runs table and run page show: the command and the code's commit."""
+    commit = git_commit()
+    tags = {"mlflow.source.type": "LOCAL", "mlflow.source.name": command}
+    if commit != "unknown":
+        tags["mlflow.source.git.commit"] = commit.removesuffix("-dirty")  # the UI links a bare hash
+    return tags
 
 
 def start_run(client: MlflowClient, experiment_id: str, name: str, params: dict[str, Any],
-              tags: dict[str, str], parent_run_id: str | None = None) -> str:
-    """Create a run with `params` and `tags` (nested under `parent_run_id` if given); return its id."""
-    all_tags = {k: redact(str(v)) for k, v in tags.items()}
+              tags: dict[str, str], parent_run_id: str | None = None, command: str = "python -m harness.train") -> str:
+    """Create a run of `command` with `params` and `tags` (nested under `parent_run_id` if given); return its id."""
+    all_tags = source_tags(command) | {k: redact(str(v)) for k, v in tags.items()}
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id
     run = client.create_run(experiment_id, run_name=name, tags=all_tags)

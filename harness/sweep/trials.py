@@ -70,7 +70,7 @@ def record_infeasible(base: Config, candidate: Candidate, reason: str, tags: dic
     run_id = start_run(client, experiment_id, tags["nvan.ray_run"], params, tags | {
         "nvan.status": "infeasible", "nvan.reason": reason[:5000], "dataset": base.data.dataset,
         "preset": base.model.preset, "protocol": base.eval.protocols[0],
-        "device": "cuda" if base.ray.use_gpu else "cpu"}, parent_run_id)
+        "device": "cuda" if base.ray.use_gpu else "cpu"}, parent_run_id, "python -m harness.sweep")
     client.set_terminated(run_id, "FINISHED")
     return run_id
 

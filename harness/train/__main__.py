@@ -8,14 +8,14 @@ import sys
 from pathlib import Path
 
 from harness import preemption, storage
-from harness.cli import config_parser, load_from_args, run
+from harness.cli import UserError, config_parser, load_from_args, run
 from harness.config import Config
 from harness.io import check_writable
 from harness.redact import redact
 from harness.train.driver import TrainingInterrupted, check_inputs, fit
 from harness.train.result import format_summary, train_record, write_run
 from harness.train.runs import check_run_name
-from harness.train.seeds import default_name, fit_seeds
+from harness.train.seeds import SeedsInterrupted, close_stopped, default_name, find_seed_set, fit_seeds, seed_run_name
 from harness.train.session import ray_session
 
 
@@ -29,8 +29,25 @@ def local_cpus(config: Config, all_seeds: bool) -> int:
     return max(cores, len(config.seeds) * config.ray.num_workers * config.ray.cpus_per_worker)
 
 
+def check_resumable(config: Config, name: str, all_seeds: bool) -> None:
+    """UserError unless there is something of run (or seed set) `name` to resume: a run folder, or the seed set's
+    MLflow run (a set stopped before any seed began has no folder; resuming it starts them)."""
+    root = storage.absolute(config.ray.storage_path)
+    runs = [seed_run_name(name, seed) for seed in config.seeds] if all_seeds else [name]
+    if any(storage.is_dir(storage.join(root, run)) for run in runs):
+        return
+    if all_seeds and find_seed_set(config, name):
+        return
+    raise UserError(f"--resume {name}: no {'seed set' if all_seeds else 'run'} of that name in {redact(root)} (no "
+                    f"folder {', '.join(runs)}); check the name and ray.storage_path, or start a new run with --name")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = config_parser("harness.train", "Train a model on Ray Train (DDP), evaluate it, and track it in MLflow.")
+    parser = config_parser(
+        "harness.train", "Train a model on Ray Train (DDP), evaluate it, and track it in MLflow.",
+        ["python -m harness.train --set model.preset=nvan --name nvan-demo --out reports/adhoc/nvan-demo.json",
+         "python -m harness.train --resume nvan-demo --out reports/adhoc/nvan-demo.json",
+         "python -m harness.train --set model.preset=baseline --all-seeds --out reports/runs/baseline"])
     parser.add_argument("--address", help="Ray cluster to join, e.g. 'auto' (default: ray.address, else a local Ray)")
     parser.add_argument("--name", help="name of the run (default: preset, time and a random suffix)")
     parser.add_argument("--resume", metavar="RUN", help="continue the stopped run RUN from its last checkpoint")
@@ -50,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
             check_run_name(name, option)
     if args.out:
         check_writable(args.out / "seed0.json" if args.all_seeds else args.out)
+    if args.resume:  # before a local Ray spends seconds starting
+        check_resumable(config, args.resume, args.all_seeds)
     fail_at = os.environ.get("NVAN_TEST_FAIL_AT_STEP")
     preemption.raise_on_sigterm()
     try:
@@ -62,12 +81,18 @@ def main(argv: list[str] | None = None) -> int:
             result = fit(config, name=args.name, resume=args.resume, progress=not args.no_progress,
                          fail_at_step=int(fail_at) if fail_at else None)
     except TrainingInterrupted as stop:
+        closed, runs = "MLflow run", [stop.ray_run]
+        if isinstance(stop, SeedsInterrupted):
+            close_stopped(config, stop)  # now that Ray is down: no seed's controller records an epoch after it
+            closed = "the seeds' MLflow runs and records"
+            runs = [run for run in stop.stopped if storage.is_dir(storage.join(config.ray.storage_path, run))]
         resume = " ".join(["python -m harness.train", *(sys.argv[1:] if argv is None else argv)])
         resume = re.sub(r"\s--(name|resume)[= ]\S+", "", resume) + f" --resume {stop.ray_run}"
         what = "preempted (SIGTERM)" if stop.preempted else "interrupted"
         took = preemption.seconds_since()
-        print(f"{what}: MLflow run closed as {what.split()[0]}{f' {took:.1f} s after the signal' if took else ''}; "
-              f"its checkpoints are in {redact(storage.join(config.ray.storage_path, stop.ray_run))}. Continue with:\n"
+        folders = ", ".join(redact(storage.join(config.ray.storage_path, run)) for run in runs)
+        print(f"{what}: {closed} closed as {what.split()[0]}{f' {took:.1f} s after the signal' if took else ''}; "
+              f"{f'the checkpoints are in {folders}' if runs else 'no seed had begun to train'}. Continue with:\n"
               f"  {redact(resume)}", file=sys.stderr)
         return preemption.EXIT_CODE if stop.preempted else 130
     except KeyboardInterrupt:

@@ -43,6 +43,7 @@ from harness.train.run_cost import cost_metrics, run_cost
 from harness.train.runs import (PARAMS_FILE, RunLock, check_run_name, latest_checkpoint, log_missing_epochs,
                                 repair_snapshot, saved_epochs)
 from harness.train.session import check_resources, numerics_env, worker_resources
+from harness.versions import software_versions
 from models.spec import ModelSpec
 
 log = logging.getLogger("harness.train")
@@ -208,7 +209,8 @@ def open_tracking(plan: RunPlan, cost: dict[str, Any], parent_run_id: str | None
                         f"with --resume {plan.ray_run}, or choose another --name")
     if run_id is not None:
         return Tracking(client, uri, run_id, frozenset(log_missing_epochs(client, run_id, plan.saved)), True)
-    params = flatten(config) | {
+    # Only what decides the run (the record's params): not sweep.*, report.* or other presets' blocks.
+    params = flatten(run_config(config.model_dump(mode="json"))) | {
         "git_commit": git_commit(), "dataset.manifest_hash": plan.manifest.get("content_hash", "unknown"),
         "input": config.data.input.label(),
         **{f"spec.{k}": str(list(v)) if isinstance(v, tuple) else v for k, v in plan.spec.__dict__.items()},
@@ -217,8 +219,10 @@ def open_tracking(plan: RunPlan, cost: dict[str, Any], parent_run_id: str | None
                 "nvan.status": "running", "dataset": config.data.dataset, "preset": config.model.preset,
                 "protocol": config.eval.protocols[0], "device": "cuda" if config.ray.use_gpu else "cpu",
                 "dataset.synthetic": str(plan.manifest.get("synthetic", False)).lower(),
-                "cost.threads": str(config.ray.cpus_per_worker), "nvan.seed": str(config.seed)} | (tags or {})
-    run_id = start_run(client, experiment_id, plan.ray_run, params, run_tags, parent_run_id)
+                "cost.threads": str(config.ray.cpus_per_worker), "nvan.seed": str(config.seed),
+                **{f"software.{k}": v for k, v in software_versions().items()}} | (tags or {})
+    command = "python -m harness.sweep" if run_tags["nvan.kind"] == "trial" else "python -m harness.train"
+    run_id = start_run(client, experiment_id, plan.ray_run, params, run_tags, parent_run_id, command)
     log.info("MLflow run %s (experiment %s, %s)", run_id, config.mlflow.experiment, redact(uri))
     log_metrics(client, run_id, cost_metrics(cost))
     if cost["latency"]:
@@ -276,7 +280,7 @@ def build_trainer(plan: RunPlan, tracking: Tracking, cost: dict[str, Any], queue
                  *(tune_callbacks or [])]
     if plan.record_to:
         base = record_base(plan.given, plan.spec, plan.manifest, cost, plan.label, plan.kind)
-        run = {"run": {"mlflow_run_id": tracking.run_id, "ray_run": plan.ray_run}}
+        run = {"run": {"mlflow_run_id": tracking.run_id, "ray_run": plan.ray_run, "software": software_versions()}}
         callbacks.insert(0, controller_callback(LiveRecord, str(plan.record_to), base | run))
     return TorchTrainer(
         run_worker, train_loop_config=loop_config,

@@ -17,10 +17,11 @@ from typing import Any
 from datasets.progress import Progress
 from harness import storage
 from harness.config import Config
-from harness.params import override
+from harness.params import flatten, override
 from harness import preemption
-from harness.results.records import read_record
-from harness.results.tracking import connect, find_run, set_tags, tracking_uri
+from harness.cli import UserError
+from harness.results.records import read_record, run_config, write_record
+from harness.results.tracking import connect, find_run, set_tags, start_run, tracking_uri
 from harness.train.driver import TrainingInterrupted, absolute_paths, check_inputs, fit
 from harness.train.result import TrainResult
 from harness.train.run_cost import run_cost
@@ -34,30 +35,42 @@ def seed_record(out_dir: Path | str, seed: int) -> Path:
     return Path(out_dir) / f"seed{seed}.json"
 
 
+SEED_SET_TAG = "nvan.seed_set"  # on a seed set's parent run and on each of its seeds' runs: the --all-seeds name
+
+
 def seed_run_name(name: str, seed: int) -> str:
     """The Ray run (and MLflow run) name of one seed of the run `name`."""
     return f"{name}-seed{seed}"
 
 
 def _fit_seed(config: dict[str, Any], cwd: str, name: str, resume: bool, record_to: str,
-              cost: dict[str, Any]) -> TrainResult:
+              cost: dict[str, Any], seed_set: dict[str, str]) -> TrainResult:
     """The driver of one seed's training job, as a Ray task on the driver's node: `fit` in the driver's working
     directory (params paths are relative to it, and the record keeps them as given), writing the record as it trains."""
     before = os.getcwd()
     os.chdir(cwd)
     try:
         return fit(Config.model_validate(config), name=None if resume else name, resume=name if resume else None,
-                   progress=False, record_to=record_to, cost=cost)
+                   progress=False, record_to=record_to, cost=cost, parent_run_id=seed_set["run_id"],
+                   tags={SEED_SET_TAG: seed_set["name"]})
     finally:
         os.chdir(before)
+
+
+class SeedsInterrupted(TrainingInterrupted):
+    """Ctrl-C or SIGTERM during --all-seeds: `ray_run` names the set (what --resume takes), `stopped` maps the Ray run
+    of each seed that had not finished to its record. Close them with `close_stopped` once Ray is shut down."""
+
+    def __init__(self, name: str, preempted: bool, stopped: dict[str, Path]) -> None:
+        super().__init__(name, preempted)
+        self.stopped = stopped
 
 
 def fit_seeds(config: Config, seeds: list[int], out_dir: Path, name: str, resume: bool = False) -> list[TrainResult]:
     """Train `config` once per seed, side by side on the connected Ray cluster; records go to out_dir/seed<k>.json.
 
     `resume` continues the seeds of the run `name` that have not finished (their records say so) and
-    starts those that never began. Ctrl-C closes every seed's MLflow run as interrupted and raises
-    TrainingInterrupted(name).
+    starts those that never began. Ctrl-C or SIGTERM raises SeedsInterrupted naming the seeds it stopped.
     """
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -78,21 +91,55 @@ def fit_seeds(config: Config, seeds: list[int], out_dir: Path, name: str, resume
     slots = max(1, min(int(have.get(k, 0) // (config.ray.num_workers * v)) for k, v in worker_resources(config).items()))
     log.info("training %s with seeds %s (%d to train), %d at once", config.model.preset, seeds, len(todo),
              min(slots, len(todo)))
+    seed_set = {"name": name, "run_id": open_seed_set(config, name, seeds)}
 
     def start(seed: int):
         run = seed_run_name(name, seed)
         again = resume and storage.is_dir(storage.join(storage.absolute(config.ray.storage_path), run))
         return task.remote(configs[seed].model_dump(mode="json"), os.getcwd(), run, again,
-                           str(records[seed].resolve()), cost)
+                           str(records[seed].resolve()), cost, seed_set)
 
+    results: dict[int, TrainResult] = {}
     try:
         # No more seeds started than the cluster can train at once: a waiting one would only hold processes.
-        results = _wait(todo, start, slots, records, config.train.epochs)
+        _wait(todo, start, slots, records, config.train.epochs, results)
     except KeyboardInterrupt:  # Ctrl-C, or a SIGTERM (Preempted, or what Ray made of it)
-        preempted = preemption.requested()
-        close_interrupted(config, [seed_run_name(name, seed) for seed in todo], "preempted" if preempted else "interrupted")
-        raise TrainingInterrupted(name, preempted) from None
+        stopped = {seed_run_name(name, seed): records[seed] for seed in todo if seed not in results}
+        raise SeedsInterrupted(name, preemption.requested(), stopped) from None
+    except Exception:
+        close_seed_set(config, seed_set["run_id"], "failed")
+        raise
+    close_seed_set(config, seed_set["run_id"], "finished")
     return [results[seed] for seed in todo]
+
+
+def open_seed_set(config: Config, name: str, seeds: list[int]) -> str:
+    """The MLflow parent run of one --all-seeds call (`name`), which nests its seeds' runs: the one started before,
+    when resuming it, else a new one holding the params the seeds share."""
+    found = find_seed_set(config, name)
+    client, experiment_id = connect(tracking_uri(config.mlflow.tracking_uri), config.mlflow.experiment)
+    if found:
+        set_tags(client, found, {"nvan.status": "running"})
+        return found
+    params = {k: v for k, v in flatten(run_config(config.model_dump(mode="json"))).items() if k != "seed"}
+    return start_run(client, experiment_id, name, params | {"seeds": str(seeds)}, {
+        "nvan.kind": "seeds", SEED_SET_TAG: name, "nvan.label": config.model.preset, "nvan.status": "running",
+        "preset": config.model.preset, "dataset": config.data.dataset, "protocol": config.eval.protocols[0]})
+
+
+def find_seed_set(config: Config, name: str) -> str | None:
+    """The id of the MLflow parent run of the seed set `name`, None if there is none."""
+    client, experiment_id = connect(tracking_uri(config.mlflow.tracking_uri), config.mlflow.experiment)
+    found = client.search_runs([experiment_id], filter_string=f"tags.`nvan.kind` = 'seeds' and "
+                                                              f"tags.`{SEED_SET_TAG}` = '{name}'", max_results=1)
+    return found[0].info.run_id if found else None
+
+
+def close_seed_set(config: Config, run_id: str, status: str) -> None:
+    """Close a seed set's parent run as finished, failed, interrupted or preempted."""
+    client, _ = connect(tracking_uri(config.mlflow.tracking_uri), config.mlflow.experiment)
+    set_tags(client, run_id, {"nvan.status": status})
+    client.set_terminated(run_id, {"finished": "FINISHED", "failed": "FAILED"}.get(status, "KILLED"))
 
 
 def _classes(config: Config) -> int:
@@ -105,12 +152,13 @@ def _finished(record: Path) -> bool:
     return record.exists() and read_record(record).get("status") == "finished"
 
 
-def _wait(todo: list[int], start, slots: int, records: dict[int, Path], epochs: int) -> dict[int, TrainResult]:
-    """Start the seeds `slots` at a time and collect each one's result as its task ends, showing the epochs
-    trained so far (read from the live records)."""
+def _wait(todo: list[int], start, slots: int, records: dict[int, Path], epochs: int,
+          results: dict[int, TrainResult]) -> None:
+    """Start the seeds `slots` at a time and collect each one's result into `results` as its task ends, showing the
+    epochs trained so far (read from the live records)."""
     import ray
 
-    waiting, pending, results, shown = list(todo), {}, {}, 0
+    waiting, pending, shown = list(todo), {}, 0
     with Progress(epochs * len(todo), f"{len(todo)} seed(s)", "epochs") as progress:
         while waiting or pending:
             while waiting and len(pending) < slots:
@@ -122,7 +170,6 @@ def _wait(todo: list[int], start, slots: int, records: dict[int, Path], epochs: 
             trained = sum(_epochs(records[seed]) for seed in todo)
             progress.update(trained - shown)
             shown = trained
-    return results
 
 
 def _epochs(record: Path) -> int:
@@ -132,14 +179,29 @@ def _epochs(record: Path) -> int:
         return 0
 
 
-def close_interrupted(config: Config, ray_runs: list[str], status: str = "interrupted") -> None:
-    """Close the MLflow runs of `ray_runs` that are still running as `status` (interrupted or preempted; KILLED)."""
+def close_stopped(config: Config, stop: SeedsInterrupted) -> None:
+    """Record the seeds `stop` names as preempted (or interrupted): their MLflow runs (KILLED) and run records, but
+    a seed that finished. Call it once the Ray session is shut down: no seed's controller can then still record an
+    epoch over it."""
+    status = "preempted" if stop.preempted else "interrupted"
     client, experiment_id = connect(tracking_uri(config.mlflow.tracking_uri), config.mlflow.experiment)
-    for ray_run in ray_runs:
+    seed_set = find_seed_set(config, stop.ray_run)
+    if seed_set:
+        close_seed_set(config, seed_set, status)
+    for ray_run, record in stop.stopped.items():
         run_id = find_run(client, experiment_id, "nvan.ray_run", ray_run)
-        if run_id and client.get_run(run_id).data.tags.get("nvan.status") == "running":
+        if run_id and client.get_run(run_id).data.tags.get("nvan.status") != "finished":
             set_tags(client, run_id, {"nvan.status": status})
             client.set_terminated(run_id, "KILLED")
+        if not record.exists():
+            continue  # the seed stopped before its first epoch was recorded
+        try:
+            found = read_record(record)
+        except UserError as e:
+            log.warning("seed run %s: its record is left as it is: %s", ray_run, e)
+            continue
+        if found["status"] != "finished":
+            write_record(record, found | {"status": status})
 
 
 def default_name(config: Config) -> str:

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from harness.results.tracking import connect
 
@@ -136,3 +137,67 @@ def test_a_tampered_sweep_state_is_refused_before_anything_runs(cli, tiny_sets, 
     (folder / "nvan-sweep.json").write_text(state)
     done = cli("harness.sweep", *tiny_sets, "--name", "s", "--resume")
     assert refused(done, named), done.stderr
+
+
+def test_a_cost_file_hint_never_writes_over_the_file_given(cli, tmp_path):
+    (tmp_path / "run.json").write_text("{}")
+    readme = (ROOT / "README.md").read_bytes()
+    report = ("harness.report", "--runs", str(tmp_path / "run.json"), "--out-dir", str(tmp_path / "out"))
+    done = cli(*report, "--cost", "README.md")
+    assert refused(done, "cost file README.md is not a harness.cost report", "written by `python -m harness.cost",
+                   "reports/cost/<preset>.json for a preset of baseline, nvan, ste_nvan"), done.stderr
+    assert "--out README.md" not in done.stderr and "--preset" not in done.stderr
+    assert (ROOT / "README.md").read_bytes() == readme
+    # Missing, and named for a preset: writing it loses nothing, so the hint gives the command.
+    done = cli(*report, "--cost", str(tmp_path / "nvan.json"))
+    assert refused(done, "does not exist", f"`python -m harness.cost --preset nvan --out {tmp_path / 'nvan.json'}`")
+    # Missing, and named for no preset: only what the file should be.
+    done = cli(*report, "--cost", str(tmp_path / "costs.json"))
+    assert refused(done, "does not exist", "reports/cost/<preset>.json") and "--preset" not in done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("override", "named"), [
+    ("seed=-1", "seed: -1"), ("seeds=[0,-1]", "seeds.1: -1"), ("seed=4294967296", "seed: 4294967296"),
+    ("synthetic.mars.seed=-2", "synthetic.mars.seed: -2"),
+])
+def test_a_seed_numpy_would_refuse_is_a_config_error_naming_its_key(cli, override, named):
+    done = cli("harness.cost", "--set", override, "--no-measure")
+    assert refused(done, named, "a seed is an integer from 0 to 2**32 - 1"), done.stderr
+
+
+def test_a_sweep_whose_seeds_run_past_numpys_range_is_refused(cli):
+    done = cli("harness.sweep", "--set", "seed=4294967295", "--set", "sweep.seeds=2")
+    assert refused(done, "seed = 4294967295 with sweep.seeds = 2", "lower seed"), done.stderr
+
+
+def test_a_negative_synthetic_seed_is_refused_by_the_parser(cli, tmp_path):
+    done = cli("datasets.synthetic", "--format", "mars", "--out", str(tmp_path / "mars"), "--seed", "-1")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "argument --seed: '-1': a seed is an integer >= 0" in done.stderr
+    assert not (tmp_path / "mars").exists()
+
+
+def test_rehearse_alone_rehearses_the_first_gpu_hour_on_the_cpu(cli, monkeypatch, tmp_path):
+    # --rehearse implies --all: it needs no GPU. A budget of no time lists every step as skipped, running none.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    done = cli("harness.gpu_check", "--rehearse", "--budget", "1e-9", "--out", str(tmp_path))
+    assert done.returncode == 1 and "Traceback" not in done.stderr and "no CUDA device" not in done.stderr
+    summary = (tmp_path / "summary.md").read_text()
+    assert summary.startswith("# The first GPU hour: CPU rehearsal\n")
+    assert "| train NVAN 2 epochs | skipped: out of time | 0 | - |" in summary
+
+
+def test_resuming_a_run_that_does_not_exist_is_refused_before_ray_starts(cli, tiny_sets, monkeypatch):
+    import ray
+
+    def no_ray(*args, **kwargs):
+        raise AssertionError("a local Ray was started for a run that does not exist")
+
+    monkeypatch.setattr(ray, "init", no_ray)
+    done = cli("harness.train", *tiny_sets, "--resume", "no-such-run")
+    assert refused(done, "--resume no-such-run", "no run of that name", "ray.storage_path")
+    done = cli("harness.train", *tiny_sets, "--resume", "no-such-set", "--all-seeds", "--set", "seeds=[0, 1]")
+    last = done.stderr.strip().splitlines()[-1]  # after MLflow's own lines as it opens the store to look for the set
+    assert done.returncode == 2 and "Traceback" not in done.stderr and last.startswith("error: --resume no-such-set")
+    assert "no seed set" in last and "no-such-set-seed0, no-such-set-seed1" in last

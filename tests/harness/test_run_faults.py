@@ -1,20 +1,27 @@
 """The faults a cluster throws at a training run, each as the real thing where it is a process-level one:
-a reused name, two drivers at once, SIGTERM to the driver and to its process group, a stop right after a
-checkpoint, a full disk, a corrupt or truncated store, and the rendezvous port a 2-rank job opens."""
+a reused name, two drivers at once, many racing for a dead driver's lock, SIGTERM to the driver and to its
+process group (of one run and of --all-seeds), a stop right after a checkpoint, a full disk, a corrupt or truncated
+store, and the rendezvous port a 2-rank job opens."""
 
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
+import posixpath
 import re
 import shutil
+import shlex
 import signal
 import subprocess
 import sys
 import threading
 import time
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 
+import pyarrow.fs as pafs
 import pytest
 from mlflow import MlflowClient
 
@@ -26,8 +33,9 @@ from harness.results.tracking import find_run, set_tags
 from harness.preemption import Preempted
 from harness.train.callbacks import MlflowEpochLogger, progress_bars
 from harness.train.driver import fit, run_watched
-from harness.train.runs import LOCK_FILE, SNAPSHOT_FILE, RunLock, repair_snapshot, saved_epochs
+from harness.train.runs import GUARD_FILE, LOCK_FILE, SNAPSHOT_FILE, RunLock, repair_snapshot, saved_epochs
 from harness.train.session import ray_session
+from lock_workers import race
 
 ROOT = Path(__file__).resolve().parents[2]
 # A safety net against a hang, not a speed limit: on a loaded 2-core machine a step can take 100x longer.
@@ -90,6 +98,80 @@ def test_the_run_lock(tmp_path, s3_storage):
         pass
 
 
+def dead_pid() -> int:
+    """The pid of a process that has exited."""
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return int(done.stdout)
+
+
+@pytest.mark.slow(seconds=120, cores=2)
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_a_dead_drivers_lock_is_taken_over_by_exactly_one_of_many(request, tmp_path, where):
+    """Racers released together by a barrier, round after round, on a lock whose holder died: one takes it over, the
+    rest are refused (before, locally: in every run of this test some round ended with two or three holders, each
+    having deleted the lock it judged stale, which by then was another racer's fresh one)."""
+    racers, rounds = (12, 25) if where == "local" else (8, 12)
+    root = str(tmp_path / "run") if where == "local" else storage.join(request.getfixturevalue("s3_storage"), "raced")
+    storage.make_dirs(root)
+    gone = {"host": os.uname().nodename, "pid": dead_pid(), "since": time.time(), "beat": time.time(), "held": True}
+    # The stale lock as each backend keeps it: the lock file, or the first claim of a dead driver.
+    stale = storage.join(root, LOCK_FILE if where == "local" else f"{LOCK_FILE}-{1:020d}-dead")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["lock_workers"])  # imported once, not once per racer
+    barrier, wins = context.Barrier(racers + 1), context.Array("i", rounds)
+    procs = [context.Process(target=race, args=(root, rounds, barrier, wins)) for _ in range(racers)]
+    for proc in procs:
+        proc.start()
+    try:
+        for _ in range(rounds):
+            storage.write_text(stale, json.dumps(gone | {"token": uuid.uuid4().hex}))
+            for _ in range(3):  # go; every racer tried; the winner let go
+                barrier.wait(timeout=HANG_S)
+    except BaseException:
+        barrier.abort()
+        raise
+    finally:
+        for proc in procs:
+            proc.join(HANG_S)
+    assert [proc.exitcode for proc in procs] == [0] * racers
+    assert list(wins) == [1] * rounds
+    assert lock_files(root) == [], "the last winner let go, and the stale lock was removed"
+
+
+HOLD_THE_GUARD = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_CREAT | os.O_RDWR, 0o644)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("held", flush=True)
+time.sleep(3600)
+"""
+
+
+def test_a_driver_killed_while_judging_the_lock_blocks_no_one(tmp_path):
+    """SIGKILL in the middle of a takeover (the guard's flock held, the dead driver's lock still there): the kernel
+    drops the flock with the process, and the next driver takes the lock over."""
+    root = tmp_path / "run"
+    root.mkdir()
+    (root / LOCK_FILE).write_text(json.dumps({"host": os.uname().nodename, "pid": dead_pid(), "beat": time.time()}))
+    killed = subprocess.Popen([sys.executable, "-c", HOLD_THE_GUARD, str(root / GUARD_FILE)], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert killed.stdout.readline().strip() == "held"
+    finally:
+        killed.kill()
+        killed.wait()
+    with RunLock(str(root), "locked") as lock:
+        assert json.loads((root / LOCK_FILE).read_text())["token"] == lock.owner["token"]
+    assert lock_files(str(root)) == []
+
+
+def lock_files(root: str) -> list[str]:
+    """The lock and lock claims in a run folder (local or on an object store), the guard file aside."""
+    fs, path = storage.resolve(root)
+    names = (posixpath.basename(f.path) for f in fs.get_file_info(pafs.FileSelector(path)))
+    return sorted(name for name in names if name.startswith(LOCK_FILE) and name != GUARD_FILE)
+
+
 @pytest.mark.slow(seconds=70, cores=2)
 def test_two_drivers_cannot_train_one_name(tiny_sets, tmp_path):
     args = [sys.executable, "-m", "harness.train", *tiny_sets, "--name", "dup", "--no-progress"]
@@ -103,14 +185,15 @@ def test_two_drivers_cannot_train_one_name(tiny_sets, tmp_path):
     assert "Traceback" not in refused
 
 
-def start_and_stop(args: list[str], run_dir: Path, how: str) -> tuple[subprocess.Popen, str, float]:
-    """Start a training command, send `how` (sigint, sigterm, or sigterm to its process group) right after its first
-    checkpoint is on disk; return the process, its stderr and the seconds from the signal to its exit."""
+def start_and_stop(args: list[str], ready: Callable[[], bool], how: str) -> tuple[subprocess.Popen, str, float]:
+    """Start a training command, send `how` (sigint, sigterm, or sigterm to its process group) as soon as `ready()`
+    (e.g. its first checkpoint is on disk); return the process, its stderr and the seconds from the signal to its
+    exit."""
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
                             start_new_session=True, env=os.environ | {"NVAN_PROGRESS_INTERVAL_S": "0"})
     try:
         deadline = time.time() + HANG_S
-        while not list(run_dir.glob("checkpoint_*/epoch.json")) and time.time() < deadline and proc.poll() is None:
+        while not ready() and time.time() < deadline and proc.poll() is None:
             time.sleep(0.2)
         sent = time.time()
         if how == "group":
@@ -183,7 +266,10 @@ def test_a_stopped_run_resumes_with_every_epoch_logged_once(cli, tiny_sets, tmp_
     newest checkpoint on disk, logging every epoch exactly once (none twice, none lost)."""
     args = [sys.executable, "-m", "harness.train", *tiny_sets, "--set", "train.epochs=8", "--set",
             "train.steps_per_epoch=3", "--set", "eval.every=2", "--name", "stopped"]
-    proc, err, seconds = start_and_stop(args, tmp_path / "ray" / "stopped", how)
+    def checkpointed() -> bool:
+        return any((tmp_path / "ray" / "stopped").glob("checkpoint_*/epoch.json"))
+
+    proc, err, seconds = start_and_stop(args, checkpointed, how)
     sys.__stderr__.write(f"\n{how}: exited {proc.returncode} {seconds:.1f} s after the signal\n")  # for the record
     preempted = how != "sigint"
     assert proc.returncode == (143 if preempted else 130), err[-3000:]
@@ -200,6 +286,61 @@ def test_a_stopped_run_resumes_with_every_epoch_logged_once(cli, tiny_sets, tmp_
     assert steps(client, run.info.run_id) == list(range(8))
     assert steps(client, run.info.run_id, "map") == [1, 3, 5, 7]
     assert not (tmp_path / "ray" / "stopped" / LOCK_FILE).exists()
+
+
+@pytest.mark.slow(seconds=170, cores=2)
+def test_preempted_seeds_are_recorded_as_preempted_and_resume(cli, tiny_sets, tmp_path):
+    """--all-seeds with two seeds, SIGTERM to the whole process group once both record epochs: each seed's record and
+    MLflow run say preempted, the message names the seeds' real folders and a resume command, and that command
+    trains every seed to its end, each epoch logged once (before: the records said running, and the message named
+    ray/<name>, a folder that does not exist)."""
+    out, epochs = tmp_path / "seeds", 8
+    args = [sys.executable, "-m", "harness.train", *tiny_sets, "--set", f"train.epochs={epochs}", "--set",
+            "train.steps_per_epoch=2", "--set", "eval.every=2", "--set", "seeds=[0,1]", "--all-seeds", "--out",
+            str(out), "--name", "stopped"]
+    before = {}
+
+    def both_recorded() -> bool:
+        """Both seeds have a record; what each says is kept (a seed that finished already stays finished)."""
+        try:
+            before.update({seed: json.loads((out / f"seed{seed}.json").read_text())["status"] for seed in (0, 1)})
+        except (FileNotFoundError, ValueError):
+            return False
+        return True
+
+    proc, err, _ = start_and_stop(args, both_recorded, "group")
+    assert proc.returncode == 143 and "Traceback" not in err, err[-3000:]
+    assert "running" in before.values(), before  # the signal stopped at least one seed mid-run
+    expected = {seed: "finished" if status == "finished" else "preempted" for seed, status in before.items()}
+    for seed, status in expected.items():
+        assert json.loads((out / f"seed{seed}.json").read_text())["status"] == status
+        _, run = mlflow_run(tmp_path, f"stopped-seed{seed}")
+        assert (run.data.tags["nvan.status"], run.info.status) == (status, "FINISHED" if status == "finished" else
+                                                                     "KILLED")
+    client, _ = mlflow_run(tmp_path, "stopped-seed0")
+    [seed_set] = client.search_runs([client.get_experiment_by_name("nvan-bench").experiment_id],
+                                    filter_string="tags.`nvan.kind` = 'seeds'")
+    assert (seed_set.data.tags["nvan.status"], seed_set.info.status) == ("preempted", "KILLED")
+    stopped = [seed for seed, status in expected.items() if status == "preempted"]
+    assert "preempted (SIGTERM)" in err and all(f"{tmp_path / 'ray' / f'stopped-seed{s}'}" in err for s in stopped)
+    assert not re.search(rf"{re.escape(str(tmp_path / 'ray' / 'stopped'))}(?!-seed)", err), err
+    resume = next(line.strip() for line in err.splitlines() if line.strip().startswith("python -m harness.train"))
+    assert resume.endswith("--resume stopped") and "--all-seeds" in resume and "--name" not in resume
+    done = cli("harness.train", *shlex.split(resume)[3:])
+    assert done.returncode == 0, done.stderr[-3000:]
+    for seed in (0, 1):
+        assert json.loads((out / f"seed{seed}.json").read_text())["status"] == "finished"
+        client, run = mlflow_run(tmp_path, f"stopped-seed{seed}")
+        assert run.data.tags["nvan.status"] == "finished" and steps(client, run.info.run_id) == list(range(epochs))
+        assert lock_files(str(tmp_path / "ray" / f"stopped-seed{seed}")) == []
+    # One parent run groups the set in MLflow, across the resume: preempted, then finished.
+    sets = client.search_runs([run.info.experiment_id], filter_string="tags.`nvan.kind` = 'seeds'")
+    assert [(r.info.run_name, r.data.tags["nvan.status"], r.info.status) for r in sets] == [("stopped", "finished",
+                                                                                             "FINISHED")]
+    for seed in (0, 1):
+        _, run = mlflow_run(tmp_path, f"stopped-seed{seed}")
+        assert run.data.tags["mlflow.parentRunId"] == sets[0].info.run_id
+        assert run.data.tags["nvan.seed_set"] == "stopped"
 
 
 def test_a_checkpoint_cut_short_is_not_trusted_and_a_broken_snapshot_is_repaired(tmp_path):

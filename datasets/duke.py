@@ -16,6 +16,8 @@ FRAME_NAMES = (
     re.compile(r"^(\d+)_C(\d+)_F(\d+)_X(\d+)\.jpg$"),  # 0001_C6_F0099_X30823.jpg
 )
 FIX = "restore it from the official DukeMTMC-VideoReID archive"
+# What a DukeV root holds: one folder per split, of <pid>/<tracklet>/<frame>.jpg.
+LAYOUT = ("train", "query", "gallery")
 
 
 def read_duke(root: Path) -> pl.DataFrame:
@@ -23,7 +25,7 @@ def read_duke(root: Path) -> pl.DataFrame:
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"DukeV root {root} does not exist or is not a folder; pass the dataset's root as --root.")
-    for sub in ("train", "query", "gallery"):
+    for sub in LAYOUT:
         if not (root / sub).is_dir():
             raise DatasetError(f"DukeV root {root}: folder {root / sub} is missing; {FIX}, or pass the right --root.")
     train = _read_folder(root, "train")

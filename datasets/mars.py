@@ -15,6 +15,8 @@ from datasets.tracklets import require_splits, tracklet_table
 # <pid: 4 digits, or 00-1 for junk>C<camera>T<tracklet>F<frame>.jpg, e.g. 0001C1T0001F001.jpg
 NAME = r"^(\d{4}|00-1)C(\d)T(\d{4})F(\d{3,})\.jpg$"
 INFO_FILES = ("train_name.txt", "test_name.txt", "tracks_train_info.mat", "tracks_test_info.mat", "query_IDX.mat")
+# What a MARS root holds, relative to it: the image folders, and MARS-evaluation's index files in info/.
+LAYOUT = ("bbox_train", "bbox_test", "info", *(f"info/{name}" for name in INFO_FILES))
 FIX = ("restore it from the official MARS archives (bbox_train.zip, bbox_test.zip and the info/ folder of "
        "MARS-evaluation)")
 
@@ -24,7 +26,7 @@ def read_mars(root: Path) -> pl.DataFrame:
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"MARS root {root} does not exist or is not a folder; pass the dataset's root as --root.")
-    for path in [root / "bbox_train", root / "bbox_test", root / "info"] + [root / "info" / f for f in INFO_FILES]:
+    for path in (root / name for name in LAYOUT):
         if not path.exists():
             raise DatasetError(f"MARS root {root}: {path} is missing; {FIX}, or pass the right --root.")
     train = _read_split(root, "train")

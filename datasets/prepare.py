@@ -6,7 +6,6 @@ written in table order, and the whole directory appears by one rename when compl
 
 from __future__ import annotations
 
-import argparse
 import errno
 import hashlib
 import io
@@ -26,7 +25,7 @@ from PIL import Image
 
 from datasets.atomic import atomic_directory
 from datasets.duke import read_duke
-from datasets.errors import DatasetError, run_cli
+from datasets.errors import DatasetError, command_parser, run_cli
 from datasets.integrity import describe_files, store_hash
 from datasets.mars import read_mars
 from datasets.progress import Progress
@@ -262,20 +261,24 @@ def _manifest(
 
 def main(argv: list[str] | None = None) -> int:
     """CLI: prepare one dataset; DatasetError exits with code 2."""
-    parser = argparse.ArgumentParser(prog="python -m datasets.prepare",
-                                     description="Pack a MARS or DukeMTMC-VideoReID layout into a frame store.")
-    parser.add_argument("--format", required=True, choices=sorted(READERS))
+    parser = command_parser(
+        "datasets.prepare", "Pack a MARS or DukeMTMC-VideoReID layout into a frame store.",
+        ["python -m datasets.prepare --format mars --root data/raw/synthetic/mars --out data/prepared/mars "
+         "--height 64 --width 32",
+         "python -m datasets.prepare --format duke --root data/raw/synthetic/duke --out data/prepared/duke-jpeg "
+         "--height 64 --width 32 --store jpeg --workers 2"])
+    parser.add_argument("--format", required=True, choices=sorted(READERS), help="the layout of --root")
     parser.add_argument("--root", required=True, type=Path, help="the dataset's root folder (official layout)")
     parser.add_argument("--out", required=True, type=Path, help="output folder, e.g. data/prepared/mars")
-    parser.add_argument("--height", type=int, default=256, help="frame height in pixels (default 256)")
-    parser.add_argument("--width", type=int, default=128, help="frame width in pixels (default 128)")
+    parser.add_argument("--height", type=int, default=256, help="frame height in pixels")
+    parser.add_argument("--width", type=int, default=128, help="frame width in pixels")
     parser.add_argument("--workers", type=int, default=0, help="decoding processes; 0 decodes in this process")
     parser.add_argument("--skip-corrupt", action="store_true", help="drop undecodable frames instead of failing")
     parser.add_argument("--store", default="raw",
-                        help="frame store format: raw (decoded pixels, fastest to read; the default) or jpeg "
-                             "(JPEG bytes decoded on read, ~10x smaller; source JPEGs at the target size kept as is)")
+                        help="frame store format: raw (decoded pixels, fastest to read) or jpeg (JPEG bytes decoded "
+                             "on read, ~10x smaller; source JPEGs at the target size kept as is)")
     parser.add_argument("--jpeg-quality", type=int, default=95,
-                        help="quality 1-100 of frames the jpeg store has to encode (resized or not JPEG; default 95)")
+                        help="quality 1-100 of frames the jpeg store has to encode (resized or not JPEG)")
     args = parser.parse_args(argv)
     manifest = prepare(args.format, args.root, args.out, args.height, args.width, args.workers, args.skip_corrupt,
                        args.store, args.jpeg_quality)

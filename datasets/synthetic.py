@@ -10,7 +10,6 @@ Everything is drawn from generators keyed by (seed, role, index): deterministic 
 
 from __future__ import annotations
 
-import argparse
 import functools
 import io
 import multiprocessing
@@ -26,7 +25,7 @@ import scipy.io
 from PIL import Image
 
 from datasets.atomic import atomic_directory
-from datasets.errors import DatasetError, run_cli
+from datasets.errors import DatasetError, command_parser, run_cli, seed_arg
 from datasets.progress import Progress
 from datasets.tracklets import tracklet_table
 
@@ -369,14 +368,20 @@ def write_duke(out: Path, identities: int = 24, cameras: int = 6, tracklets_per_
 
 def main(argv: list[str] | None = None) -> int:
     """CLI: write one synthetic dataset; DatasetError exits with code 2."""
-    parser = argparse.ArgumentParser(prog="python -m datasets.synthetic",
-                                     description="Write a synthetic video re-ID dataset in the MARS or DukeV layout.")
-    parser.add_argument("--format", required=True, choices=["mars", "duke"])
+    parser = command_parser(
+        "datasets.synthetic", "Write a synthetic video re-ID dataset in the MARS or DukeV layout.",
+        ["python -m datasets.synthetic --format mars --out data/raw/synthetic/mars --identities 350 "
+         "--test-identities 300 --tracklets-per-id 10 --distractors 6 --junk 4",
+         "python -m datasets.synthetic --format duke --out data/raw/synthetic/duke --identities 60 "
+         "--test-identities 30 --cameras 8 --tracklets-per-id 6 --distractors 4 --seed 1",
+         "python -m datasets.synthetic --format mars --out data/raw/tiny-mars --identities 8 --cameras 2"])
+    parser.add_argument("--format", required=True, choices=["mars", "duke"],
+                        help="the official layout to write: mars (MARS) or duke (DukeMTMC-VideoReID)")
     parser.add_argument("--out", required=True, type=Path, help="dataset root to create (replaced if present)")
     parser.add_argument("--identities", type=int, default=24, help="identities of both splits")
     parser.add_argument("--test-identities", type=int, help="identities of the test split (default: half)")
-    parser.add_argument("--cameras", type=int, default=6)
-    parser.add_argument("--tracklets-per-id", type=int, default=4)
+    parser.add_argument("--cameras", type=int, default=6, help="cameras; each identity is seen by at least 2")
+    parser.add_argument("--tracklets-per-id", type=int, default=4, help="tracklets of each identity")
     parser.add_argument("--min-frames", type=int, default=8, help="frames per tracklet, lower bound")
     parser.add_argument("--max-frames", type=int, default=24, help="frames per tracklet, upper bound")
     parser.add_argument("--height", type=int, default=128, help="image height in pixels")
@@ -385,7 +390,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="MARS: pid-0 distractor tracklets; Duke: gallery-only identities")
     parser.add_argument("--junk", type=int, default=2, help="MARS only: pid -1 junk tracklets")
     parser.add_argument("--underscore-names", action="store_true", help="Duke only: 0001_C6_F0099_X30823.jpg names")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=seed_arg, default=0,
+                        help="seed of every random choice, an integer >= 0: the same seed writes the same bytes")
     parser.add_argument("--workers", type=int, default=0, help="rendering processes; 0 renders in this process "
                                                                "(the same bytes either way)")
     a = parser.parse_args(argv)

@@ -1,14 +1,14 @@
-"""What every `python -m harness.X` command shares: --params/--set and user-error exits."""
+"""What every `python -m harness.X` command shares: a parser with --params/--set and examples, and user-error exits."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from datasets.errors import DatasetError
+from datasets.errors import DatasetError, command_parser
 from harness.config import Config, ConfigError
 from harness.params import DEFAULT_PARAMS, load_config
 from harness.evaluate.metrics import MetricsError
@@ -24,10 +24,12 @@ class UserError(Exception):
     """Bad input that is the user's to fix: printed without a traceback, exit code 2."""
 
 
-def config_parser(command: str, description: str) -> argparse.ArgumentParser:
-    """An ArgumentParser for `python -m <command>` with the shared --params and --set options."""
-    parser = argparse.ArgumentParser(prog=f"python -m {command}", description=description)
-    parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS, help="params file (default: params.yaml)")
+def config_parser(command: str, description: str, examples: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """An ArgumentParser for `python -m <command>` with the shared --params and --set options, whose --help ends
+    with the example command lines."""
+    parser = command_parser(command, description, examples)
+    parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS,
+                        help="params file; a default named by a key (e.g. cost.presets) is that key's value in it")
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override a param, YAML-typed (repeatable), e.g. --set model.non_local=[0,2,3,0]",

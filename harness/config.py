@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from models.presets import PRESETS, preset_spec
 from models.spec import STAGE_BLOCKS, ModelSpec, SpecError
@@ -47,9 +47,21 @@ class InputSize(Section):
 # The paper's input (Liu et al., BMVC 2019): clips of 8 frames of 256 x 128 pixels.
 PAPER_INPUT = InputSize(frames=8, height=256, width=128)
 
+# np.random.seed (each training worker), and the samplers of Optuna and Ray Tune, take seeds from 0 to 2**32 - 1.
+MAX_SEED = 2**32 - 1
+
+
+def _seed(value: int) -> int:
+    if not 0 <= value <= MAX_SEED:
+        raise ValueError(f"{value}: a seed is an integer from 0 to 2**32 - 1 = {MAX_SEED} (what numpy's seeding takes)")
+    return value
+
+
+Seed = Annotated[int, Field(strict=True), AfterValidator(_seed)]
+
 
 class SourceParams(Section):
-    """A raw dataset in its official layout (stage prepare@<name> reads it)."""
+    """A raw dataset in its official layout (stage source@<name> checks it, prepare@<name> reads it)."""
 
     format: Literal["mars", "duke"]
     root: Path
@@ -69,7 +81,7 @@ class SyntheticParams(Section):
     width: int = Field(64, ge=8)
     distractors: int = Field(4, ge=0)
     junk: int = Field(4, ge=0, description="MARS only: pid -1 tracklets")
-    seed: int = 0
+    seed: Seed = 0
 
 
 class DataConfig(Section):
@@ -358,8 +370,8 @@ class SweepConfig(Section):
 
 
 class Config(Section):
-    seed: int = 0
-    seeds: list[Annotated[int, Field(ge=0)]] = Field(
+    seed: Seed = 0
+    seeds: list[Seed] = Field(
         [0], min_length=1, description="the seeds `harness.train --all-seeds` (and so dvc repro) trains each preset with")
     synthetic: dict[str, SyntheticParams] = {}
     data: DataConfig = DataConfig()
@@ -400,6 +412,9 @@ class Config(Section):
             raise ValueError("train.sync_bn needs ray.use_gpu: true (SyncBatchNorm runs on GPUs only); set it false on CPU")
         if self.train.amp == "fp16" and not self.ray.use_gpu:
             raise ValueError("train.amp = 'fp16' needs ray.use_gpu: true; use 'bf16' or 'none' on CPU")
+        if self.seed + self.sweep.seeds - 1 > MAX_SEED:
+            raise ValueError(f"seed = {self.seed} with sweep.seeds = {self.sweep.seeds}: a sweep trains seeds seed, "
+                             f"seed + 1, ..., which must stay <= 2**32 - 1 = {MAX_SEED}; lower seed")
         return self
 
 

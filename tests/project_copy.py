@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+import yaml
 
 from harness.measure.cost import cpu_name
 from harness.results.records import read_record
@@ -19,14 +20,14 @@ ROOT = Path(__file__).resolve().parents[1]
 DVC = str(Path(sys.executable).with_name("dvc"))
 
 
-def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    """Run a command in `cwd` with this project's code on the path; assert it succeeds."""
+def run(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    """Run a command in `cwd` with this project's code on the path; with `check`, assert it succeeds."""
     # dvc.yaml's stages call `python`: this interpreter's, whether or not its venv is activated.
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     env = os.environ | {"RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(cwd), "PATH": path}
     env.pop("MLFLOW_TRACKING_URI", None)
     proc = subprocess.run(args, cwd=cwd, capture_output=True, text=True, env=env)
-    assert proc.returncode == 0, f"{args} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    assert not check or proc.returncode == 0, f"{args} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc
 
 
@@ -45,6 +46,50 @@ def copy_project(dest: Path, keep: Callable[[str], bool], untracked: bool = Fals
                 ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"]):
         run(*cmd, cwd=dest)
     return dest
+
+
+def copy_with_params(dest: Path, params: dict) -> Path:
+    """A git repository at `dest` holding the project's code (tracked and new files, no results), with `params`
+    committed as its params.yaml: what a user has after a clone and an edit of params.yaml."""
+    def write(copy: Path) -> None:
+        (copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+    return copy_project(dest, lambda name: not name.startswith(("reports/", "dvc.lock")), untracked=True, edit=write)
+
+
+def params_of(name: str) -> dict:
+    """A committed params file of the project (params.yaml, examples/paper-mars.yaml, ...) as a tree."""
+    return yaml.safe_load((ROOT / name).read_text())
+
+
+def merge(base: dict, extra: dict) -> dict:
+    """`base` with `extra` merged in, section by section; an empty mapping in `extra` replaces the section."""
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) and value else value
+    return out
+
+
+# The smallest sizes at which every stage of dvc.yaml runs on 2 cores: a narrow model on 4-frame 64 x 32 clips,
+# one epoch of 2 steps, latency not measured (merged over a params file).
+TINY = {
+    "data": {"frames": 4, "height": 64, "width": 32},
+    "model": {"width": 4},
+    "presets": {"baseline": {}, "nvan": {}, "ste_nvan": {"stripes": [4, 4, 4, 4]}},
+    "cost": {"width": 4, "measure": False},
+    "train": {"epochs": 1, "batch_size": 8, "k": 2, "steps_per_epoch": 2},
+    "eval": {"protocols": ["mars-official"], "bootstrap_resamples": 1000},
+    "report": {"bootstrap_resamples": 1000},
+    "ray": {"cpus_per_worker": 1, "max_failures": 0},
+}
+# A tiny synthetic MARS: 6 training identities (P x K = 4 x 2 fits) and a test split of 6 seen by 3 cameras.
+TINY_MARS = {"format": "mars", "identities": 12, "test_identities": 6, "cameras": 3, "tracklets_per_id": 4,
+             "min_frames": 4, "max_frames": 8, "height": 64, "width": 32, "distractors": 1, "junk": 1, "seed": 0}
+
+
+def ran_stages(proc: subprocess.CompletedProcess) -> set[str]:
+    """The stages a `dvc repro` ran (or, with --dry, would run)."""
+    return {line.split("'")[1] for line in proc.stdout.splitlines() if line.startswith("Running stage")}
 
 
 def strings(value) -> list[str]:

@@ -50,7 +50,14 @@ def _model_from_args(args, config: Config) -> nn.Module:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = config_parser("harness.evaluate", "Extract test features and score them under the MARS / DukeV protocols.")
+    parser = config_parser(
+        "harness.evaluate", "Extract test features and score them under the MARS / DukeV protocols.\n"
+                            "In the examples, CHECKPOINT is a run record's best_checkpoint: a folder under "
+                            "ray.storage_path.",
+        ["python -m harness.evaluate --checkpoint ray_results/CHECKPOINT --save-features reports/eval/features "
+         "--out reports/eval/scores.json",
+         "python -m harness.evaluate --features reports/eval/features --set eval.metric=euclidean",
+         "python -m harness.evaluate --params examples/paper-mars.yaml --official NVAN.pth --preset nvan"])
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", type=Path, help="a checkpoint of harness.train (state.pt or its folder)")
     source.add_argument("--official", type=Path, help="an official STE-NVAN checkpoint (.pth); give --preset")

@@ -258,25 +258,31 @@ def _markdown(rows: list[dict], conditions: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = config_parser("harness.bench", "Inference and training throughput (clips/s, frames/s), step time and peak memory.")
-    parser.add_argument("--preset", action="append", help="preset to bench (repeatable; default: cost.presets)")
+    parser = config_parser(
+        "harness.bench", "Inference and training throughput (clips/s, frames/s), step time and peak memory.",
+        ["python -m harness.bench --preset nvan --batch 1,8 --mode infer",
+         "python -m harness.bench --batch 1 --mode infer --compile off,on",
+         "python -m harness.bench --configured --set model.preset=nvan --set model.non_local=[0,1,1,0]"])
+    parser.add_argument("--preset", action="append",
+                        help="preset to bench, repeatable (default: cost.presets; with --configured, model.preset)")
     parser.add_argument("--configured", action="store_true",
                         help="bench the spec params describe (model.*, presets.*) at data's input, not cost.width")
     parser.add_argument("--input", help="clip size TxHxW (default: cost.inputs[0]; with --configured, data's)")
-    parser.add_argument("--batch", default="1,8,32", help="clips per step, comma-separated (default 1,8,32)")
+    parser.add_argument("--batch", default="1,8,32", help="clips per step, comma-separated")
     parser.add_argument("--amp", default="none", help="autocast: none, bf16, fp16 (CUDA only), comma-separated")
     parser.add_argument("--channels-last", default="on", help="channels-last backbone: off, on, comma-separated")
     parser.add_argument("--compile", default="off", help="torch.compile: off, on, comma-separated")
     parser.add_argument("--tf32", default="off", help="TF32 in convolutions and matmuls (CUDA, Ampere and newer): "
                                                       "off (true fp32, train.tf32: false), on; comma-separated")
     parser.add_argument("--mode", default="infer,train", help="infer, train, comma-separated")
-    parser.add_argument("--warmup", type=int, help="untimed steps before timing (default cost.warmup)")
-    parser.add_argument("--repeats", type=int, help="timed steps (default cost.repeats)")
-    parser.add_argument("--threads", type=int, help="torch threads; 0 = torch's default (default cost.threads)")
+    parser.add_argument("--warmup", type=int, help="untimed steps before timing (default: cost.warmup)")
+    parser.add_argument("--repeats", type=int, help="timed steps (default: cost.repeats)")
+    parser.add_argument("--threads", type=int, help="torch threads; 0 = torch's default (default: cost.threads)")
     parser.add_argument("--memory-cap-mb", type=int,
                         help="cap each measuring process's virtual memory (RLIMIT_AS) at its size after building "
-                             "the model plus this many MiB; a batch that does not fit is halved")
-    parser.add_argument("--out-dir", type=Path, default=Path("reports/bench"), help="default reports/bench")
+                             "the model plus this many MiB; a batch that does not fit is halved (default: no cap)")
+    parser.add_argument("--out-dir", type=Path, default=Path("reports/bench"),
+                        help="folder of the results (parquet and markdown, named by the conditions)")
     args = parser.parse_args(argv)
     config = load_from_args(args)
     check_writable(args.out_dir / "bench.parquet")  # before minutes of measuring

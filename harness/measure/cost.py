@@ -408,10 +408,15 @@ def format_table(reports: list[CostReport]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = config_parser("harness.cost", "Parameters, MACs, latency and memory of the model presets.")
-    parser.add_argument("--preset", action="append", help="preset to cost (repeatable; default: cost.presets)")
+    parser = config_parser(
+        "harness.cost", "Parameters, MACs, latency and memory of the model presets.",
+        ["python -m harness.cost --no-measure",
+         "python -m harness.cost --preset nvan --out reports/cost/nvan.json",
+         "python -m harness.cost --preset baseline --preset nvan --input 4x128x64 --set cost.width=16 --no-measure"])
+    parser.add_argument("--preset", action="append", help="preset to cost, repeatable (default: cost.presets)")
     parser.add_argument("--input", action="append",
-                        help="clip size TxHxW of the paper-width models, e.g. 8x256x128 (repeatable; default: cost.inputs)")
+                        help="clip size TxHxW of the paper-width models, e.g. 8x256x128, repeatable "
+                             "(default: cost.inputs)")
     parser.add_argument("--no-measure", action="store_true", help="count params and MACs only; skip latency and memory")
     parser.add_argument("--out", type=Path, help="write the reports as JSON here")
     args = parser.parse_args(argv)

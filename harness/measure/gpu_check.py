@@ -6,7 +6,6 @@ and the paper's input (8 x 256 x 128); UNITS says what each column counts.
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import logging
 import multiprocessing as mp
@@ -23,7 +22,7 @@ import torch
 
 from harness.measure import gpu_hour
 from harness.measure.bench import Setting, bench_model, bench_one, slug, step_fn
-from harness.cli import UserError
+from harness.cli import UserError, command_parser
 from harness.config import PAPER_INPUT, InputSize
 from harness.io import atomic_path, check_writable
 from harness.measure.sdpa_kernels import sdpa_kernels, short_names
@@ -130,26 +129,31 @@ def report(device: str, tests_passed: bool, tests_summary: str, rows: list[dict]
 
 def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
-    parser = argparse.ArgumentParser(prog="python -m harness.gpu_check",
-                                     description="CUDA checks: tests/gpu, then train / infer clips/s, peak GPU memory "
-                                                 "and SDPA kernels per preset x amp x channels-last.")
-    parser.add_argument("--batch", type=int, default=8, help="clips per step, at least 2 (default 8)")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps before timing (default 3)")
-    parser.add_argument("--repeats", type=int, default=10, help="timed steps (default 10)")
-    parser.add_argument("--out", type=Path, help="markdown report (default reports/gpu_check/<device>.md; with --all, "
-                                                 "the folder of everything, default reports/gpu_hour/<device>)")
+    parser = command_parser(
+        "harness.gpu_check", "CUDA checks: tests/gpu, then train / infer clips/s, peak GPU memory and SDPA kernels\n"
+                             "per preset x amp x channels-last.",
+        ["python -m harness.gpu_check",
+         "python -m harness.gpu_check --all",
+         "python -m harness.gpu_check --rehearse --out reports/gpu_hour/rehearsal"])
+    parser.add_argument("--batch", type=int, default=8, help="clips per step, at least 2")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps before timing")
+    parser.add_argument("--repeats", type=int, default=10, help="timed steps")
+    parser.add_argument("--out", type=Path, help="markdown report (default: reports/gpu_check/<device>.md; with --all, "
+                                                 "the folder of everything: reports/gpu_hour/<device>, with "
+                                                 "--rehearse reports/gpu_hour/rehearsal)")
     parser.add_argument("--all", action="store_true",
                         help="the first GPU hour: after the check, bench rows (fp32, TF32, bf16), a 2-epoch NVAN "
                              "training at 8x256x128 on synthetic data and its evaluation, all under one folder")
     parser.add_argument("--rehearse", action="store_true",
-                        help="with --all: the same steps on the CPU at toy sizes, to prove the plumbing without a GPU")
+                        help="the steps of --all on the CPU at toy sizes, to prove the plumbing without a GPU "
+                             "(implies --all)")
     parser.add_argument("--budget", type=float, default=570,
-                        help="with --all: seconds for the whole command (default 570, within a 10-minute call); a "
-                             "step that would start after them is skipped and listed so")
+                        help="with --all: seconds for the whole command, within a 10-minute call; a step that "
+                             "would start after them is skipped and listed so")
     args = parser.parse_args(argv)
     if args.budget <= 0:
         raise UserError(f"--budget {args.budget:g}: expected seconds > 0")
-    if args.all and args.rehearse:
+    if args.rehearse:
         out = args.out or Path("reports/gpu_hour/rehearsal")
         results = gpu_hour.run_steps(out, gpu_hour.REHEARSAL, args.budget - (time.monotonic() - started))
         _write_summary(out, gpu_hour.summary(out, "CPU rehearsal", None, results))

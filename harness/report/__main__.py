@@ -10,12 +10,13 @@ from harness.cli import UserError, config_parser, load_from_args, run
 from harness.report.build import build_report
 from harness.report.runs import AXES
 from harness.report.tables import decided_text, fmt, latency_text, plus_minus
+from harness.report.testsets import notes
 from harness.results.tracking import tracking_uri
 
 
 def format_summary(points: pl.DataFrame, comparisons: list[dict] = ()) -> str:
-    """The console summary: per dataset group, each point's accuracy with its 95 % interval, cost and training time,
-    then which paired comparisons the data decides."""
+    """The console summary: per group, each point's accuracy with its 95 % interval, cost and training time, then
+    which paired comparisons the data decides; last, which points were not compared for being on other test sets."""
     lines = []
     for group in points["group"].unique(maintain_order=True):
         rows = points.filter(pl.col("group") == group)
@@ -25,9 +26,9 @@ def format_summary(points: pl.DataFrame, comparisons: list[dict] = ()) -> str:
                   f"{'GMACs':>9}{'latency ms':>14}{'trained s':>11}"]
         for r in rows.iter_rows(named=True):
             lines.append(f"  {r['label'][:23]:<24}{r['seeds']:>6}{plus_minus(r, 'rank1'):>14}"
-                         f"{fmt(r['rank1_std_pct'], '6.1f')}{fmt(r['p_front_rank1'], '6.2f')}"
-                         f"{plus_minus(r, 'map'):>14}{fmt(r['map_std_pct'], '6.1f')}{fmt(r['p_front_map'], '6.2f')}"
-                         f"{fmt(r['gmacs'], '9.4g')}{latency_text(r):>14}{fmt(r['train_s'], '11.0f')}")
+                         f"{fmt(r['rank1_std_pct'], '.1f'):>6}{fmt(r['p_front_rank1'], '.2f'):>6}"
+                         f"{plus_minus(r, 'map'):>14}{fmt(r['map_std_pct'], '.1f'):>6}{fmt(r['p_front_map'], '.2f'):>6}"
+                         f"{fmt(r['gmacs'], '.4g'):>9}{latency_text(r):>14}{fmt(r['train_s'], '.0f'):>11}")
         pairs = [c for c in comparisons if c["group"] == group]
         decided = [decided_text(c, key, name) for c in pairs for key, name in (("rank1", "rank-1"), ("map", "mAP"))
                    if c[key]["decided"]]
@@ -37,12 +38,17 @@ def format_summary(points: pl.DataFrame, comparisons: list[dict] = ()) -> str:
         total = rows["train_s"].drop_nulls().sum()
         if total:
             lines.append(f"  training took {total:.0f} s in all ({total / 60:.1f} min), seeds summed")
-    return "\n".join(lines)
+    return "\n".join(lines + [f"note: {n}" for n in notes(points)])
 
 
 def main(argv: list[str] | None = None) -> int:
     """python -m harness.report: read run records (or an MLflow experiment) and write the reports."""
-    parser = config_parser("harness.report", "Benchmark reports: Pareto plots (PNG, offline HTML), tables and DVC metrics.")
+    parser = config_parser(
+        "harness.report", "Benchmark reports: Pareto plots (PNG, offline HTML), tables and DVC metrics.",
+        ["python -m harness.report --runs reports/runs/baseline --runs reports/runs/nvan --runs reports/runs/ste_nvan "
+         "--cost reports/cost/nvan.json --out-dir reports/adhoc",
+         "python -m harness.report --sweep reports/sweeps/cpu-demo/results.parquet --out-dir reports/sweeps/cpu-demo",
+         "python -m harness.report --from-mlflow --out-dir reports/mlflow"])
     parser.add_argument("--runs", type=Path, action="append", default=[], metavar="FILE",
                         help="a run record written by `harness.train --out`, or a folder of them (--all-seeds; "
                              "repeatable); its per-query outcomes (.queries.parquet) beside it give the intervals")
@@ -51,13 +57,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--from-mlflow", action="store_true",
                         help="report the runs of an MLflow experiment instead (ad hoc; not for DVC stages)")
     parser.add_argument("--dataset", help="only runs of this prepared dataset (default: report.dataset; "
-                                          "null = every dataset, each in its own row of panels)")
+                                          "null there = every dataset, each in its own row of panels)")
     parser.add_argument("--experiment", help="with --from-mlflow: the experiment (default: mlflow.experiment)")
     parser.add_argument("--out-dir", type=Path, help="output folder (default: report.out_dir)")
     parser.add_argument("--cost-axis", choices=sorted(AXES),
                         help="x axis of the plots and Pareto fronts (default: report.cost_axis)")
-    parser.add_argument("--cost", type=Path, action="append", default=[],
-                        help="a `python -m harness.cost --out` file to merge into cost.json and the tables (repeatable)")
+    parser.add_argument("--cost", type=Path, action="append", default=[], metavar="FILE",
+                        help="a cost file written by `python -m harness.cost --out`, e.g. reports/cost/nvan.json, to "
+                             "merge into cost.json and the tables (repeatable)")
     args = parser.parse_args(argv)
     cfg = load_from_args(args)
     if args.from_mlflow == bool(args.runs or args.sweep):

@@ -10,7 +10,8 @@ Accuracy is shown in percent (runs store fractions). The cost axis (report.cost_
 GMACs per test tracklet under the run's test sampler (dense evaluation runs ceil(F / T) clips
 per tracklet); or measured latency, ms per clip on the device the run trained on. Datasets
 are never mixed in one plot: every (dataset, synthetic) group gets its own row of panels,
-table and metrics entry; on the latency axis every device does too.
+table and metrics entry; on the latency axis every device does too, and so does every test set
+(prepared data, protocol and query list; harness/report/testsets.py), with a note on what was not compared.
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ from harness.evaluate.statistics import DEFAULT_RESAMPLES
 from harness.report.points import with_uncertainty
 from harness.report.runs import (INTERVAL_METRICS, METRICS, collect_runs, load_costs, no_runs_message,
                                  published_points, select_runs)
-from harness.report.tables import html_page, markdown, metrics
+from harness.report.html import html_page
+from harness.report.metric_files import metrics, write_point_metrics
+from harness.report.tables import markdown
 
 log = logging.getLogger("harness.report")
 
@@ -36,7 +39,8 @@ log = logging.getLogger("harness.report")
 
 def write_report(points: pl.DataFrame, published: pl.DataFrame | None, out_dir: Path, source: str,
                  costs: list[dict] | None = None, axis: str = "gmacs", comparisons: list[dict] = ()) -> list[Path]:
-    """Write pareto.png/.html, benchmark.md, metrics.json, pareto.csv (and cost.json) atomically; return them."""
+    """Write pareto.png/.html, benchmark.md, metrics.json, pareto.csv, metrics/ (a file per point; harness/report/
+    metric_files.py) and cost.json where there are costs, each file atomically; return them."""
     fig, tips = draw(points, published, axis)
     paths = [out_dir / n for n in ("pareto.png", "pareto.html", "benchmark.md", "metrics.json", "pareto.csv")]
     with atomic_path(paths[0]) as tmp:
@@ -52,6 +56,8 @@ def write_report(points: pl.DataFrame, published: pl.DataFrame | None, out_dir: 
                    *(f"{m}_{s}_pct" for m in INTERVAL_METRICS for s in ("lo", "hi", "std")),
                    "pareto_rank1", "pareto_map", "p_front_rank1", "p_front_map", "run_id")
         points.select(columns).write_csv(tmp, float_precision=4)
+    paths.append(out_dir / "metrics")
+    write_point_metrics(paths[-1], points)
     if costs:
         paths.append(out_dir / "cost.json")
         write_json_atomic(paths[-1], {"units": COST_UNITS, "reports": costs})

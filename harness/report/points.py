@@ -30,7 +30,7 @@ KEY = ("group", "label", "config_key")
 def aggregate(runs: pl.DataFrame) -> pl.DataFrame:
     """One row per point: seed means of the scores, sample std over seeds, the seeds and their queries files."""
     first = [c for c in runs.columns if c not in (*KEY, *METRICS, "seed", "seeds", "queries", "train_s", "start_time",
-                                                   *(f"{m}_std" for m in INTERVAL_METRICS))]
+                                                   "run_id", *(f"{m}_std" for m in INTERVAL_METRICS))]
     return runs.group_by(KEY, maintain_order=True).agg(
         *(pl.col(c).first() for c in first),
         *(pl.col(m).mean() for m in METRICS),
@@ -39,6 +39,8 @@ def aggregate(runs: pl.DataFrame) -> pl.DataFrame:
           for m in INTERVAL_METRICS),
         pl.col("seeds").sum(), pl.col("seed").alias("seed_list"), pl.col("queries").alias("query_files"),
         pl.col("train_s").sum(),
+        # Every seed's MLflow run, in seed order: a point is all of them, not its first seed's.
+        pl.col("run_id").sort_by("seed").str.join(" ").replace("", None).alias("run_id"),
         pl.col("start_time").max(),
     )
 

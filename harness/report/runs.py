@@ -21,9 +21,10 @@ from harness.cli import UserError
 from harness.config import PAPER_INPUT
 from harness.evaluate.queries import queries_path
 from harness.measure.cost import macs_on_meta
+from harness.report.testsets import by_test_set
 from harness.results.records import QUERIES_FILE, read_record
 from harness.results.tracking import check_reachable
-from models.presets import preset_spec
+from models.presets import PRESETS, preset_spec
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,7 @@ INTERVAL_METRICS = ("rank1", "map", "minp")
 _TEXT = ("run_id", "parent_run_id", "label", "kind", "status", "dataset", "preset", "protocol",
          "device", "input", "git_commit", "eval_sampler", "latency_device",
          "queries",  # the run's per-query outcomes (a file or URI), null where none were kept
+         "manifest_hash",  # of the prepared data it was scored on, null where unknown: part of its test set
          "config_key")  # runs that differ only in their seed share it: one point of a report
 _FLOAT = ("params_m", "gmacs", "gmacs_paper", "gmacs_tracklet", "clips_per_tracklet", "latency_ms", "latency_min_ms",
           "latency_max_ms", "train_s", *METRICS,
@@ -111,6 +113,7 @@ def _row(r) -> dict:
         "status": tags.get("nvan.status") or r.info.status.lower(), "dataset": tags.get("dataset"),
         "synthetic": tags.get("dataset.synthetic") == "true", "preset": tags.get("preset"),
         "protocol": tags.get("protocol"), "device": tags.get("device"), "input": params.get("input"),
+        "manifest_hash": params.get("dataset.manifest_hash") if params.get("dataset.manifest_hash") != "unknown" else None,
         "git_commit": params.get("git_commit"), "start_time": r.info.start_time,
         "params_m": metrics.get("cost.params_m"), "gmacs": metrics.get("cost.gmacs"),
         "gmacs_paper": metrics.get("cost.gmacs_paper"), "latency_ms": metrics.get("cost.latency_ms"),
@@ -156,6 +159,7 @@ def _record_row(record: dict, queries: str | None) -> dict:
         "status": record.get("status", "finished"), "dataset": record["dataset"]["name"],
         "synthetic": bool(record["dataset"]["synthetic"]),
         "preset": record["preset"], "protocol": primary, "device": run.get("device"), "input": record["input"],
+        "manifest_hash": record["dataset"].get("manifest_hash"),
         "git_commit": record["git_commit"], "start_time": start_time,
         "params_m": cost.get("params_m"), "gmacs": cost.get("gmacs"), "gmacs_paper": cost.get("gmacs_paper"),
         "latency_ms": ms("median_s"), "latency_min_ms": ms("min_s"), "latency_max_ms": ms("max_s"),
@@ -257,7 +261,8 @@ def _queries_artifact(client: MlflowClient, run) -> str | None:
 
 def select_runs(runs: pl.DataFrame, dataset: str | None, latest_per_label: bool, axis: str = "gmacs") -> pl.DataFrame:
     """Runs of `dataset` (all if None) with their plot group and `cost` (the `axis` column); only each
-    label's newest if asked. Latency groups are per device: times from different hardware never share a plot."""
+    label's newest if asked. Latency groups are per device: times from different hardware never share a plot; and
+    every test set is a group of its own (`harness.report.testsets`)."""
     if dataset is not None:
         runs = runs.filter(pl.col("dataset") == dataset)
     group = pl.when(pl.col("synthetic")).then(pl.col("dataset") + " (synthetic)").otherwise(pl.col("dataset"))
@@ -274,7 +279,7 @@ def select_runs(runs: pl.DataFrame, dataset: str | None, latest_per_label: bool,
     if latest_per_label:
         newest = runs.sort("start_time").unique(["group", "label"], keep="last").select("group", "label", "config_key")
         runs = runs.join(newest, on=["group", "label", "config_key"], how="semi", maintain_order="left")
-    return runs.sort(["group", "cost", "label", "seed"], nulls_last=True)
+    return by_test_set(runs).sort(["group", "cost", "label", "seed"], nulls_last=True)
 
 
 @functools.cache
@@ -291,18 +296,27 @@ def published_points() -> pl.DataFrame:
 _COST_KEYS = ("name", "input", "model_width", "params", "gmacs")  # every cost record has them
 
 
+def _cost_hint(path: Path) -> str:
+    """What a --cost file is; and a command that writes `path` only where nothing is there to overwrite and its name
+    is a preset's."""
+    what = (f"--cost takes a JSON file written by `python -m harness.cost --out` (an object with a \"reports\" list), "
+            f"such as reports/cost/<preset>.json for a preset of {', '.join(PRESETS)}")
+    if path.stem in PRESETS and not (path.exists() or path.is_symlink()):
+        return f"{what}; write this one with `python -m harness.cost --preset {path.stem} --out {path}`"
+    return what
+
+
 def load_costs(paths: list[Path]) -> list[dict]:
     """The records of `python -m harness.cost --out` files, in the order given."""
     records = []
     for path in paths:
-        fix = f"rerun `dvc repro cost@{path.stem}` or `python -m harness.cost --preset {path.stem} --out {path}`"
+        fix = _cost_hint(path)
         try:
             found = json.loads(path.read_text(encoding="utf-8"))["reports"]
         except FileNotFoundError:
             raise UserError(f"cost file {path} does not exist; {fix}") from None
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
-            raise UserError(f"cost file {path} is not a harness.cost report ({type(e).__name__}: {e}); "
-                            f"expected a JSON object with a \"reports\" list; {fix}") from None
+            raise UserError(f"cost file {path} is not a harness.cost report ({type(e).__name__}: {e}); {fix}") from None
         for r in found:
             missing = [k for k in _COST_KEYS if not isinstance(r, dict) or k not in r]
             if missing:

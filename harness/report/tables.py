@@ -1,14 +1,14 @@
-"""The report's tables: benchmark.md, the HTML page around the figure, and DVC's metrics.json."""
+"""The report's tables, as rows of text cells for benchmark.md and the HTML page, and benchmark.md itself."""
 
 from __future__ import annotations
 
-import html
 import math
 
 import polars as pl
 
 from harness.config import PAPER_INPUT
 from harness.report.runs import AXIS_NAMES, PANELS
+from harness.report.testsets import notes
 
 
 def fmt(value, spec: str) -> str:
@@ -86,41 +86,48 @@ def decided_text(c: dict, key: str, name: str) -> str:
             f"[{100 * min(sign * found['lo'], sign * found['hi']):.1f}, {100 * max(sign * found['lo'], sign * found['hi']):.1f}]")
 
 
-def intro(axis: str) -> str:
-    """The paragraph above the tables: what a point is, its interval, units, where latency comes from, the front."""
-    return ("A point is one configuration: its accuracy (percent, best checkpoint, primary protocol) is the mean over "
-            "its seeds, with the 95 % interval of a two-way bootstrap that resamples both the seeds and the queries "
-            "(± seeds: the sample std over seeds). P(front): the share of bootstrap replicates in which no other "
-            "point dominates it; ★ marks the front of the point estimates, which only P(front) >= 0.95 makes sure. "
-            "GMACs = 1e9 multiply-accumulates (not FLOPs) per clip at the run's input, T x H x W; GMACs/tracklet: "
-            "per test tracklet, mean over the test set, under the run's test sampler (dense runs ceil(F / T) clips "
-            "of a tracklet of F frames, the others one); latency: median ms per batch of 1 clip of the BN-folded "
-            "model that evaluation runs, timed with one training worker's resources on the device in 'latency on', "
-            "marked noisy when its range exceeds 25 % of the median or other work used more than a quarter of a core "
-            f"meanwhile. The front is max accuracy, min {AXIS_NAMES[axis]}, within each "
-            f"{'dataset and device' if axis == 'latency' else 'dataset'}.")
+def intro(axis: str) -> list[tuple[str, str]]:
+    """What the tables and the figure show, as (term, meaning) items: a point, its interval, P(front), the front,
+    the units of cost and where latency comes from."""
+    return [
+        ("Point", "one configuration; its accuracy (percent, best checkpoint, primary protocol) is the mean over its "
+                  "seeds."),
+        ("Interval", "95 %, from a two-way bootstrap that resamples both the seeds and the queries; ± seeds: the "
+                     "sample std over seeds."),
+        ("P(front)", "the share of bootstrap replicates in which no other point dominates it; ★ marks the front of "
+                     "the point estimates, which only P(front) >= 0.95 makes sure."),
+        ("Front", f"max accuracy, min {AXIS_NAMES[axis]}, within each "
+                  f"{'dataset and device' if axis == 'latency' else 'dataset'}."),
+        ("GMACs", "1e9 multiply-accumulates (not FLOPs) per clip at the run's input, T x H x W."),
+        ("GMACs/tracklet", "per test tracklet, mean over the test set, under the run's test sampler (dense runs "
+                           "ceil(F / T) clips of a tracklet of F frames, the others one)."),
+        ("Latency", "median ms per batch of 1 clip of the BN-folded model that evaluation runs, timed with one "
+                    "training worker's resources on the device in 'latency on'; noisy when its range exceeds 25 % of "
+                    "the median or other work used more than a quarter of a core meanwhile."),
+    ]
 
 
-_COMPARISON_INTRO = ("Every two trained points of a dataset, paired: the same query draw (and seed draw, where their "
-                     "seeds are the same) for both, so what the two share cancels. A difference is decided when its "
-                     "95 % interval excludes 0; otherwise the data does not rank them.")
+COMPARISON_INTRO = ("Every two trained points of a dataset, paired: the same query draw (and seed draw, where their "
+                    "seeds are the same) for both, so what the two share cancels. A difference is decided when its "
+                    "95 % interval excludes 0; otherwise the data does not rank them.")
 
 
-def _published_rows(published: pl.DataFrame) -> list[list[str]]:
+def published_rows(published: pl.DataFrame) -> list[list[str]]:
+    """One row of PUBLISHED_HEAD per paper result."""
     return [[r["name"], f"{r['rank1_pct']:.1f}", f"{r['map_pct']:.1f}", f"{r['gmacs']:.2f}"]
             for r in published.iter_rows(named=True)]
 
 
-_PUBLISHED_HEAD = ["published model", "rank-1", "mAP", f"GMACs at {PAPER_INPUT.label()} (ours)"]
+PUBLISHED_HEAD = ["published model", "rank-1", "mAP", f"GMACs at {PAPER_INPUT.label()} (ours)"]
 
 
-_COST_HEAD = ["preset", "input T×H×W", "width", "params (M)", "GMACs", "batch", "latency (ms)", "range (ms)",
-              "threads", "device", "peak memory (MiB)"]
+COST_HEAD = ["preset", "input T×H×W", "width", "params (M)", "GMACs", "batch", "latency (ms)", "range (ms)",
+             "threads", "device", "peak memory (MiB)"]
 
 
 
 def cost_rows(records: list[dict]) -> list[list[str]]:
-    """One row of _COST_HEAD per cost record; latency and peak memory are per batch."""
+    """One row of COST_HEAD per cost record; latency and peak memory are per batch."""
     rows = []
     for r in records:
         lat = r.get("latency") or {}
@@ -132,10 +139,10 @@ def cost_rows(records: list[dict]) -> list[list[str]]:
     return rows
 
 
-_COST_INTRO = ("Every preset at the paper's input and width and as this benchmark trains it, from "
-               "`python -m harness.cost`: GMACs per clip; latency (median and range of the timed runs) and peak "
-               "memory per batch of the BN-folded model that evaluation runs, measured on the device named, on "
-               "the machine that ran the cost stage.")
+COST_INTRO = ("Every preset at the paper's input and width and as this benchmark trains it, from "
+              "`python -m harness.cost`: GMACs per clip; latency (median and range of the timed runs) and peak "
+              "memory per batch of the BN-folded model that evaluation runs, measured on the device named, on "
+              "the machine that ran the cost stage.")
 
 
 def markdown(points: pl.DataFrame, published: pl.DataFrame | None, source: str,
@@ -146,71 +153,20 @@ def markdown(points: pl.DataFrame, published: pl.DataFrame | None, source: str,
         cells = [head, ["---"] * len(head), *rows]
         return ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in cells]
 
-    lines = ["# nvan-bench benchmark", "", f"Runs of {source}. {intro(axis)}", ""]
+    lines = ["# nvan-bench benchmark", "", f"Runs of {source}.", "",
+             *(f"- **{term}**: {meaning}" for term, meaning in intro(axis)), ""]
+    not_compared = notes(points)
+    if not_compared:
+        lines += [*(f"- {n}" for n in not_compared), ""]
     for group in points["group"].unique(maintain_order=True):
         lines += [f"## {group}", "", *table(list(COLUMNS), table_rows(points.filter(pl.col("group") == group))), ""]
         pairs = [c for c in comparisons if c["group"] == group]
         if pairs:
-            lines += [f"### Paired comparisons, {group}", "", _COMPARISON_INTRO, "",
+            lines += [f"### Paired comparisons, {group}", "", COMPARISON_INTRO, "",
                       *table(COMPARISON_HEAD, comparison_rows(pairs)), ""]
     if costs:
-        lines += ["## Cost of each preset", "", _COST_INTRO, "", *table(_COST_HEAD, cost_rows(costs)), ""]
+        lines += ["## Cost of each preset", "", COST_INTRO, "", *table(COST_HEAD, cost_rows(costs)), ""]
     if published is not None:
         lines += ["## Published reference (real MARS, Liu et al. BMVC 2019)", "",
-                  *table(_PUBLISHED_HEAD, _published_rows(published)), ""]
+                  *table(PUBLISHED_HEAD, published_rows(published)), ""]
     return "\n".join(lines)
-
-
-def html_page(svg: str, points: pl.DataFrame, published: pl.DataFrame | None, source: str,
-              costs: list[dict] | None = None, axis: str = "gmacs", comparisons: list[dict] = ()) -> str:
-    """pareto.html: the figure with hover tooltips and the tables, inline and offline."""
-    def table(head: list[str], rows: list[list[str]]) -> str:
-        cells = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
-        return f"<table><tr>{''.join(f'<th>{html.escape(h)}</th>' for h in head)}</tr>{cells}</table>"
-
-    parts = []
-    for group in points["group"].unique(maintain_order=True):
-        parts.append(f"<h2>{html.escape(group)}</h2>"
-                     + table(list(COLUMNS), table_rows(points.filter(pl.col("group") == group))))
-        pairs = [c for c in comparisons if c["group"] == group]
-        if pairs:
-            parts.append(f"<h3>Paired comparisons</h3><p>{html.escape(_COMPARISON_INTRO)}</p>"
-                         + table(COMPARISON_HEAD, comparison_rows(pairs)))
-    if costs:
-        parts.append(f"<h2>Cost of each preset</h2><p>{html.escape(_COST_INTRO)}</p>"
-                     + table(_COST_HEAD, cost_rows(costs)))
-    if published is not None:
-        parts.append("<h2>Published reference (real MARS)</h2>" + table(_PUBLISHED_HEAD, _published_rows(published)))
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>nvan-bench: accuracy vs cost</title>
-<style>
-body {{ font-family: sans-serif; margin: 1.5em; }}
-svg {{ max-width: 100%; height: auto; }}
-.point {{ cursor: help; }}
-.point:hover {{ filter: drop-shadow(0 0 3px crimson); }}
-table {{ border-collapse: collapse; font-size: 0.85em; }}
-td, th {{ border: 1px solid #ccc; padding: 2px 6px; text-align: right; }}
-</style></head><body>
-<h1>nvan-bench: accuracy vs cost</h1>
-<p>Runs of {html.escape(source)}. {html.escape(intro(axis))} Hover a point for its run's config and metrics.</p>
-{svg}
-{"".join(parts)}
-</body></html>
-"""
-
-
-def metrics(points: pl.DataFrame, comparisons: list[dict] = ()) -> dict:
-    """DVC metrics, compact: per dataset group, each point's mean rank-1 and mAP (percent) with their 95 % intervals
-    and seed std, its seeds, GMACs and latency; then the paired comparisons (points of percent)."""
-    out: dict = {}
-    for r in points.sort(["group", "label"]).iter_rows(named=True):
-        entry = {"seeds": r["seeds"]}
-        for m in ("rank1", "map"):
-            entry |= {f"{m}_pct": r[f"{m}_pct"], f"{m}_lo": r[f"{m}_lo_pct"], f"{m}_hi": r[f"{m}_hi_pct"],
-                      f"{m}_std": r[f"{m}_std_pct"]}
-        out.setdefault(r["group"], {})[r["label"]] = entry | {"gmacs": r["gmacs"], "latency_ms": r["latency_ms"]}
-    for c in comparisons:
-        out.setdefault("comparisons", {}).setdefault(c["group"], {})[f"{c['a']} - {c['b']}"] = {
-            f"{m}_{k}": (100 * c[m][k] if k in ("diff", "lo", "hi") else c[m][k])
-            for m in ("rank1", "map") for k in ("diff", "lo", "hi", "p_a")}
-    return out

@@ -54,7 +54,11 @@ def format_front(outcome: SweepOutcome, metric: str, protocol: str, cost: str = 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = config_parser("harness.sweep", "Sweep models on Ray Tune: accuracy vs GMACs over non-local placement, reduction, sampling.")
+    parser = config_parser(
+        "harness.sweep", "Sweep models on Ray Tune: accuracy vs GMACs over non-local placement, reduction, sampling.",
+        ["python -m harness.sweep --num-samples 8 --max-concurrent 2 --name cpu-demo",
+         "python -m harness.sweep --resume --name cpu-demo",
+         "python -m harness.sweep --params examples/sweep-8gpu.yaml --address auto"])
     parser.add_argument("--address", help="Ray cluster to join, e.g. 'auto' (default: ray.address, else a local Ray)")
     parser.add_argument("--name", help="sweep name (default: sweep.name, else sweep-<time>)")
     parser.add_argument("--num-samples", type=int, help="trials (default: sweep.num_samples)")

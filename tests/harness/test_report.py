@@ -194,7 +194,8 @@ def test_labels_do_not_overlap():
 def test_report_files(store, tmp_path):
     points = points_of(select_runs(load_runs(*open_experiment(store, "nvan-bench")), "mars", True))
     paths = write_report(points, published_points(), tmp_path, "experiment 'nvan-bench' in test")
-    assert [p.name for p in paths] == ["pareto.png", "pareto.html", "benchmark.md", "metrics.json", "pareto.csv"]
+    assert [p.name for p in paths] == ["pareto.png", "pareto.html", "benchmark.md", "metrics.json", "pareto.csv",
+                                       "metrics"]
     assert paths[0].read_bytes().startswith(b"\x89PNG")
 
     md = paths[2].read_text()
@@ -258,7 +259,8 @@ def test_bad_cost_files_are_user_errors(store, tmp_path, cost_files):
     (bad / "nvan.json").write_text("{not json")
     (bad / "baseline.json").write_text(json.dumps({"reports": [{"name": "baseline", "input": "8x64x32"}]}))
     out = tmp_path / "out"
-    with pytest.raises(UserError, match=r"cost file .*missing\.json does not exist; rerun `dvc repro cost@missing`"):
+    with pytest.raises(UserError, match=r"cost file .*missing\.json does not exist; --cost takes a JSON file written "
+                                        r"by `python -m harness\.cost --out`.*reports/cost/<preset>\.json[^`]*$"):
         build_report(out, mlflow=(store, "nvan-bench"), dataset="mars", cost_files=[cost_files[0], bad / "missing.json"])
     with pytest.raises(UserError, match=r"cost file .*nvan\.json is not a harness\.cost report \(JSONDecodeError"):
         load_costs([bad / "nvan.json"])

@@ -8,6 +8,7 @@ where the machine matches the one the record was made on, and skips elsewhere, s
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -18,9 +19,10 @@ from harness.results.records import read_record, reproducible_part
 from project_copy import DVC, ROOT, copy_project, mismatch, run, strings
 
 SEEDS = yaml.safe_load((ROOT / "params.yaml").read_text())["seeds"]
+PRESETS = ("baseline", "nvan", "ste_nvan")
 
 
-@pytest.mark.parametrize("preset", ["baseline", "nvan", "ste_nvan"])
+@pytest.mark.parametrize("preset", PRESETS)
 def test_committed_records_are_clean_and_complete(preset):
     for seed in SEEDS:
         path = ROOT / "reports" / "runs" / preset / f"seed{seed}.json"
@@ -33,6 +35,21 @@ def test_committed_records_are_clean_and_complete(preset):
         assert all(s["ci95"]["rank1"][0] <= s["rank1"] <= s["ci95"]["rank1"][1] for s in record["scores"].values())
         assert record["cost"]["latency"]["median_s"] > 0 and record["run"]["cpu_capability"]
         assert read_queries(queries_path(path)).height == sum(s["num_queries"] for s in record["scores"].values())
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_committed_metrics_are_each_presets_records(preset):
+    """reports/metrics/<preset>.json, what `dvc metrics show` prints as the preset's row: its seeds' mean scores."""
+    assert sorted(p.name for p in (ROOT / "reports" / "metrics").iterdir()) == [f"{p}.json" for p in PRESETS]
+    found = json.loads((ROOT / "reports" / "metrics" / f"{preset}.json").read_text())
+    records = [read_record(ROOT / "reports" / "runs" / preset / f"seed{seed}.json") for seed in SEEDS]
+    primary = records[0]["config"]["eval"]["protocols"][0]
+    assert found["seeds"] == len(SEEDS)
+    for metric in ("rank1", "map"):
+        mean = 100 * sum(r["scores"][primary][metric] for r in records) / len(records)
+        assert found[metric] == pytest.approx(mean, abs=0.0051)  # rounded to 0.01 points of percent
+        assert found[f"{metric}_lo"] < found[metric] < found[f"{metric}_hi"]
+    assert found["gmacs"] == pytest.approx(records[0]["cost"]["gmacs"], rel=1e-3)
 
 
 @pytest.mark.slow(seconds=220, cores=2)

@@ -4,56 +4,31 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
 from harness.results.records import read_record, reproducible_part
-from project_copy import DVC, ROOT, copy_project, mismatch, run, strings
+from project_copy import (DVC, TINY, TINY_MARS, copy_with_params, merge, mismatch, params_of, ran_stages, run,
+                          strings)
 
 pytestmark = pytest.mark.slow(seconds=300, cores=2)
 
-TINY = {
+TINY_SYNTHETIC = {
     "synthetic": {
-        "mars": {"format": "mars", "identities": 12, "test_identities": 6, "cameras": 3, "tracklets_per_id": 4,
-                 "min_frames": 4, "max_frames": 8, "height": 64, "width": 32, "distractors": 1, "junk": 1, "seed": 0},
+        "mars": TINY_MARS,
         "duke": {"format": "duke", "identities": 8, "test_identities": 4, "cameras": 3, "tracklets_per_id": 4,
                  "min_frames": 4, "max_frames": 8, "height": 64, "width": 32, "distractors": 1, "junk": 0, "seed": 1},
     },
     "seeds": [0, 1],
-    "data": {"frames": 4, "height": 64, "width": 32},
-    "model": {"width": 4},
-    "presets": {"baseline": {}, "nvan": {}, "ste_nvan": {"stripes": [4, 4, 4, 4]}},
-    "cost": {"width": 4, "measure": False},
-    "train": {"epochs": 1, "batch_size": 8, "k": 2, "steps_per_epoch": 2},
-    "eval": {"protocols": ["mars-official"], "bootstrap_resamples": 1000},
-    "report": {"bootstrap_resamples": 1000},
-    "ray": {"cpus_per_worker": 1, "max_failures": 0},
 }
-
-
-def merge(base: dict, extra: dict) -> dict:
-    out = dict(base)
-    for key, value in extra.items():
-        out[key] = merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) and value else value
-    return out
 
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:
     """A git repository holding the project's files (tracked and new), with tiny params committed."""
-    def tiny(dest: Path) -> None:
-        params = merge(yaml.safe_load((ROOT / "params.yaml").read_text()), TINY)
-        (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-
-    return copy_project(tmp_path_factory.mktemp("clone"), lambda name: not name.startswith(("reports/", "dvc.lock")),
-                        untracked=True, edit=tiny)
-
-
-def ran_stages(proc: subprocess.CompletedProcess) -> set[str]:
-    return {line.split("'")[1] for line in proc.stdout.splitlines() if line.startswith("Running stage")}
+    return copy_with_params(tmp_path_factory.mktemp("clone"), merge(params_of("params.yaml"), TINY_SYNTHETIC | TINY))
 
 
 def test_repro_records_reports_and_reruns(repo):

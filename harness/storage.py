@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import os
 import posixpath
+import re
 import uuid
 from pathlib import Path
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlencode
 
 import pyarrow
 import pyarrow.fs as pafs
@@ -58,22 +59,25 @@ def split_credentials(location: str | Path) -> tuple[str, dict[str, str]]:
     text = str(location)
     if not text.startswith("s3://"):
         return text, {}
-    parts = urlsplit(text)
+    rest, _, query_text = text.removeprefix("s3://").partition("?")
     env = {}
-    if parts.username:
-        env["AWS_ACCESS_KEY_ID"] = unquote(parts.username)
-    if parts.password:
-        env["AWS_SECRET_ACCESS_KEY"] = unquote(parts.password)
+    # A pasted AWS secret often holds an unencoded '/': the userinfo runs to the last '@', as redact() reads it.
+    userinfo, at, rest_after = rest.rpartition("@")
+    if at and (not re.search(r"[/#]", userinfo) or ":" in re.split(r"[/#]", userinfo, maxsplit=1)[0]):
+        key, _, secret = userinfo.partition(":")
+        env["AWS_ACCESS_KEY_ID"] = unquote(key)
+        if secret:
+            env["AWS_SECRET_ACCESS_KEY"] = unquote(secret)
+        rest = rest_after
     query = []
-    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+    for key, value in parse_qsl(query_text, keep_blank_values=True):
         if key in _S3_QUERY_CREDENTIALS:
             env[_S3_QUERY_CREDENTIALS[key]] = value
         else:
             query.append((key, value))
     if not env:
         return text, {}
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit((parts.scheme, host, parts.path, urlencode(query, safe=":/"), parts.fragment)), env
+    return f"s3://{rest}" + (f"?{urlencode(query, safe=':/')}" if query else ""), env
 
 
 def resolve(location: str | Path) -> tuple[pafs.FileSystem, str]:
@@ -83,7 +87,7 @@ def resolve(location: str | Path) -> tuple[pafs.FileSystem, str]:
     try:
         return pafs.FileSystem.from_uri(str(location))
     except (pyarrow.ArrowException, OSError, ValueError) as e:
-        raise UserError(f"ray.storage_path {redact(location)}: pyarrow cannot open it ({e}); give a folder every node "
+        raise UserError(f"ray.storage_path {redact(location)}: pyarrow cannot open it ({redact(str(e))}); give a folder every node "
                         f"mounts, or a URI of a filesystem pyarrow supports ({', '.join(STORAGE_SCHEMES)}) with its "
                         f"credentials set in the environment of every node") from None
 

@@ -61,3 +61,18 @@ def test_a_storage_uri_with_an_unencoded_secret_is_refused_without_it(cli, tiny_
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     assert "s3://***@bucket/runs" in done.stderr
     assert not [s for s in ("AKIAEXAMPLE", "probe", "SECRET") if s in done.stderr], done.stderr
+
+
+@pytest.mark.parametrize("uri, bare, env", [
+    ("s3://KEY:SE%2FCRET@b/p?region=x", "s3://b/p?region=x", {"AWS_ACCESS_KEY_ID": "KEY", "AWS_SECRET_ACCESS_KEY": "SE/CRET"}),
+    ("s3://KEY:se/cr@et@b/p", "s3://b/p", {"AWS_ACCESS_KEY_ID": "KEY", "AWS_SECRET_ACCESS_KEY": "se/cr@et"}),
+    ("s3://b/p?access_key=K&secret_key=S&session_token=T&endpoint_override=h:9000", "s3://b/p?endpoint_override=h:9000",
+     {"AWS_ACCESS_KEY_ID": "K", "AWS_SECRET_ACCESS_KEY": "S", "AWS_SESSION_TOKEN": "T"}),
+    ("s3://b/name@v2/p", "s3://b/name@v2/p", {}),
+    ("gs://user:pw@b/p", "gs://user:pw@b/p", {}),  # not S3: its keys stay with the node's environment
+    ("/shared/ray", "/shared/ray", {}),
+])
+def test_a_sweep_hands_ray_an_s3_uri_without_its_keys(uri, bare, env):
+    from harness.storage import split_credentials
+
+    assert split_credentials(uri) == (bare, env)

@@ -88,9 +88,8 @@ def resolve(location: str | Path) -> tuple[pafs.FileSystem, str]:
         return pafs.FileSystem.from_uri(str(location))
     except (pyarrow.ArrowException, OSError, ValueError) as e:
         raise UserError(f"ray.storage_path {redact(location)}: pyarrow cannot open it ({redact(str(e))}); give a folder "
-                        f"every node "
-                        f"mounts, or a URI of a filesystem pyarrow supports ({', '.join(STORAGE_SCHEMES)}) with its "
-                        f"credentials set in the environment of every node") from None
+                        f"every node mounts, or a URI of a filesystem pyarrow supports ({', '.join(STORAGE_SCHEMES)}) "
+                        f"with its credentials set in the environment of every node") from None
 
 
 def info(location: str | Path) -> pafs.FileType:

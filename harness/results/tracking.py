@@ -146,6 +146,17 @@ def set_tags(client: MlflowClient, run_id: str, tags: dict[str, str]) -> None:
     client.log_batch(run_id, tags=[RunTag(k, redact(str(v))) for k, v in tags.items()])
 
 
+# A run's nvan.status, and the MLflow end state it is closed with (what the UI's status column shows).
+END_STATES = {"finished": "FINISHED", "early-stopped": "KILLED", "failed": "FAILED", "interrupted": "KILLED",
+              "preempted": "KILLED"}
+
+
+def close_run(client: MlflowClient, run_id: str, status: str) -> None:
+    """Close a run as `status` (a key of END_STATES): its nvan.status tag, then MLflow's end state."""
+    set_tags(client, run_id, {"nvan.status": status})
+    client.set_terminated(run_id, END_STATES[status])
+
+
 def find_run(client: MlflowClient, experiment_id: str, tag: str, value: str) -> str | None:
     """The id of the newest run in the experiment whose tag `tag` equals `value`, if any."""
     runs = client.search_runs([experiment_id], filter_string=f"tags.`{tag}` = '{value}'",

@@ -33,7 +33,7 @@ from harness.config import Config
 from harness.params import flatten, override
 from harness.io import atomic_path, check_writable
 from harness.redact import redact
-from harness.results.tracking import connect, git_commit, log_metrics, set_tags, start_run
+from harness.results.tracking import close_run, connect, git_commit, log_metrics, set_tags, start_run
 from harness.train.driver import check_inputs
 from harness.train.session import check_resources, ray_session
 from harness.sweep.space import cost_key, expected_trials, scheduler_for, search_setup, trial_base
@@ -237,7 +237,4 @@ def close_parent(base: Config, run_id: str, results: pl.DataFrame, path: Path, c
               for s in ("finished", "early-stopped", "infeasible", "failed", "interrupted", "preempted")}
     log_metrics(client, run_id, counts | {"sweep.trials": results.height, "sweep.pareto": int(results["pareto"].sum())})
     client.log_artifact(run_id, str(path))
-    status = sweep_status(results, complete)
-    set_tags(client, run_id, {"nvan.status": status})
-    client.set_terminated(run_id, {"finished": "FINISHED", "failed": "FAILED", "interrupted": "KILLED",
-                                   "preempted": "KILLED"}[status])
+    close_run(client, run_id, sweep_status(results, complete))

@@ -21,7 +21,7 @@ from harness.prepared import prepared_dataset
 from harness.evaluate.queries import outcomes_of, queries_path, read_queries
 from harness.evaluate.statistics import SCORES, Sample, front_probability, interval, query_values, replicates
 from harness.results.records import read_record, write_record
-from harness.results.tracking import connect, find_run, log_metrics, set_tags, start_run
+from harness.results.tracking import END_STATES, close_run, connect, find_run, log_metrics, set_tags, start_run
 from harness.train.driver import check_inputs, fit
 from harness.train.result import FINAL_KEYS
 from harness.train.run_cost import run_cost
@@ -247,10 +247,6 @@ def trial_outcome(tune_status: str, record: dict | None, infeasible: bool, other
     return "interrupted"
 
 
-MLFLOW_END = {"finished": "FINISHED", "early-stopped": "KILLED", "failed": "FAILED", "interrupted": "KILLED",
-              "preempted": "KILLED"}
-
-
 def close_trials(base: Config, trials: list, sweep_name: str, parent_run_id: str) -> tuple[pl.DataFrame, bool]:
     """One row per Tune trial, built from its seeds' run records; MLflow runs and records closed to match.
 
@@ -332,13 +328,12 @@ def close_seed_runs(client, paths: list[str], records: list[dict | None], status
         if record["status"] != status:
             write_record(path, record | {"status": status})
         run_id = record.get("run", {}).get("mlflow_run_id")
-        if run_id and status in MLFLOW_END and client.get_run(run_id).data.tags.get("nvan.status") != status:
+        if run_id and status in END_STATES and client.get_run(run_id).data.tags.get("nvan.status") != status:
             best = record["scores"].get(record["config"]["eval"]["protocols"][0], {})
             if status in ("early-stopped", "finished"):
                 log_metrics(client, run_id, {f"best.{k}": best[k] for k in FINAL_KEYS if k in best}
                             | {"best.epoch": record["best_epoch"]}, step=max(record["epochs"] - 1, 0))
-            set_tags(client, run_id, {"nvan.status": status})
-            client.set_terminated(run_id, MLFLOW_END[status])
+            close_run(client, run_id, status)
 
 
 def with_uncertainty(frame: pl.DataFrame, queries: dict[int, list[str]], protocol: str, cost: str,

@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mlflow import MlflowClient
+
 from datasets.progress import Progress
 from harness import storage
 from harness.config import Config
@@ -21,7 +23,7 @@ from harness.params import flatten, override
 from harness import preemption
 from harness.cli import UserError
 from harness.results.records import read_record, run_config, write_record
-from harness.results.tracking import connect, find_run, set_tags, start_run, tracking_uri
+from harness.results.tracking import close_run, connect, find_run, set_tags, start_run, tracking_uri
 from harness.train.driver import TrainingInterrupted, absolute_paths, check_inputs, fit
 from harness.train.result import TrainResult
 from harness.train.run_cost import run_cost
@@ -59,11 +61,11 @@ def _fit_seed(config: dict[str, Any], cwd: str, name: str, resume: bool, record_
 
 class SeedsInterrupted(TrainingInterrupted):
     """Ctrl-C or SIGTERM during --all-seeds: `ray_run` names the set (what --resume takes), `stopped` maps the Ray run
-    of each seed that had not finished to its record. Close them with `close_stopped` once Ray is shut down."""
+    of each seed that had not finished to its record, `seed_set_run_id` is the set's MLflow parent run. Close them with `close_stopped` once Ray is shut down."""
 
-    def __init__(self, name: str, preempted: bool, stopped: dict[str, Path]) -> None:
+    def __init__(self, name: str, preempted: bool, stopped: dict[str, Path], seed_set_run_id: str) -> None:
         super().__init__(name, preempted)
-        self.stopped = stopped
+        self.stopped, self.seed_set_run_id = stopped, seed_set_run_id
 
 
 def fit_seeds(config: Config, seeds: list[int], out_dir: Path, name: str, resume: bool = False) -> list[TrainResult]:
@@ -91,7 +93,8 @@ def fit_seeds(config: Config, seeds: list[int], out_dir: Path, name: str, resume
     slots = max(1, min(int(have.get(k, 0) // (config.ray.num_workers * v)) for k, v in worker_resources(config).items()))
     log.info("training %s with seeds %s (%d to train), %d at once", config.model.preset, seeds, len(todo),
              min(slots, len(todo)))
-    seed_set = {"name": name, "run_id": open_seed_set(config, name, seeds)}
+    client, experiment_id = connect(tracking_uri(config.mlflow.tracking_uri), config.mlflow.experiment)
+    seed_set = {"name": name, "run_id": open_seed_set(client, experiment_id, config, name, seeds)}
 
     def start(seed: int):
         run = seed_run_name(name, seed)
@@ -105,19 +108,18 @@ def fit_seeds(config: Config, seeds: list[int], out_dir: Path, name: str, resume
         _wait(todo, start, slots, records, config.train.epochs, results)
     except KeyboardInterrupt:  # Ctrl-C, or a SIGTERM (Preempted, or what Ray made of it)
         stopped = {seed_run_name(name, seed): records[seed] for seed in todo if seed not in results}
-        raise SeedsInterrupted(name, preemption.requested(), stopped) from None
+        raise SeedsInterrupted(name, preemption.requested(), stopped, seed_set["run_id"]) from None
     except Exception:
-        close_seed_set(config, seed_set["run_id"], "failed")
+        close_run(client, seed_set["run_id"], "failed")
         raise
-    close_seed_set(config, seed_set["run_id"], "finished")
+    close_run(client, seed_set["run_id"], "finished")
     return [results[seed] for seed in todo]
 
 
-def open_seed_set(config: Config, name: str, seeds: list[int]) -> str:
+def open_seed_set(client: MlflowClient, experiment_id: str, config: Config, name: str, seeds: list[int]) -> str:
     """The MLflow parent run of one --all-seeds call (`name`), which nests its seeds' runs: the one started before,
     when resuming it, else a new one holding the params the seeds share."""
-    found = find_seed_set(config, name)
-    client, experiment_id = connect(tracking_uri(config.mlflow.tracking_uri), config.mlflow.experiment)
+    found = _seed_set(client, experiment_id, name)
     if found:
         set_tags(client, found, {"nvan.status": "running"})
         return found
@@ -129,17 +131,13 @@ def open_seed_set(config: Config, name: str, seeds: list[int]) -> str:
 
 def find_seed_set(config: Config, name: str) -> str | None:
     """The id of the MLflow parent run of the seed set `name`, None if there is none."""
-    client, experiment_id = connect(tracking_uri(config.mlflow.tracking_uri), config.mlflow.experiment)
+    return _seed_set(*connect(tracking_uri(config.mlflow.tracking_uri), config.mlflow.experiment), name)
+
+
+def _seed_set(client: MlflowClient, experiment_id: str, name: str) -> str | None:
     found = client.search_runs([experiment_id], filter_string=f"tags.`nvan.kind` = 'seeds' and "
                                                               f"tags.`{SEED_SET_TAG}` = '{name}'", max_results=1)
     return found[0].info.run_id if found else None
-
-
-def close_seed_set(config: Config, run_id: str, status: str) -> None:
-    """Close a seed set's parent run as finished, failed, interrupted or preempted."""
-    client, _ = connect(tracking_uri(config.mlflow.tracking_uri), config.mlflow.experiment)
-    set_tags(client, run_id, {"nvan.status": status})
-    client.set_terminated(run_id, {"finished": "FINISHED", "failed": "FAILED"}.get(status, "KILLED"))
 
 
 def _classes(config: Config) -> int:
@@ -185,14 +183,11 @@ def close_stopped(config: Config, stop: SeedsInterrupted) -> None:
     epoch over it."""
     status = "preempted" if stop.preempted else "interrupted"
     client, experiment_id = connect(tracking_uri(config.mlflow.tracking_uri), config.mlflow.experiment)
-    seed_set = find_seed_set(config, stop.ray_run)
-    if seed_set:
-        close_seed_set(config, seed_set, status)
+    close_run(client, stop.seed_set_run_id, status)
     for ray_run, record in stop.stopped.items():
         run_id = find_run(client, experiment_id, "nvan.ray_run", ray_run)
         if run_id and client.get_run(run_id).data.tags.get("nvan.status") != "finished":
-            set_tags(client, run_id, {"nvan.status": status})
-            client.set_terminated(run_id, "KILLED")
+            close_run(client, run_id, status)
         if not record.exists():
             continue  # the seed stopped before its first epoch was recorded
         try:

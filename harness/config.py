@@ -191,11 +191,12 @@ class TrainConfig(Section):
         "avx2", description="x86 CPU kernels of the training workers: avx2 pins them, so CPU training gives "
                             "the same numbers on AVX-512 machines too; native lets torch choose (faster there)")
     steps_per_epoch: int | None = Field(None, ge=1, description="cap on steps per epoch; null = one pass of the P x K sampler")
-    keep_checkpoints: int = Field(2, ge=1, description="best checkpoints kept by score; the latest is always kept")
+    keep_checkpoints: int = Field(2, ge=1, description="checkpoints kept: the newest under eval.select last, the best "
+                                                       "by eval.select_by under test; the latest is always kept")
     checkpoint_every: int | None = Field(
         None, ge=1, description="epochs between full checkpoints besides evaluation epochs; null: evaluation epochs only")
-    log_checkpoint: bool = Field(False, description="log the best epoch's checkpoint (the weights the scores are of) "
-                                                  "to MLflow as artifacts")
+    log_checkpoint: bool = Field(False, description="log the reported epoch's checkpoint (the weights the scores are "
+                                                  "of, eval.select) to MLflow as artifacts")
 
     @model_validator(mode="after")
     def _pk(self) -> TrainConfig:
@@ -215,13 +216,15 @@ class EvalConfig(Section):
     every: int = Field(2, ge=1, description="epochs between evaluations (the last epoch is always evaluated)")
     protocols: list[Literal["mars-official", "standard"]] = ["mars-official", "standard"]
     metric: Literal["cosine", "euclidean"] = "cosine"
-    select_by: Literal["rank1", "map"] = "map"
+    select: Literal["last", "test"] = Field(
+        "last", description="the evaluation a run reports: last (the trained model; earlier evaluations only go into "
+                            "its history) or test (the best by eval.select_by on the test set, as the authors' "
+                            "train_NL.py: optimistic, as it chooses on the data it reports)")
+    select_by: Literal["rank1", "map"] = Field("map", description="the metric eval.select test chooses by")
     sampler: Literal["chunk_first", "segment_first", "dense", "evenly"] = "chunk_first"
     batch_size: int = Field(8, ge=1, description="clips per inference forward: one per tracklet; dense packs the "
                                                  "clips of several tracklets")
     compile: bool = Field(False, description="torch.compile the BN-folded inference model at each evaluation")
-    bootstrap_resamples: int = Field(2000, ge=1000, description="resamples of the query bootstrap behind each run "
-                                                                "record's 95 % intervals")
 
 
 class RayConfig(Section):
@@ -268,8 +271,8 @@ class ReportConfig(Section):
     cost_axis: Literal["gmacs", "gmacs_tracklet", "latency"] = Field(
         "gmacs", description="x axis: GMACs per clip, GMACs per test tracklet under eval.sampler, or latency "
                              "(ms per clip) measured on each run's training device (one row of panels per device)")
-    bootstrap_resamples: int = Field(2000, ge=1000, description="replicates of the seeds x queries bootstrap behind "
-                                                                "every interval, comparison and P(front) of a report")
+    draws: int = Field(2000, ge=1000, description="draws from each point's approximate sampling distribution behind "
+                                                  "P(on the front)")
 
 
 # Temporal-pool choices of a sweep as scalar keys (Optuna wants scalar categories).

@@ -78,8 +78,8 @@ TINY = {
     "presets": {"baseline": {}, "nvan": {}, "ste_nvan": {"stripes": [4, 4, 4, 4]}},
     "cost": {"width": 4, "measure": False},
     "train": {"epochs": 1, "batch_size": 8, "k": 2, "steps_per_epoch": 2},
-    "eval": {"protocols": ["mars-official"], "bootstrap_resamples": 1000},
-    "report": {"bootstrap_resamples": 1000},
+    "eval": {"protocols": ["mars-official"]},
+    "report": {"draws": 1000},
     "ray": {"cpus_per_worker": 1, "max_failures": 0},
 }
 # A tiny synthetic MARS: 6 training identities (P x K = 4 x 2 fits) and a test split of 6 seen by 3 cameras.

@@ -14,7 +14,7 @@ from harness.config import Config
 from harness.evaluate.features import extract_features, load_features, save_features, score_features
 from harness.evaluate.metrics import Scores
 from harness.evaluate.queries import scores_table, write_queries
-from harness.evaluate.statistics import query_interval, query_values
+from harness.evaluate.statistics import query_interval, table_values
 from harness.io import check_writable, write_json_atomic
 from harness.precision import set_tf32
 from harness.prepared import prepared_dataset
@@ -92,11 +92,11 @@ def main(argv: list[str] | None = None) -> int:
             save_features(args.save_features, features, rows)
             log.info("saved features to %s", args.save_features)
     scores = score_features(features, rows, protocols, metric)
-    intervals = {name: query_interval(query_values(s.outcomes), config.eval.bootstrap_resamples)
-                 for name, s in scores.items()}
+    queries = scores_table(scores, rows)  # with each query's identity, which clusters the queries
+    intervals = {name: query_interval(*table_values(queries, name)) for name in scores}
     print(format_scores(scores, intervals))
     if args.queries:
-        write_queries(args.queries, scores_table(scores, rows))
+        write_queries(args.queries, queries)
     if args.out:
         write_json_atomic(args.out, {name: s.as_dict() | {"cmc": s.cmc.tolist(), "ci95": intervals[name]}
                                      for name, s in scores.items()})

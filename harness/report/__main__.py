@@ -9,9 +9,18 @@ import polars as pl
 from harness.cli import UserError, config_parser, load_from_args, run
 from harness.report.build import build_report
 from harness.report.runs import AXES
-from harness.report.tables import decided_text, fmt, latency_text, plus_minus
+from harness.report.tables import decided_text, fmt, latency_text, plus_minus, point_notes
 from harness.report.testsets import notes
 from harness.results.tracking import tracking_uri
+
+
+def comparison_summary(pairs: list[dict]) -> str:
+    """'k of n comparisons decided (per-comparison 95 %; m survive Holm)', then the decided ones."""
+    found = [(c, key, name) for c in pairs for key, name in (("rank1", "rank-1"), ("map", "mAP"))]
+    decided = [decided_text(c, key, name) for c, key, name in found if c[key]["decided"]]
+    holm = sum(c[key]["decided_holm"] for c, key, _ in found)
+    return (f"  {len(decided)} of {len(found)} comparisons decided (per-comparison 95 %; {holm} survive Holm)"
+            + (": " + "; ".join(decided) if decided else ""))
 
 
 def format_summary(points: pl.DataFrame, comparisons: list[dict] = ()) -> str:
@@ -29,12 +38,10 @@ def format_summary(points: pl.DataFrame, comparisons: list[dict] = ()) -> str:
                          f"{fmt(r['rank1_std_pct'], '.1f'):>6}{fmt(r['p_front_rank1'], '.2f'):>6}"
                          f"{plus_minus(r, 'map'):>14}{fmt(r['map_std_pct'], '.1f'):>6}{fmt(r['p_front_map'], '.2f'):>6}"
                          f"{fmt(r['gmacs'], '.4g'):>9}{latency_text(r):>14}{fmt(r['train_s'], '.0f'):>11}")
+        lines += [f"  note: {n}" for n in point_notes(rows)]
         pairs = [c for c in comparisons if c["group"] == group]
-        decided = [decided_text(c, key, name) for c in pairs for key, name in (("rank1", "rank-1"), ("map", "mAP"))
-                   if c[key]["decided"]]
         if pairs:
-            lines.append("  decided (95 % paired interval excludes 0): " + ("; ".join(decided) if decided else "none")
-                         + f"; {2 * len(pairs) - len(decided)} of {2 * len(pairs)} comparisons not decided")
+            lines.append(comparison_summary(pairs))
         total = rows["train_s"].drop_nulls().sum()
         if total:
             lines.append(f"  training took {total:.0f} s in all ({total / 60:.1f} min), seeds summed")
@@ -75,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     _, points, comparisons = build_report(args.out_dir or cfg.report.out_dir, records=args.runs, sweeps=args.sweep, mlflow=mlflow,
                              dataset=args.dataset or cfg.report.dataset, latest_per_label=cfg.report.latest_per_label,
                              published=cfg.report.published, cost_files=args.cost,
-                             axis=args.cost_axis or cfg.report.cost_axis, resamples=cfg.report.bootstrap_resamples)
+                             axis=args.cost_axis or cfg.report.cost_axis, draws=cfg.report.draws)
     print(format_summary(points, comparisons))
     return 0
 

@@ -24,37 +24,49 @@ import polars as pl
 from harness.cli import UserError
 from harness.io import atomic_path, check_writable, write_json_atomic
 from harness.measure.cost import UNITS as COST_UNITS
-from harness.report.plot import draw, svg_with_tooltips
-from harness.evaluate.statistics import DEFAULT_RESAMPLES
+from harness.report.plot import draw, draw_epochs, svg_with_tooltips
+from harness.evaluate.statistics import DEFAULT_DRAWS
 from harness.report.points import with_uncertainty
 from harness.report.runs import (INTERVAL_METRICS, METRICS, collect_runs, load_costs, no_runs_message,
                                  published_points, select_runs)
 from harness.report.html import html_page
-from harness.report.metric_files import metrics, write_point_metrics
+from harness.report.metric_files import comparison_metrics, metrics, write_point_metrics
 from harness.report.tables import markdown
 
 log = logging.getLogger("harness.report")
 
 
 
+def epochs_svg(runs: pl.DataFrame | None) -> str | None:
+    """The accuracy-against-epoch figure of `runs` as inline SVG with tooltips, or None where no run has a history."""
+    drawn = None if runs is None else draw_epochs(runs)
+    return None if drawn is None else svg_with_tooltips(*drawn)
+
+
 def write_report(points: pl.DataFrame, published: pl.DataFrame | None, out_dir: Path, source: str,
-                 costs: list[dict] | None = None, axis: str = "gmacs", comparisons: list[dict] = ()) -> list[Path]:
-    """Write pareto.png/.html, benchmark.md, metrics.json, pareto.csv, metrics/ (a file per point; harness/report/
+                 costs: list[dict] | None = None, axis: str = "gmacs", comparisons: list[dict] = (),
+                 runs: pl.DataFrame | None = None) -> list[Path]:
+    """Write pareto.png/.html (with the accuracy-against-epoch figure of `runs`, the runs behind `points`),
+    benchmark.md, metrics.json, comparisons.json, pareto.csv, metrics/ (a file per point; harness/report/
     metric_files.py) and cost.json where there are costs, each file atomically; return them."""
     fig, tips = draw(points, published, axis)
-    paths = [out_dir / n for n in ("pareto.png", "pareto.html", "benchmark.md", "metrics.json", "pareto.csv")]
+    names = ("pareto.png", "pareto.html", "benchmark.md", "metrics.json", "comparisons.json", "pareto.csv")
+    paths = [out_dir / n for n in names]
     with atomic_path(paths[0]) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     with atomic_path(paths[1]) as tmp:
-        tmp.write_text(html_page(svg_with_tooltips(fig, tips), points, published, source, costs, axis, comparisons))
+        tmp.write_text(html_page(svg_with_tooltips(fig, tips), points, published, source, costs, axis, comparisons,
+                                 epochs_svg(runs)))
     with atomic_path(paths[2]) as tmp:
         tmp.write_text(markdown(points, published, source, costs, axis, comparisons))
-    write_json_atomic(paths[3], metrics(points, comparisons))
-    with atomic_path(paths[4]) as tmp:
+    write_json_atomic(paths[3], metrics(points))
+    write_json_atomic(paths[4], comparison_metrics(comparisons))
+    with atomic_path(paths[5]) as tmp:
         columns = ("group", "dataset", "synthetic", "label", "kind", "status", "seeds", "input", "gmacs",
                    "gmacs_tracklet", "latency_ms", "latency_device", *(f"{m}_pct" for m in METRICS),
                    *(f"{m}_{s}_pct" for m in INTERVAL_METRICS for s in ("lo", "hi", "std")),
-                   "pareto_rank1", "pareto_map", "p_front_rank1", "p_front_map", "run_id")
+                   "pareto_rank1", "pareto_map", "p_front_rank1", "p_front_map", "sure_rank1", "sure_map",
+                   "hardware", "selection", "run_id")
         points.select(columns).write_csv(tmp, float_precision=4)
     paths.append(out_dir / "metrics")
     write_point_metrics(paths[-1], points)
@@ -68,11 +80,12 @@ def write_report(points: pl.DataFrame, published: pl.DataFrame | None, out_dir: 
 def build_report(out_dir: Path, *, records: list[Path] = (), sweeps: list[Path] = (),
                  mlflow: tuple[str, str] | None = None, dataset: str | None = None, latest_per_label: bool = True,
                  published: bool = True, cost_files: list[Path] | None = None, axis: str = "gmacs",
-                 resamples: int = DEFAULT_RESAMPLES) -> tuple[list[Path], pl.DataFrame, list[dict]]:
+                 draws: int = DEFAULT_DRAWS) -> tuple[list[Path], pl.DataFrame, list[dict]]:
     """Write every report into `out_dir` from run records and sweep tables (or an MLflow experiment), accuracy
-    against the cost `axis` (report.cost_axis), intervals from `resamples` bootstrap replicates; return the files
-    written, the plotted points and the paired comparisons."""
-    for name in ("pareto.png", "pareto.html", "benchmark.md", "metrics.json", "pareto.csv", "cost.json"):
+    against the cost `axis` (report.cost_axis), P(front) from `draws` draws of the points' sampling distribution;
+    return the files written, the plotted points and the paired comparisons."""
+    for name in ("pareto.png", "pareto.html", "benchmark.md", "metrics.json", "comparisons.json", "pareto.csv",
+                 "cost.json"):
         check_writable(out_dir / name)
     costs = load_costs(cost_files or [])
     every, source = collect_runs(records=records, sweeps=sweeps, mlflow=mlflow)
@@ -84,10 +97,10 @@ def build_report(out_dir: Path, *, records: list[Path] = (), sweeps: list[Path] 
             raise UserError(no_runs_message(*mlflow, dataset, why))
         raise UserError(f"nothing to report: {source} hold no run{f' of dataset {dataset!r}' if dataset else ''} "
                         f"({why}); pass --runs FILE for each run record, or --dataset NAME")
-    points, comparisons = with_uncertainty(runs, resamples)
+    points, comparisons = with_uncertainty(runs, draws)
     # The paper's numbers have GMACs per clip from our cost model, and no latency on any device of ours.
     refs = published_points() if published and axis == "gmacs" and (points["dataset"] == "mars").any() else None
-    paths = write_report(points, refs, out_dir, source, costs, axis, comparisons)
+    paths = write_report(points, refs, out_dir, source, costs, axis, comparisons, runs)
     log.info("%d runs as %d points in %d dataset group(s) -> %s", len(runs), len(points), points["group"].n_unique(),
              ", ".join(str(p) for p in paths))
     return paths, points, comparisons

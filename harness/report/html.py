@@ -6,8 +6,8 @@ import html
 
 import polars as pl
 
-from harness.report.tables import (COLUMNS, COMPARISON_HEAD, COMPARISON_INTRO, COST_HEAD, COST_INTRO, PUBLISHED_HEAD,
-                                   comparison_rows, cost_rows, intro, published_rows, table_rows)
+from harness.report.tables import (COST_HEAD, COST_INTRO, PUBLISHED_HEAD, Table, cost_rows, group_tables, intro,
+                                   published_rows)
 from harness.report.testsets import notes
 
 # A wide table scrolls inside its own box instead of widening the page; its cells keep each number on one line.
@@ -22,6 +22,10 @@ table { border-collapse: collapse; font-size: 0.85em; }
 td, th { border: 1px solid #ccc; padding: 2px 6px; text-align: right; }
 td { white-space: nowrap; }
 """
+EPOCHS_INTRO = ("Rank-1 and mAP (percent) at each evaluated epoch of every run behind the report's points: one line "
+                "per seed, one colour per point. Hover a line for its point and seed.")
+NO_EPOCHS = ("No run of this report recorded its accuracy at each evaluated epoch (records from before run records "
+             "kept a history, MLflow runs and sweep trials do not).")
 
 
 def _table(head: list[str], rows: list[list[str]]) -> str:
@@ -30,19 +34,27 @@ def _table(head: list[str], rows: list[list[str]]) -> str:
     return f'<div class="scroll"><table><tr>{head_cells}</tr>{cells}</table></div>'
 
 
+def _block(table: Table) -> str:
+    """A Table as HTML: its title (h3), paragraphs before, the table, paragraphs after."""
+    title = f"<h3>{html.escape(table.title)}</h3>" if table.title else ""
+    before = "".join(f"<p>{html.escape(p)}</p>" for p in table.before)
+    after = "".join(f"<p>{html.escape(p)}</p>" for p in table.after)
+    return title + before + _table(table.head, table.rows) + after
+
+
 def html_page(svg: str, points: pl.DataFrame, published: pl.DataFrame | None, source: str,
-              costs: list[dict] | None = None, axis: str = "gmacs", comparisons: list[dict] = ()) -> str:
-    """pareto.html: what the page shows as a short list, the figure, then one table per dataset group with its
-    paired comparisons, the cost table and the paper's numbers; inline and offline."""
+              costs: list[dict] | None = None, axis: str = "gmacs", comparisons: list[dict] = (),
+              epochs: str | None = None) -> str:
+    """pareto.html: what the page shows as a short list, the Pareto figure, then each dataset group's tables, the
+    accuracy-against-epoch figure (`epochs`, inline SVG), the cost table and the paper's numbers; inline and
+    offline."""
     terms = "".join(f"<li><b>{html.escape(t)}</b>: {html.escape(m)}</li>" for t, m in intro(axis))
     parts = [f"<p>{html.escape(n)}</p>" for n in notes(points)]
     for group in points["group"].unique(maintain_order=True):
-        parts.append(f"<h2>{html.escape(group)}</h2>"
-                     + _table(list(COLUMNS), table_rows(points.filter(pl.col("group") == group))))
-        pairs = [c for c in comparisons if c["group"] == group]
-        if pairs:
-            parts.append(f"<h3>Paired comparisons</h3><p>{html.escape(COMPARISON_INTRO)}</p>"
-                         + _table(COMPARISON_HEAD, comparison_rows(pairs)))
+        tables = group_tables(points.filter(pl.col("group") == group), [c for c in comparisons if c["group"] == group])
+        parts.append(f"<h2>{html.escape(group)}</h2>" + "".join(_block(t) for t in tables))
+    parts.append("<h2>Accuracy against epoch</h2>"
+                 + (f"<p>{html.escape(EPOCHS_INTRO)}</p>{epochs}" if epochs else f"<p>{html.escape(NO_EPOCHS)}</p>"))
     if costs:
         parts.append(f"<h2>Cost of each preset</h2><p>{html.escape(COST_INTRO)}</p>"
                      + _table(COST_HEAD, cost_rows(costs)))
@@ -53,7 +65,7 @@ def html_page(svg: str, points: pl.DataFrame, published: pl.DataFrame | None, so
 <title>nvan-bench: accuracy vs cost</title>
 <style>{_STYLE}</style></head><body>
 <h1>nvan-bench: accuracy vs cost</h1>
-<p>Runs of {html.escape(source)}.</p>
+<p>From {html.escape(source)}.</p>
 <ul>{terms}</ul>
 <p>Hover a point for its run's config and metrics.</p>
 {svg}

@@ -1,5 +1,5 @@
-"""The report's metrics as JSON: metrics.json (every point and paired comparison) and metrics/, one small file per
-point, which DVC reads as the pipeline's metrics.
+"""The report's metrics as JSON: metrics.json (every point), comparisons.json (every paired comparison) and metrics/,
+one small file per point, which DVC reads as the pipeline's metrics.
 
 `dvc metrics show` prints one row per metrics file and one column per key: a file per point with a few short keys
 reads as a results table (a row per preset), where one nested file made a single row of every point's every number.
@@ -17,9 +17,9 @@ from harness.cli import UserError
 from harness.io import write_json_atomic
 
 
-def metrics(points: pl.DataFrame, comparisons: list[dict] = ()) -> dict:
+def metrics(points: pl.DataFrame) -> dict:
     """metrics.json: per dataset group, each point's mean rank-1 and mAP (percent) with their 95 % intervals and seed
-    std, its seeds, GMACs and latency; then the paired comparisons (points of percent)."""
+    std, its seeds, GMACs and latency."""
     out: dict = {}
     for r in points.sort(["group", "label"]).iter_rows(named=True):
         entry = {"seeds": r["seeds"]}
@@ -27,10 +27,6 @@ def metrics(points: pl.DataFrame, comparisons: list[dict] = ()) -> dict:
             entry |= {f"{m}_pct": r[f"{m}_pct"], f"{m}_lo": r[f"{m}_lo_pct"], f"{m}_hi": r[f"{m}_hi_pct"],
                       f"{m}_std": r[f"{m}_std_pct"]}
         out.setdefault(r["group"], {})[r["label"]] = entry | {"gmacs": r["gmacs"], "latency_ms": r["latency_ms"]}
-    for c in comparisons:
-        out.setdefault("comparisons", {}).setdefault(c["group"], {})[f"{c['a']} - {c['b']}"] = {
-            f"{m}_{k}": (100 * c[m][k] if k in ("diff", "lo", "hi") else c[m][k])
-            for m in ("rank1", "map") for k in ("diff", "lo", "hi", "p_a")}
     return out
 
 
@@ -38,15 +34,44 @@ def _round(value: float | None, digits: int) -> float | None:
     return None if value is None else round(value, digits)
 
 
+COMPARISON_UNITS = {
+    "diff, lo, hi": "A - B and its 95 % interval, points of percent",
+    "decided": "the 95 % interval excludes 0 (per comparison, no family-wise control)",
+    "p, p_holm": "two-sided p, and Holm-adjusted over the group's family of `family` comparisons",
+    "p_improve": "P(a run of A scores higher than a run of B) + 1/2 P(tie), over every pair of their runs",
+    "mdd": "minimum detectable paired difference at 80 % power, two-sided 5 %, points of percent",
+    "seeds_needed": "seeds per point for 80 % power at the observed difference; null: the test set's noise prevents it",
+}
+_PERCENT = ("diff", "lo", "hi", "mdd")  # fractions in the comparisons, points of percent in the file
+_ODDS = ("p", "p_holm", "p_improve")
+
+
+def _comparison(found: dict) -> dict:
+    """One metric of a comparison for comparisons.json: differences in points of percent, rounded like the metrics
+    files so `dvc metrics diff` shows changed results, not changed float bits; the rest as found."""
+    return {k: _round(100 * v, 2) if k in _PERCENT else _round(v, 4) if k in _ODDS else v for k, v in found.items()}
+
+
+def comparison_metrics(comparisons: list[dict]) -> dict:
+    """comparisons.json: the units, then per dataset group and pair 'A - B' its pairing, family size and, per metric,
+    the difference with its interval, p values, probability of improvement, MDD and seeds needed."""
+    groups: dict = {}
+    for c in comparisons:
+        groups.setdefault(c["group"], {})[f"{c['a']} - {c['b']}"] = {
+            "pairing": c["pairing"], "family": c["family"], **{m: _comparison(c[m]) for m in ("rank1", "map")}}
+    return {"units": COMPARISON_UNITS, "groups": groups}
+
+
 def point_metrics(point: dict) -> dict:
-    """One point's DVC metrics: rank-1 and mAP (percent) with their 95 % interval, GMACs per clip, latency (ms per
-    clip) and seeds; rounded, so `dvc metrics diff` shows changes of the results, not of the last float bits."""
+    """One point's DVC metrics, a short row of `dvc metrics show`: rank-1 and mAP (percent) with their 95 % interval,
+    GMACs per clip and seeds (latency stays in metrics.json); rounded, so `dvc metrics diff` shows changes of the
+    results, not of the last float bits."""
     out = {}
     for m in ("rank1", "map"):
         out |= {m: _round(point[f"{m}_pct"], 2), f"{m}_lo": _round(point[f"{m}_lo_pct"], 2),
                 f"{m}_hi": _round(point[f"{m}_hi_pct"], 2)}
     gmacs = None if point["gmacs"] is None else float(f"{point['gmacs']:.4g}")
-    return out | {"gmacs": gmacs, "latency_ms": _round(point["latency_ms"], 2), "seeds": point["seeds"]}
+    return out | {"gmacs": gmacs, "seeds": point["seeds"]}
 
 
 def _slug(text: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import io
+import json
 import math
 import re
 
@@ -16,8 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.transforms import Bbox
 
 from harness.report.runs import AXIS_NAMES, HOVER_PARAMS, MAX_LABELS, METRICS, PANELS, PAPER_WIDTH
-from harness.report.points import SURE
-from harness.report.tables import fmt, interval_text, latency_text
+from harness.report.tables import OPTIMISTIC, OPTIMISTIC_TEXT, fmt, interval_text, latency_text, selection_text
 
 
 def axis_label(runs: pl.DataFrame, axis: str) -> str:
@@ -55,13 +55,21 @@ def hover_text(run: dict) -> str:
         f"({run['eval_sampler']}: {fmt(run['clips_per_tracklet'], '.2f')} clips), {fmt(run['params_m'], '.2f')} M params",
         f"latency {latency_text(run)} ms per clip (range {fmt(run['latency_min_ms'], '.1f')}-"
         f"{fmt(run['latency_max_ms'], '.1f')} ms) on {run['latency_device'] or '–'}",
-        "best (%): " + " ".join(f"{m}={fmt(run[f'{m}_pct'], '.1f')}" for m in METRICS),
+        "scores (%, scored epoch): " + " ".join(f"{m}={fmt(run[f'{m}_pct'], '.1f')}" for m in METRICS),
         f"{run['seeds']} seed(s); 95 % interval (seeds x queries): rank-1 {interval_text(run, 'rank1')}, "
         f"mAP {interval_text(run, 'map')}; std over seeds: rank-1 {fmt(run['rank1_std_pct'], '.1f')}, "
         f"mAP {fmt(run['map_std_pct'], '.1f')}",
-        f"P(on the Pareto front): rank-1 {fmt(run['p_front_rank1'], '.2f')}, mAP {fmt(run['p_front_map'], '.2f')}",
+        f"P(on the Pareto front): rank-1 {fmt(run['p_front_rank1'], '.2f')}, mAP {fmt(run['p_front_map'], '.2f')}; "
+        f"on it with 95 % confidence: rank-1 {_yes(run['sure_rank1'])}, mAP {_yes(run['sure_map'])}",
+        f"hardware {run['hardware'] or '–'}"
+        + (" (pools runs from different hardware)" if run["pooled_hardware"] else "")
+        + f"; selection: {selection_text(run['selection'])}",
         f"git {run['git_commit']}",
     ])
+
+
+def _yes(flag: bool | None) -> str:
+    return "yes" if flag else "no"
 
 
 # Label offsets in points, nearest first: right/left/up/down of the point at growing distances.
@@ -122,15 +130,15 @@ _STYLE = {
 }
 
 
-def _style(kind: str, p_front: float | None) -> dict:
-    """A point's marker: filled when it is on the Pareto front in at least SURE of the bootstrap replicates,
-    hollow when it is not (or has no replicates), so a reader sees at once which points the data puts on it."""
-    style = dict(_STYLE[kind]) | {"label": f"{_STYLE[kind]['label']}, P(on the front) >= {SURE:.2f}"}
-    if p_front is not None and p_front >= SURE:
+def _style(kind: str, sure: bool | None) -> dict:
+    """A point's marker: filled when it is on the Pareto front with two-sided 95 % confidence, hollow when it is
+    not (or has no interval), so a reader sees at once which points the data puts on it."""
+    style = dict(_STYLE[kind]) | {"label": f"{_STYLE[kind]['label']}, on the front with 95 % confidence"}
+    if sure:
         return style
     colour = style.pop("color")
     return style | {"facecolors": "white", "edgecolors": colour, "linewidths": 1.5,
-                    "label": f"{_STYLE[kind]['label']}, P(on the front) < {SURE:.2f} (hollow)"}
+                    "label": f"{_STYLE[kind]['label']}, not surely on the front (hollow)"}
 _PUBLISHED_LABEL = "published, real MARS (paper's accuracy; our GMACs at 8x256x128, ResNet-50)"
 
 
@@ -156,11 +164,11 @@ def _panel(ax: Axes, runs: pl.DataFrame, refs: pl.DataFrame | None, acc: str, na
         if yerr or xerr:
             ax.errorbar(x, y, yerr=yerr, xerr=xerr, fmt="none", ecolor=_STYLE[run["kind"]]["color"], elinewidth=1,
                         capsize=3, alpha=0.7, zorder=2.5)
-        ax.scatter(x, y, gid=f"{gid}-{i}", zorder=3, **_style(run["kind"], run[f"p_front_{acc}"]))
+        ax.scatter(x, y, gid=f"{gid}-{i}", zorder=3, **_style(run["kind"], run[f"sure_{acc}"]))
         tips[f"{gid}-{i}"] = hover_text(run)
     front = measured.filter(pl.col(f"pareto_{acc}")).sort("cost")
-    # Ringed points keep a one-run front visible; the step joins the point estimates on the front, but a
-    # point is only sure to be on it when its P(on the front) over the bootstrap replicates is >= SURE.
+    # Ringed points keep a one-run front visible; the step joins the point estimates on the front, but only
+    # the filled markers are on it with 95 % confidence.
     ax.step(front["cost"], front[f"{acc}_pct"], where="post", color="tab:red", lw=1.5, zorder=2, marker="o",
             markersize=11, markerfacecolor="none", label="Pareto front of the point estimates")
     labels = []
@@ -178,7 +186,8 @@ def _panel(ax: Axes, runs: pl.DataFrame, refs: pl.DataFrame | None, acc: str, na
     odds = pl.when(pl.col(f"p_front_{acc}").is_not_null()).then(
         pl.format(" (P front {})", (pl.col(f"p_front_{acc}") * 100).round(0).cast(pl.Int64).cast(pl.String) + "%")
     ).otherwise(pl.lit(""))
-    labels += shown.select("cost", f"{acc}_pct", pl.col("label") + suffix + odds).rows()
+    optimistic = pl.when(pl.col("selection") == "test").then(pl.lit(f" {OPTIMISTIC}")).otherwise(pl.lit(""))
+    labels += shown.select("cost", f"{acc}_pct", pl.col("label") + optimistic + suffix + odds).rows()
     if measured.is_empty() and refs is None:
         ax.text(0.5, 0.5, "no run with both this cost and accuracy yet", transform=ax.transAxes, ha="center")
     else:
@@ -200,7 +209,8 @@ def draw(points: pl.DataFrame, published: pl.DataFrame | None, axis: str = "gmac
     FigureCanvasAgg(fig)  # no pyplot: no global figure state, no backend switch
     axes = fig.subplots(len(groups), 2, squeeze=False)
     fig.suptitle(f"Accuracy (mean over seeds, 95 % interval over seeds and queries) vs {AXIS_NAMES[axis]}"
-                 + (" (GMACs = 1e9 multiply-accumulates)" if axis != "latency" else ""))
+                 + (" (GMACs = 1e9 multiply-accumulates)" if axis != "latency" else "")
+                 + (f"\n{OPTIMISTIC} {OPTIMISTIC_TEXT}" if (points["selection"] == "test").any() else ""))
     tips: dict[str, str] = {}
     pending = []
     for row, group in enumerate(groups):
@@ -228,3 +238,48 @@ def svg_with_tooltips(fig: Figure, tips: dict[str, str]) -> str:
     for gid, tip in tips.items():
         svg = svg.replace(f'<g id="{gid}">', f'<g id="{gid}" class="point"><title>{html.escape(tip)}</title>', 1)
     return svg
+
+
+def evaluated_epochs(history: str | None) -> list[dict]:
+    """A run's evaluated epochs (those with rank-1 and mAP), in epoch order, from its `history` JSON."""
+    found = [e for e in json.loads(history or "[]") if e.get("rank1") is not None and e.get("map") is not None]
+    return sorted(found, key=lambda e: e["epoch"])
+
+
+def _epoch_panel(ax: Axes, runs: pl.DataFrame, acc: str, name: str, gid: str, tips: dict[str, str]) -> None:
+    """One group's `acc` (percent) against epoch: a line per seed (SVG id `<gid>-<point>-<seed>`), a colour per
+    point."""
+    points = runs.select("label", "config_key").unique(maintain_order=True).rows()
+    for p, (label, key) in enumerate(points):
+        seeds = runs.filter((pl.col("label") == label) & (pl.col("config_key") == key))
+        shown = label + (f" {OPTIMISTIC}" if seeds["selection"][0] == "test" else "")
+        for s, run in enumerate(seeds.iter_rows(named=True)):
+            found = evaluated_epochs(run["history"])
+            ax.plot([e["epoch"] for e in found], [100 * e[acc] for e in found], color=f"C{p % 10}", marker="o",
+                    markersize=3, lw=1.2, alpha=0.8, gid=f"{gid}-{p}-{s}", label=shown if s == 0 else "_nolegend_")
+            tips[f"{gid}-{p}-{s}"] = (f"{shown}, seed {run['seed']}: {name.split()[0]} (%) at epoch " + ", ".join(
+                f"{e['epoch']}: {100 * e[acc]:.1f}" for e in found))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(name)
+    ax.set_title(f"{runs['group'][0]}: {name.split()[0]} at each evaluated epoch")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+
+
+def draw_epochs(runs: pl.DataFrame) -> tuple[Figure, dict[str, str]] | None:
+    """Rank-1 and mAP against epoch, a row of panels per dataset group, one line per seed of each point, and the
+    lines' tooltips by SVG id; None where no run recorded a history."""
+    runs = runs.filter(pl.col("history").is_not_null())
+    if runs.is_empty():
+        return None
+    groups = runs["group"].unique(maintain_order=True).to_list()
+    fig = Figure(figsize=(14, 4.5 * len(groups)), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(groups), 2, squeeze=False)
+    fig.suptitle("Accuracy at each evaluated epoch, one line per seed"
+                 + (f"\n{OPTIMISTIC} {OPTIMISTIC_TEXT}" if (runs["selection"] == "test").any() else ""))
+    tips: dict[str, str] = {}
+    for row, group in enumerate(groups):
+        for col, (acc, name) in enumerate(PANELS):
+            _epoch_panel(axes[row][col], runs.filter(pl.col("group") == group), acc, name, f"epoch-{row}-{col}", tips)
+    return fig, tips

@@ -64,14 +64,19 @@ _TEXT = ("run_id", "parent_run_id", "label", "kind", "status", "dataset", "prese
          "device", "input", "git_commit", "eval_sampler", "latency_device",
          "queries",  # the run's per-query outcomes (a file or URI), null where none were kept
          "manifest_hash",  # of the prepared data it was scored on, null where unknown: part of its test set
-         "config_key")  # runs that differ only in their seed share it: one point of a report
+         "config_key",  # runs that differ only in their seed share it: one point of a report
+         "cpu", "gpu",  # the hardware a run trained on (its workers' CPU where known, else its driver's)
+         "selection",  # how its scored epoch was chosen: "last", or "test" (best on the test set, optimistic)
+         "history")  # its per-epoch numbers as a JSON list (loss, lr; rank1, map at evaluated epochs), or null
 _FLOAT = ("params_m", "gmacs", "gmacs_paper", "gmacs_tracklet", "clips_per_tracklet", "latency_ms", "latency_min_ms",
           "latency_max_ms", "train_s", *METRICS,
           # Already aggregated over seeds by a sweep (its trials' rows); computed from the queries otherwise.
           *(f"{m}_{s}" for m in INTERVAL_METRICS for s in ("lo", "hi", "std")), *(f"p_front_{a}" for a, _ in PANELS))
+# A sweep's trials come with their sure-front flags; a run alone has none (null) until its point is assessed.
+_SURE = tuple(f"sure_{a}" for a, _ in PANELS)
 SCHEMA = {**dict.fromkeys(_TEXT, pl.String), "synthetic": pl.Boolean, "latency_noisy": pl.Boolean,
           "start_time": pl.Int64, "seed": pl.Int64, "seeds": pl.Int64, **dict.fromkeys(_FLOAT, pl.Float64),
-          **dict.fromkeys(HOVER_PARAMS, pl.String)}
+          **dict.fromkeys(_SURE, pl.Boolean), **dict.fromkeys(HOVER_PARAMS, pl.String)}
 
 
 def config_key(config: dict) -> str:
@@ -115,6 +120,9 @@ def _row(r) -> dict:
         "protocol": tags.get("protocol"), "device": tags.get("device"), "input": params.get("input"),
         "manifest_hash": params.get("dataset.manifest_hash") if params.get("dataset.manifest_hash") != "unknown" else None,
         "git_commit": params.get("git_commit"), "start_time": r.info.start_time,
+        "cpu": tags.get("hardware.cpu"), "gpu": tags.get("hardware.gpu"), "history": None,
+        # Runs that logged no eval.select predate the choice: they kept the epoch that scored best on the test set.
+        "selection": params.get("eval.select", "test"),
         "params_m": metrics.get("cost.params_m"), "gmacs": metrics.get("cost.gmacs"),
         "gmacs_paper": metrics.get("cost.gmacs_paper"), "latency_ms": metrics.get("cost.latency_ms"),
         "latency_min_ms": metrics.get("cost.latency_min_ms"), "latency_max_ms": metrics.get("cost.latency_max_ms"),
@@ -167,6 +175,10 @@ def _record_row(record: dict, queries: str | None) -> dict:
         "eval_sampler": cost.get("eval_sampler"), "gmacs_tracklet": cost.get("gmacs_per_tracklet"),
         "clips_per_tracklet": cost.get("clips_per_tracklet"), "seed": config.get("seed"), "seeds": 1,
         "queries": queries, "config_key": config_key(config),
+        "cpu": run.get("worker_cpu") or run.get("driver_cpu"), "gpu": run.get("gpu"),
+        # Records without a selection predate the choice: they kept the epoch that scored best on the test set.
+        "selection": record.get("selection") or config["eval"].get("select", "test"),
+        "history": json.dumps(record["history"]) if record.get("history") else None,
         **{m: best.get(m) for m in METRICS}, **hover,
     }
 
@@ -186,10 +198,10 @@ def record_files(paths: list[Path]) -> list[Path]:
     return files
 
 
-def load_records(paths: list[Path]) -> pl.DataFrame:
-    """One row per run record (files, or folders of them), in the order given, with its per-query outcomes' file."""
+def load_records(files: list[Path]) -> pl.DataFrame:
+    """One row per run record file, in the order given, with its per-query outcomes' file."""
     rows = []
-    for path in record_files(paths):
+    for path in files:
         queries = queries_path(path)
         rows.append(_record_row(read_record(path), queries if Path(queries).is_file() else None))
     return pl.DataFrame(rows, schema=SCHEMA)
@@ -198,7 +210,7 @@ def load_records(paths: list[Path]) -> pl.DataFrame:
 SWEEP_COLUMNS = ("label", "status", "map", "rank1", "gmacs_input", "dataset", "synthetic", "input")
 # A sweep's table holds each candidate aggregated over its seeds already (harness.sweep.trials).
 SWEEP_AGGREGATES = ("seeds", "minp", *(f"{m}_{s}" for m in INTERVAL_METRICS for s in ("lo", "hi", "std")),
-                    *(f"p_front_{a}" for a, _ in PANELS))
+                    *(f"p_front_{a}" for a, _ in PANELS), *_SURE)
 
 
 def load_sweeps(paths: list[Path]) -> pl.DataFrame:
@@ -223,7 +235,8 @@ def load_sweeps(paths: list[Path]) -> pl.DataFrame:
             input=pl.col("input"), gmacs=pl.col("gmacs_input"), rank1=pl.col("rank1"), map=pl.col("map"),
             **{ours: pl.col(theirs) if theirs in table.columns else pl.lit(None, SCHEMA[ours])
                for ours, theirs in (("latency_ms", "latency_ms"), ("latency_device", "latency_device"),
-                                    ("gmacs_tracklet", "gmacs_per_tracklet"))},
+                                    ("gmacs_tracklet", "gmacs_per_tracklet"), ("selection", "selection"),
+                                    ("cpu", "cpu"), ("gpu", "gpu"))},
             git_commit=pl.col("git_commit") if "git_commit" in table.columns else pl.lit(None, pl.String),
             config_key=pl.lit(path.parent.name) + "/" + pl.col("label"),
             **{c: pl.col(c) if c in table.columns else pl.lit(None, SCHEMA[c]) for c in SWEEP_AGGREGATES},
@@ -333,6 +346,19 @@ def collect_runs(*, records: list[Path] = (), sweeps: list[Path] = (),
     if mlflow is not None:
         uri, experiment = mlflow
         return load_runs(*open_experiment(uri, experiment)), f"experiment {experiment!r} in {uri}"
-    frames = [load_records(list(records)), load_sweeps(list(sweeps))]
-    parts = [f"{len(records)} run record(s)"] + ([f"{len(sweeps)} sweep table(s)"] if sweeps else [])
+    files = record_files(list(records))
+    frames = [load_records(files), load_sweeps(list(sweeps))]
+    parts = [records_text(list(records), len(files))] + ([_count(len(sweeps), "sweep table")] if sweeps else [])
     return pl.concat(frames, how="vertical"), " and ".join(parts)
+
+
+def _count(n: int, noun: str) -> str:
+    """'1 folder', '3 folders'."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def records_text(paths: list[Path], files: int) -> str:
+    """'9 run records (3 folders)': the records read, then the folders and files they were named by."""
+    folders = sum(1 for p in paths if p.is_dir())
+    named = [_count(n, noun) for n, noun in ((folders, "folder"), (len(paths) - folders, "file")) if n]
+    return _count(files, "run record") + (f" ({', '.join(named)})" if folders else "")

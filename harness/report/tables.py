@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import statistics
+from dataclasses import dataclass, field
 
 import polars as pl
 
@@ -20,11 +22,28 @@ def latency_text(run: dict) -> str:
     return fmt(run["latency_ms"], ".1f") + (" noisy" if run.get("latency_noisy") else "")
 
 
+SURE, FRONT = "★", "☆"  # on the front with two-sided 95 % confidence; on the point estimates' front only
+POOLED = "†"  # a point pooling runs from different hardware
+OPTIMISTIC = "‡"  # a point whose epochs were chosen on the test set
+OPTIMISTIC_TEXT = "optimistic (best epoch chosen on the test set)"
+NOT_MEASURED = "seed variation not measured"
 
-COLUMNS = ("Pareto", "point", "dataset", "kind", "seeds", "input", "params (M)", "GMACs", "GMACs/tracklet",
-           "test sampler", "latency (ms)", "latency on", "rank-1 [95 % interval]", "± seeds", "P(front) rank-1",
-           "mAP [95 % interval]", "± seeds", "P(front) mAP", "mINP", "rank-5", "rank-10", "rank-20", "MLflow run",
-           "git commit")
+
+@dataclass(frozen=True)
+class Table:
+    """A table of text cells under an optional title, with the paragraphs before and after it."""
+
+    title: str
+    head: list[str]
+    rows: list[list[str]]
+    before: list[str] = field(default_factory=list)
+    after: list[str] = field(default_factory=list)
+
+
+MAIN_HEAD = ["Pareto", "point", "seeds", "GMACs", "latency (ms)", "rank-1 [95 % interval]", "± seeds",
+             "P(front) rank-1", "mAP [95 % interval]", "± seeds", "P(front) mAP", "hardware"]
+DETAILS_HEAD = ["point", "dataset", "kind", "input", "params (M)", "GMACs/tracklet", "test sampler", "latency on",
+                "selection", "mINP", "rank-5", "rank-10", "rank-20", "MLflow run", "git commit"]
 
 
 def _short_commit(commit: str | None) -> str:
@@ -44,38 +63,159 @@ def plus_minus(point: dict, metric: str) -> str:
     return fmt(mean, ".1f") + ("" if low is None else f" ± {(high - low) / 2:.1f}")
 
 
-def table_rows(points: pl.DataFrame) -> list[list[str]]:
-    """One row of COLUMNS per point (a configuration over its seeds), accuracy in percent."""
+def front_text(point: dict) -> str:
+    """'★ rank-1, ☆ mAP': per panel, sure to be on the front (★) or on the point estimates' front only (☆)."""
+    marks = [f"{SURE if point[f'sure_{acc}'] else FRONT} {name.split()[0]}" for acc, name in PANELS
+             if point[f"sure_{acc}"] or point[f"pareto_{acc}"]]
+    return ", ".join(marks)
+
+
+def point_text(point: dict) -> str:
+    """The point's label, marked ‡ where its epochs were chosen on the test set."""
+    return point["label"] + (f" {OPTIMISTIC}" if point["selection"] == "test" else "")
+
+
+def hardware_text(point: dict) -> str:
+    """The hardware its runs trained on, marked † where they differ."""
+    return (point["hardware"] or "–") + (f" {POOLED}" if point["pooled_hardware"] else "")
+
+
+def seed_spread(point: dict, metric: str) -> str:
+    """The sample std over seeds (points of percent), or 'not measured' with one seed."""
+    return fmt(point[f"{metric}_std_pct"], ".1f") if point["seed_measured"] else "not measured"
+
+
+def main_rows(points: pl.DataFrame) -> list[list[str]]:
+    """One row of MAIN_HEAD per point (a configuration over its seeds), accuracy in percent."""
+    return [[front_text(r), point_text(r), str(r["seeds"]), fmt(r["gmacs"], ".3g"), latency_text(r),
+             interval_text(r, "rank1"), seed_spread(r, "rank1"), fmt(r["p_front_rank1"], ".2f"),
+             interval_text(r, "map"), seed_spread(r, "map"), fmt(r["p_front_map"], ".2f"), hardware_text(r)]
+            for r in points.iter_rows(named=True)]
+
+
+def selection_text(selection: str | None) -> str:
+    """How a point's scored epochs were chosen, in words."""
+    return {"test": OPTIMISTIC_TEXT, "last": "last epoch"}.get(selection, selection or "–")
+
+
+def details_rows(points: pl.DataFrame) -> list[list[str]]:
+    """One row of DETAILS_HEAD per point: what the main table leaves out."""
+    return [[point_text(r), r["group"], r["kind"], r["input"] or "–", fmt(r["params_m"], ".2f"),
+             fmt(r["gmacs_tracklet"], ".3g"), r["eval_sampler"] or "–", r["latency_device"] or "–",
+             selection_text(r["selection"]),
+             *(fmt(r[f"{m}_pct"], ".1f") for m in ("minp", "rank5", "rank10", "rank20")),
+             r["run_id"] or "–", _short_commit(r["git_commit"])] for r in points.iter_rows(named=True)]
+
+
+def point_notes(points: pl.DataFrame) -> list[str]:
+    """The notes under a group's main table: optimistic points, points pooling hardware, unmeasured seed spread."""
+    def labels(column: pl.Expr) -> str:
+        return ", ".join(points.filter(column)["label"])
+
+    notes_ = []
+    if (points["selection"] == "test").any():
+        notes_.append(f"{OPTIMISTIC} {OPTIMISTIC_TEXT}: {labels(pl.col('selection') == 'test')}. Each seed's "
+                      f"scores are of the epoch that scored best on this very test set, so they overstate what the "
+                      f"training does on queries not used to choose it.")
+    pooled = points.filter(pl.col("pooled_hardware"))
+    if not pooled.is_empty():
+        which = "; ".join(f"{r['label']} ({r['hardware']})" for r in pooled.iter_rows(named=True))
+        notes_.append(f"{POOLED} pools runs from different hardware: {which}. The spread over seeds includes the "
+                      f"hardware's effect; the latency was timed on one of them.")
+    if not points["seed_measured"].all():
+        notes_.append(f"One seed, {NOT_MEASURED}: {labels(~pl.col('seed_measured'))}. The interval covers the "
+                      f"test set's queries only.")
+    return notes_
+
+
+PER_SEED_HEAD = ["point", "seed", "rank-1", "mAP"]
+PER_SEED_INTRO = ("Each seed's rank-1 and mAP (percent) at its scored epoch: the runs behind each point's mean, "
+                  "shown one by one so the spread is seen, not only summarised.")
+
+
+def _percent(fraction: float | None) -> str:
+    return fmt(None if fraction is None else 100 * fraction, ".1f")
+
+
+def per_seed_rows(points: pl.DataFrame) -> list[list[str]]:
+    """One row of PER_SEED_HEAD per run of each point that knows its runs' scores (sweep trials do not)."""
     rows = []
     for r in points.iter_rows(named=True):
-        front = ", ".join(n.split()[0] for acc, n in PANELS if r[f"pareto_{acc}"])
-        rows.append([f"★ {front}" if front else "", r["label"], r["group"], r["kind"], str(r["seeds"]),
-                     r["input"] or "–", fmt(r["params_m"], ".2f"), fmt(r["gmacs"], ".3g"),
-                     fmt(r["gmacs_tracklet"], ".3g"), r["eval_sampler"] or "–", latency_text(r),
-                     r["latency_device"] or "–",
-                     interval_text(r, "rank1"), fmt(r["rank1_std_pct"], ".1f"), fmt(r["p_front_rank1"], ".2f"),
-                     interval_text(r, "map"), fmt(r["map_std_pct"], ".1f"), fmt(r["p_front_map"], ".2f"),
-                     *(fmt(r[f"{m}_pct"], ".1f") for m in ("minp", "rank5", "rank10", "rank20")),
-                     r["run_id"] or "–", _short_commit(r["git_commit"])])
+        for seed, rank1, mean_ap in zip(r["seed_list"] or (), r["rank1_per_seed"] or (), r["map_per_seed"] or ()):
+            rows.append([point_text(r), fmt(seed, "d"), _percent(rank1), _percent(mean_ap)])
     return rows
 
 
-COMPARISON_HEAD = ["A", "B", "rank-1 A − B [95 % interval]", "P(A > B) / tie / P(B > A)", "mAP A − B [95 % interval]",
-                   "P(A > B) / tie / P(B > A)", "decided"]
+COMPARISON_HEAD = ["A", "B", "metric", "A − B [95 % interval]", "decided", "p", "p (Holm)",
+                   "P(run of A > run of B)", "MDD", "seeds to decide"]
+COMPARISON_INTRO = ("Every two trained points of a group, A − B in points of percent with its 95 % interval. "
+                    "P(run of A > run of B): rliable's probability of improvement, over every pair of their runs "
+                    "(a tie counts half). MDD: the smallest paired difference (points) a comparison at these seeds "
+                    "detects with 80 % power, two-sided 5 %. Seeds to decide: seeds per point at which the observed "
+                    "difference would be decided with 80 % power; none where the test set's own noise prevents it.")
+_METRICS = (("rank1", "rank-1"), ("map", "mAP"))
 
 
-def comparison_rows(comparisons: list[dict]) -> list[list[str]]:
-    """One row per paired comparison: differences in points of percent, their paired intervals and odds."""
-    def cells(c: dict) -> list[str]:
-        return [f"{100 * c['diff']:+.1f} [{100 * c['lo']:+.1f}, {100 * c['hi']:+.1f}]",
-                f"{c['p_a']:.2f} / {c['p_tie']:.2f} / {c['p_b']:.2f}"]
+def _p(value: float) -> str:
+    return "< 0.001" if value < 0.001 else f"{value:.3f}"
 
+
+def comparison_rows(pairs: list[dict]) -> list[list[str]]:
+    """One row of COMPARISON_HEAD per pair and metric."""
     rows = []
-    for c in comparisons:
-        decided = [name for name, key in (("rank-1", "rank1"), ("mAP", "map")) if c[key]["decided"]]
-        rows.append([c["a"], c["b"], *cells(c["rank1"]), *cells(c["map"]),
-                     ", ".join(decided) if decided else "not decided"])
+    for c in pairs:
+        for key, name in _METRICS:
+            found = c[key]
+            decided = ("yes, survives Holm" if found["decided_holm"] else "yes") if found["decided"] else "no"
+            needed = "none (test-set noise)" if found["seeds_needed"] is None else str(found["seeds_needed"])
+            rows.append([c["a"], c["b"], name, f"{100 * found['diff']:+.1f} [{100 * found['lo']:+.1f}, "
+                         f"{100 * found['hi']:+.1f}]", decided, _p(found["p"]), _p(found["p_holm"]),
+                         f"{found['p_improve']:.2f}", f"{100 * found['mdd']:.1f}", needed])
     return rows
+
+
+def family_text(pairs: list[dict]) -> str:
+    """The pairing used, the family's size, what 'decided' controls and how many comparisons survive Holm."""
+    by_pairing: dict[str, list[str]] = {}
+    for c in pairs:
+        by_pairing.setdefault(c["pairing"], []).append(f"{c['a']} − {c['b']}")
+    pairing = "; ".join(f"{how} ({', '.join(names)})" for how, names in by_pairing.items()) \
+        if len(by_pairing) > 1 else f"{next(iter(by_pairing))}, every pair"
+    found = [c[key] for c in pairs for key, _ in _METRICS]
+    decided, holm = sum(f["decided"] for f in found), sum(f["decided_holm"] for f in found)
+    return (f"Pairing: {pairing}. {max(c['family'] for c in pairs)} comparisons in this group's family. "
+            f"Decided is per comparison (its own 95 % interval excludes 0) and does not control the family-wise "
+            f"error: {decided} of {len(found)} are decided; {holm} {'survives' if holm == 1 else 'survive'} Holm's "
+            f"adjustment (p (Holm) < 0.05).")
+
+
+def _spread(values: list[float], name: str) -> str:
+    """'2.1 points of rank-1', with '(median; 1.5–3.0)' over several values (points of percent)."""
+    text = f"{statistics.median(values):.1f} points of {name}"
+    return text if len(values) == 1 else f"{text} (median; {min(values):.1f}–{max(values):.1f})"
+
+
+def resolution_text(pairs: list[dict]) -> str:
+    """The smallest paired differences this group's comparisons could detect, per metric, over its pairs."""
+    seeds = sorted({c[key]["seeds"] for c in pairs for key, _ in _METRICS})
+    at = f"{seeds[0]}" if len(seeds) == 1 else f"{seeds[0]}–{seeds[-1]}"
+    parts = [_spread([100 * c[key]["mdd"] for c in pairs], name) for key, name in _METRICS]
+    return (f"Resolution: at {at} seed(s) per point, a paired comparison detects (80 % power, two-sided 5 %) a "
+            f"difference of {parts[0]} and {parts[1]}, over {len(pairs)} pair(s); smaller true differences "
+            f"go undecided more often than not.")
+
+
+def group_tables(points: pl.DataFrame, pairs: list[dict]) -> list[Table]:
+    """One group's tables: its points, their details, their runs' scores and their paired comparisons."""
+    tables = [Table("", MAIN_HEAD, main_rows(points), after=point_notes(points)),
+              Table("Details", DETAILS_HEAD, details_rows(points))]
+    seeds = per_seed_rows(points)
+    if seeds:
+        tables.append(Table("Per-seed scores", PER_SEED_HEAD, seeds, before=[PER_SEED_INTRO]))
+    if pairs:
+        tables.append(Table("Comparisons", COMPARISON_HEAD, comparison_rows(pairs), before=[COMPARISON_INTRO],
+                            after=[family_text(pairs), resolution_text(pairs)]))
+    return tables
 
 
 def decided_text(c: dict, key: str, name: str) -> str:
@@ -88,16 +228,26 @@ def decided_text(c: dict, key: str, name: str) -> str:
 
 def intro(axis: str) -> list[tuple[str, str]]:
     """What the tables and the figure show, as (term, meaning) items: a point, its interval, P(front), the front,
-    the units of cost and where latency comes from."""
+    comparisons, hardware and selection, the units of cost and where latency comes from."""
     return [
-        ("Point", "one configuration; its accuracy (percent, best checkpoint, primary protocol) is the mean over its "
+        ("Point", "one configuration; its accuracy (percent, scored epoch, primary protocol) is the mean over its "
                   "seeds."),
-        ("Interval", "95 %, from a two-way bootstrap that resamples both the seeds and the queries; ± seeds: the "
-                     "sample std over seeds."),
-        ("P(front)", "the share of bootstrap replicates in which no other point dominates it; ★ marks the front of "
-                     "the point estimates, which only P(front) >= 0.95 makes sure."),
+        ("Interval", "95 %, a t interval from variance components: seeds (t with R − 1 degrees of freedom for R "
+                     "seeds), identity-clustered queries (t with G − 1 for G identity clusters) and the residual, "
+                     "each part with its own critical value, combined in quadrature. ± seeds: the sample std over "
+                     f"seeds; with one seed, {NOT_MEASURED}: the interval covers the test set only."),
+        ("P(front)", "the share of draws from the points' approximate sampling distribution (seed part t, query "
+                     "part a wild identity-cluster multiplier shared by points on the same queries) in which no "
+                     f"other point dominates it. {SURE}: on the front with two-sided 95 % confidence (every "
+                     f"cheaper-or-equal point decidedly less accurate); {FRONT}: on the point estimates' front only."),
         ("Front", f"max accuracy, min {AXIS_NAMES[axis]}, within each "
                   f"{'dataset and device' if axis == 'latency' else 'dataset'}."),
+        ("Comparisons", "decided: the comparison's own 95 % interval excludes 0. That does not control the "
+                        "family-wise error over a group's comparisons; p (Holm) does, and the line under each "
+                        "table says how many survive it."),
+        ("Hardware", f"the CPU (and GPU) the point's runs trained on; {POOLED} marks a point pooling runs from "
+                     "different hardware."),
+        ("Selection", f"{OPTIMISTIC}: {OPTIMISTIC_TEXT}; unmarked points report their last epoch."),
         ("GMACs", "1e9 multiply-accumulates (not FLOPs) per clip at the run's input, T x H x W."),
         ("GMACs/tracklet", "per test tracklet, mean over the test set, under the run's test sampler (dense runs "
                            "ceil(F / T) clips of a tracklet of F frames, the others one)."),
@@ -105,11 +255,6 @@ def intro(axis: str) -> list[tuple[str, str]]:
                     "training worker's resources on the device in 'latency on'; noisy when its range exceeds 25 % of "
                     "the median or other work used more than a quarter of a core meanwhile."),
     ]
-
-
-COMPARISON_INTRO = ("Every two trained points of a dataset, paired: the same query draw (and seed draw, where their "
-                    "seeds are the same) for both, so what the two share cancels. A difference is decided when its "
-                    "95 % interval excludes 0; otherwise the data does not rank them.")
 
 
 def published_rows(published: pl.DataFrame) -> list[list[str]]:
@@ -145,28 +290,39 @@ COST_INTRO = ("Every preset at the paper's input and width and as this benchmark
               "the machine that ran the cost stage.")
 
 
+def _md_table(head: list[str], rows: list[list[str]]) -> list[str]:
+    cells = [head, ["---"] * len(head), *rows]
+    return ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in cells]
+
+
+def _md_block(table: Table) -> list[str]:
+    """A Table as markdown lines: its title (a level-3 heading), paragraphs before, the table, paragraphs after."""
+    lines = [f"### {table.title}", ""] if table.title else []
+    for paragraph in table.before:
+        lines += [paragraph, ""]
+    lines += [*_md_table(table.head, table.rows), ""]
+    for paragraph in table.after:
+        lines += [paragraph, ""]
+    return lines
+
+
 def markdown(points: pl.DataFrame, published: pl.DataFrame | None, source: str,
              costs: list[dict] | None = None, axis: str = "gmacs", comparisons: list[dict] = ()) -> str:
-    """benchmark.md: an intro, one table per dataset group and its paired comparisons, the cost table and the
-    paper's numbers."""
-    def table(head: list[str], rows: list[list[str]]) -> list[str]:
-        cells = [head, ["---"] * len(head), *rows]
-        return ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in cells]
-
-    lines = ["# nvan-bench benchmark", "", f"Runs of {source}.", "",
+    """benchmark.md: an intro, each dataset group's tables (points, details, per-seed scores, comparisons), the
+    cost table and the paper's numbers."""
+    lines = ["# nvan-bench benchmark", "", f"From {source}.", "",
              *(f"- **{term}**: {meaning}" for term, meaning in intro(axis)), ""]
     not_compared = notes(points)
     if not_compared:
         lines += [*(f"- {n}" for n in not_compared), ""]
     for group in points["group"].unique(maintain_order=True):
-        lines += [f"## {group}", "", *table(list(COLUMNS), table_rows(points.filter(pl.col("group") == group))), ""]
-        pairs = [c for c in comparisons if c["group"] == group]
-        if pairs:
-            lines += [f"### Paired comparisons, {group}", "", COMPARISON_INTRO, "",
-                      *table(COMPARISON_HEAD, comparison_rows(pairs)), ""]
+        lines += [f"## {group}", ""]
+        for table in group_tables(points.filter(pl.col("group") == group),
+                                  [c for c in comparisons if c["group"] == group]):
+            lines += _md_block(table)
     if costs:
-        lines += ["## Cost of each preset", "", COST_INTRO, "", *table(COST_HEAD, cost_rows(costs)), ""]
+        lines += _md_block(Table("", COST_HEAD, cost_rows(costs), before=["## Cost of each preset", COST_INTRO]))
     if published is not None:
-        lines += ["## Published reference (real MARS, Liu et al. BMVC 2019)", "",
-                  *table(PUBLISHED_HEAD, published_rows(published)), ""]
+        lines += _md_block(Table("", PUBLISHED_HEAD, published_rows(published),
+                                 before=["## Published reference (real MARS, Liu et al. BMVC 2019)"]))
     return "\n".join(lines)

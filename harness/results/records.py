@@ -2,8 +2,10 @@
 
 A record holds what was trained (resolved config, ModelSpec, input, dataset and its manifest
 hash), what it costs (params, GMACs, and the measured latency and memory with where they were
-measured), how it scored (every protocol at the best checkpoint, CMC included), and where it
-came from (git commit of the code, MLflow run id). Everything a rerun may change without the
+measured), how it scored (every protocol at the evaluation `selection` names, CMC included: eval.select
+last, the trained model, or test, the best on the test set), how it converged (`history`: each
+epoch's loss, learning rate and, where evaluated, rank-1 and mAP), and where it came from (git commit
+of the code, MLflow run id, the machine of rank 0's worker). Everything a rerun may change without the
 results changing (ids, wall times, latency measured on a busy machine) sits under the keys in
 `MEASURED`, so `reproducible_part` is what two runs of the same inputs must agree on.
 Paths are stored as given in params, never resolved against this machine.
@@ -43,6 +45,8 @@ MEASURED = ("run",)  # top-level keys that differ between identical runs
 COST_MEASURED = ("latency", "peak_memory_mb")  # likewise inside "cost"
 REQUIRED = ("label", "kind", "preset", "dataset", "input", "spec", "config", "cost", "scores", "best_epoch",
             "git_commit", "run")
+SELECTIONS = ("last", "test")  # eval.select: the scores are the last epoch's, or the best on the test set's
+HISTORY_SCORES = ("rank1", "map")  # a history entry's scores: the primary protocol's, at evaluated epochs
 
 
 def _plain(value: Any) -> Any:
@@ -67,11 +71,12 @@ def run_config(config: dict) -> dict:
 
 def run_record(*, label: str, kind: str, config: dict, spec, manifest: dict, cost: dict, scores: dict,
                cmc: dict, best_epoch: int, epochs: int, git_commit: str, run: dict, status: str = "finished",
-               ci95: dict | None = None) -> dict:
+               ci95: dict | None = None, history: list[dict] | None = None) -> dict:
     """The record of one run. `config` is the params as given (config.model_dump(mode='json'); the record
-    keeps its `run_config`), `spec` a ModelSpec, `scores` {protocol: metrics}, `cmc` {protocol: [rank-1 ..
-    rank-n]}, `run` the measured part (ids, seconds, device), `ci95` {protocol: {score: [lo, hi]}} the 95 %
-    query-bootstrap intervals. `status`: one of STATUSES."""
+    keeps its `run_config`, and names its eval.select as `selection`), `spec` a ModelSpec, `scores` {protocol:
+    metrics} of the selected evaluation, `cmc` {protocol: [rank-1 .. rank-n]}, `run` the measured part (ids,
+    seconds, device), `ci95` {protocol: {score: [lo, hi]}} the 95 % intervals, `history` the epochs so far
+    (`history_of`). `status`: one of STATUSES."""
     data = config["data"]
     return _plain({
         "schema": SCHEMA,
@@ -86,13 +91,30 @@ def run_record(*, label: str, kind: str, config: dict, spec, manifest: dict, cos
         "spec": asdict(spec),
         "config": run_config(config),
         "cost": cost,
+        "selection": config["eval"]["select"],
         "scores": {p: s | {"cmc": cmc.get(p)} | ({"ci95": ci95[p]} if ci95 and p in ci95 else {})
                    for p, s in scores.items()},
         "best_epoch": best_epoch,
         "epochs": epochs,
+        "history": history or [],
         "git_commit": git_commit,
         "run": run,
     })
+
+
+def history_of(epochs: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
+    """A record's `history` from the numbers each epoch reported ({0-based epoch: numbers}): one entry per epoch in
+    order, its 1-based `epoch`, mean training `loss`, the `lr` it trained with and, at evaluated epochs, the
+    primary protocol's `rank1` and `map` (fractions)."""
+    return _plain([{"epoch": epoch + 1, "loss": numbers.get("loss"), "lr": numbers.get("lr")}
+                   | {k: numbers[k] for k in HISTORY_SCORES if k in numbers}
+                   for epoch, numbers in sorted(epochs.items())])
+
+
+def checkpoint_epochs(numbers: dict[str, Any]) -> dict[int, dict[str, Any]]:
+    """Every epoch's numbers up to a checkpoint ({0-based epoch: numbers}) from its EPOCH_FILE: its own epoch's and
+    the earlier epochs' (its `history`)."""
+    return {int(e): m for e, m in (numbers.get("history") or {}).items()} | {int(numbers["epoch"]): numbers}
 
 
 def reproducible_part(record: dict) -> dict:
@@ -266,6 +288,30 @@ class _Run(_Section):
     device: str | None = None
     workers: int | None = Field(default=None, ge=1)
     threads_per_worker: int | None = Field(default=None, ge=1)
+    gpu: str | None = None  # rank 0's CUDA device, None on a CPU
+    worker_cpu: str | None = None
+    driver_cpu: str | None = None
+
+
+Fraction = Annotated[float, Field(ge=0, le=1)]
+
+
+class _Epoch(_Section):
+    """One epoch of a run's history; rank1 and map only where it was evaluated."""
+
+    epoch: int = Field(ge=1)
+    loss: float | None  # None: not finite (the run diverged)
+    lr: float = Field(ge=0)
+    rank1: Fraction | None = None
+    map: Fraction | None = None
+
+
+def _consecutive(history: list[_Epoch]) -> list[_Epoch]:
+    """`history` if its epochs are 1, 2, ..., n in order, else ValueError saying so."""
+    numbers = [entry.epoch for entry in history]
+    if numbers != list(range(1, len(numbers) + 1)):
+        raise ValueError(f"one entry per epoch, numbered 1, 2, ... in order (found epochs {short(numbers, 200)})")
+    return history
 
 
 class RecordShape(_Section):
@@ -280,8 +326,12 @@ class RecordShape(_Section):
     spec: dict[str, Any]
     config: _Config
     cost: _Cost
+    # selection and history: absent only from records written before they existed (which chose on the test set);
+    # never null (pydantic leaves a default unvalidated).
+    selection: Literal[SELECTIONS] = None
     scores: dict[str, _Scores]
     best_epoch: int = Field(ge=-1)
     epochs: int = Field(default=0, ge=0)
+    history: Annotated[list[_Epoch], AfterValidator(_consecutive)] = None
     git_commit: str | None
     run: _Run

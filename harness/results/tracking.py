@@ -5,14 +5,15 @@ What a run holds (the report and any query of the store rely on it):
 - tags: MLflow's source tags (`mlflow.source.name`, the command; `mlflow.source.git.commit`), `nvan.kind`
   (train | trial | sweep | seeds), `nvan.label` (plot label), `nvan.status` (running,
   finished, failed, infeasible, early-stopped, interrupted), `nvan.ray_run`, `dataset`,
-  `dataset.synthetic`, `preset`, `protocol` (the primary one), `device`; trials are nested
-  under their sweep's run (`mlflow.parentRunId`);
+  `dataset.synthetic`, `preset`, `protocol` (the primary one), `device`, `software.*` (versions),
+  `hardware.cpu` and `hardware.gpu` (rank 0's worker: its CPU model, its CUDA device or 'none', tagged
+  with the first epoch); trials are nested under their sweep's run (`mlflow.parentRunId`);
 - params: the flattened config (`model.width`, `train.lr`, ...), `git_commit`,
   `dataset.manifest_hash`, `input` (T x H x W) and the ModelSpec as `spec.*`;
 - metrics, accuracy as fractions: per epoch (step = epoch) `loss`, `triplet`, `ce`, `id_acc`,
   `lr`, `clips_per_s`, `epoch_time_s`; per evaluation `rank1`..`rank20`, `map`, `minp` of the
-  primary protocol and `<protocol>.<metric>` of each; at the end `best.*` (at the best
-  checkpoint), `best.epoch`, `startup_s`; cost (step 0) `cost.params_m`, `cost.gmacs` (per clip at
+  primary protocol and `<protocol>.<metric>` of each; at the end `best.*` (at the epoch
+  eval.select chose), `best.epoch`, `startup_s`; cost (step 0) `cost.params_m`, `cost.gmacs` (per clip at
   the run's input), `cost.gmacs_paper` (at 8 x 256 x 128), `cost.latency_ms`;
 - artifacts: `config.yaml`, `metrics.json`, `cmc.png`, optionally `checkpoint/`.
 """

@@ -18,8 +18,8 @@ from harness.cli import UserError
 from harness.config import Config
 from harness.params import flatten, override
 from harness.prepared import prepared_dataset
-from harness.evaluate.queries import outcomes_of, queries_path, read_queries
-from harness.evaluate.statistics import SCORES, Sample, front_probability, interval, query_values, replicates
+from harness.evaluate.queries import queries_path, read_queries
+from harness.evaluate.statistics import FRONT_SCORES, SCORES, Sample, assess, table_values
 from harness.results.records import read_record, write_record
 from harness.results.tracking import END_STATES, close_run, connect, find_run, log_metrics, set_tags, start_run
 from harness.train.driver import check_inputs, fit
@@ -297,7 +297,7 @@ def close_trials(base: Config, trials: list, sweep_name: str, parent_run_id: str
     eligible = frame.with_columns(pl.when(pl.col("status").is_in(["finished", "early-stopped"]))
                                   .then(pl.col(metric)).alias("_acc"))
     frame = with_uncertainty(frame.with_columns(pareto(eligible, "_acc", cost_key(base.sweep))), found, protocol,
-                             cost_key(base.sweep), base.report.bootstrap_resamples)
+                             cost_key(base.sweep), base.report.draws)
     for row in frame.filter(pl.col("mlflow_run_id").is_not_null()).iter_rows(named=True):
         set_tags(client, row["mlflow_run_id"], {"nvan.pareto": str(row["pareto"]).lower()})
     return frame, complete
@@ -337,23 +337,28 @@ def close_seed_runs(client, paths: list[str], records: list[dict | None], status
 
 
 def with_uncertainty(frame: pl.DataFrame, queries: dict[int, list[str]], protocol: str, cost: str,
-                     resamples: int) -> pl.DataFrame:
-    """The results table with each trained candidate's 95 % intervals (seeds x queries) of rank-1, mAP and mINP
-    and its P(on the front) of rank-1 and mAP against the sweep's cost objective, all on one query draw."""
+                     draws: int) -> pl.DataFrame:
+    """The results table with each trained candidate's 95 % intervals (seeds x identity-clustered queries) of
+    rank-1, mAP and mINP, and its P(on the front) and sure-front of rank-1 and mAP against the sweep's cost
+    objective (`harness.evaluate.statistics.assess`)."""
     columns = {f"{m}_{s}": [None] * frame.height for m in ("rank1", "map", "minp") for s in ("lo", "hi")}
-    columns |= {f"p_front_{m}": [None] * frame.height for m in ("rank1", "map")}
+    columns |= {f"p_front_{m}": [None] * frame.height for m in FRONT_SCORES}
+    columns |= {f"sure_{m}": [False] * frame.height for m in FRONT_SCORES}
     samples = {}
     for row, files in queries.items():
         if all(storage.exists(f) for f in files):
-            values = [query_values(outcomes_of(read_queries(f), protocol)) for f in files]
-            samples[str(row)] = Sample(tuple(range(len(values))), np.stack(values))
-    reps = replicates(samples, resamples)
-    for key, rep in reps.items():
-        low, high = interval(rep)
+            found = [table_values(read_queries(f), protocol) for f in files]
+            # Every trial trains seeds seed, seed + 1, ...: its k-th seed pairs with every other trial's k-th.
+            samples[row] = Sample(tuple(range(len(found))), np.stack([v for v, _ in found]), found[0][1])
+    # The rivals on the front are the trials it is drawn from (as `pareto`): trained, with a cost and scores.
+    placed = {row: frame[cost][row] for row in range(frame.height)
+              if frame["status"][row] in ("finished", "early-stopped") and frame[cost][row] is not None
+              and all(frame[m][row] is not None for m in FRONT_SCORES)}
+    for row, found in assess(samples, placed, draws).items():
         for m in ("rank1", "map", "minp"):
-            columns[f"{m}_lo"][int(key)], columns[f"{m}_hi"][int(key)] = float(low[SCORES.index(m)]), float(high[SCORES.index(m)])
-    placed = {k: frame[cost][int(k)] for k in reps if frame[cost][int(k)] is not None}
-    for m in ("rank1", "map"):
-        for key, p in front_probability({k: reps[k][:, SCORES.index(m)] for k in placed}, placed).items():
-            columns[f"p_front_{m}"][int(key)] = p
-    return frame.with_columns(pl.Series(name, values, dtype=pl.Float64) for name, values in columns.items())
+            i = SCORES.index(m)
+            columns[f"{m}_lo"][row], columns[f"{m}_hi"][row] = float(found.lo[i]), float(found.hi[i])
+        for m in FRONT_SCORES:
+            columns[f"p_front_{m}"][row], columns[f"sure_{m}"][row] = found.p_front[m], found.sure[m]
+    return frame.with_columns(pl.Series(name, values, dtype=pl.Boolean if name.startswith("sure_") else pl.Float64)
+                              for name, values in columns.items())

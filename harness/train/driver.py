@@ -34,7 +34,7 @@ from harness.echo import short
 from harness import preemption
 from harness.preemption import Preempted
 from harness.redact import redact
-from harness.results.records import QUERIES_FILE, run_config
+from harness.results.records import EPOCH_FILE, QUERIES_FILE, checkpoint_epochs, history_of, run_config
 from harness.results.tracking import connect, find_run, git_commit, log_metrics, set_tags, start_run, tracking_uri
 from harness.train.callbacks import LiveRecord, MlflowEpochLogger, controller_callback, progress_bars
 from harness.train.checkpoint import read_state
@@ -247,7 +247,8 @@ def trained_already(plan: RunPlan, tracking: Tracking, cost: dict[str, Any]) -> 
     return TrainResult(tracking.run_id, plan.ray_run, best["epoch"], best["scores"] or {}, best["cmc"] or {},
                        state["epoch"] + 1, folder, last.get("clips_per_s", math.nan), math.nan, math.nan, cost,
                        plan.spec, plan.manifest, worker.get("cpu_capability"), checkpoint_queries(folder),
-                       worker.get("precision"), best_checkpoint(plan.run_dir, best["epoch"]))
+                       worker.get("precision"), best_checkpoint(plan.run_dir, best["epoch"]),
+                       history_of(checkpoint_epochs(last)), worker.get("worker_cpu"), worker.get("gpu"))
 
 
 def build_trainer(plan: RunPlan, tracking: Tracking, cost: dict[str, Any], queue, fail_at_step: int | None,
@@ -281,7 +282,9 @@ def build_trainer(plan: RunPlan, tracking: Tracking, cost: dict[str, Any], queue
     if plan.record_to:
         base = record_base(plan.given, plan.spec, plan.manifest, cost, plan.label, plan.kind)
         run = {"run": {"mlflow_run_id": tracking.run_id, "ray_run": plan.ray_run, "software": software_versions()}}
-        callbacks.insert(0, controller_callback(LiveRecord, str(plan.record_to), base | run))
+        # A resumed run's record starts from the epochs its checkpoint holds (the worker resumes from the same one).
+        resumed = checkpoint_epochs(plan.saved[max(plan.saved)]) if plan.saved else {}
+        callbacks.insert(0, controller_callback(LiveRecord, str(plan.record_to), base | run, resumed))
     return TorchTrainer(
         run_worker, train_loop_config=loop_config,
         scaling_config=ScalingConfig(num_workers=config.ray.num_workers, use_gpu=config.ray.use_gpu,
@@ -343,11 +346,19 @@ def train(plan: RunPlan, tracking: Tracking, cost: dict[str, Any], progress: boo
                        metrics.get("clips_per_s", math.nan), time.perf_counter() - start,
                        metrics.get("first_step_at", math.nan) - started_at, cost, plan.spec, plan.manifest,
                        metrics.get("cpu_capability"), checkpoint_queries(checkpoint) if checkpoint else None,
-                       metrics.get("precision"), best_checkpoint(plan.run_dir, best_epoch))
+                       metrics.get("precision"), best_checkpoint(plan.run_dir, best_epoch),
+                       checkpoint_history(checkpoint) if checkpoint else [], metrics.get("worker_cpu"),
+                       metrics.get("gpu"))
+
+
+def checkpoint_history(folder: str) -> list[dict[str, Any]]:
+    """The record's history of every epoch up to a checkpoint (records.history_of), from its epoch.json."""
+    return history_of(checkpoint_epochs(json.loads(storage.read_text(storage.join(folder, EPOCH_FILE)))))
 
 
 def best_checkpoint(run_dir: str, best_epoch: int) -> str | None:
-    """The complete checkpoint of the best epoch (train.keep_checkpoints keeps it by its score); None if it has none."""
+    """The complete checkpoint of the selected epoch (train.keep_checkpoints keeps it by its score); None if it has
+    none."""
     saved = saved_epochs(run_dir).get(best_epoch)
     return storage.join(run_dir, saved["folder"]) if saved else None
 
@@ -440,7 +451,7 @@ def log_artifacts(client, config: Config, result: TrainResult) -> None:
             ax = fig.subplots()
             ax.plot(range(1, len(cmc) + 1), [100 * c for c in cmc], marker=".")
             ax.set(xlabel="rank", ylabel="matching rate (%)", ylim=(0, 100),
-                   title=f"CMC, {config.eval.protocols[0]}, best epoch {result.best_epoch}")
+                   title=f"CMC, {config.eval.protocols[0]}, epoch {result.best_epoch} ({config.eval.select})")
             ax.grid(alpha=0.3)
             fig.savefig(folder / "cmc.png", dpi=120)
         if result.queries is not None:

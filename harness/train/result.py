@@ -5,15 +5,15 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import polars as pl
 
 from harness import storage
 from harness.config import Config
-from harness.evaluate.queries import outcomes_of, queries_path, write_queries
-from harness.evaluate.statistics import query_interval, query_values
+from harness.evaluate.queries import queries_path, write_queries
+from harness.evaluate.statistics import query_interval, table_values
 from harness.results.records import run_record, write_record
 from harness.results.tracking import git_commit
 from harness.versions import software_versions
@@ -23,7 +23,8 @@ FINAL_KEYS = ("rank1", "rank5", "rank10", "rank20", "map", "minp")
 
 @dataclass(frozen=True)
 class TrainResult:
-    """What a finished training job leaves: its MLflow run, best epoch, scores and CMC, checkpoints, cost."""
+    """What a finished training job leaves: its MLflow run, the selected epoch (eval.select), its scores and CMC,
+    checkpoints, cost, every epoch's history and the hardware rank 0's worker ran on."""
 
     run_id: str
     ray_run: str
@@ -39,9 +40,12 @@ class TrainResult:
     spec: Any  # ModelSpec
     manifest: dict[str, Any]
     cpu_capability: str | None = None  # the CPU kernels torch ran in the workers (e.g. AVX2)
-    queries: pl.DataFrame | None = None  # per-query outcomes of the best evaluation (harness.evaluate.queries)
+    queries: pl.DataFrame | None = None  # per-query outcomes of the selected evaluation (harness.evaluate.queries)
     precision: dict[str, Any] | None = None  # the TF32 settings the workers trained with (harness.precision)
-    best_checkpoint: str | None = None  # the best epoch's: the weights best_scores are of
+    best_checkpoint: str | None = None  # the selected epoch's: the weights best_scores are of
+    history: list[dict[str, Any]] = field(default_factory=list)  # the record's (records.history_of)
+    worker_cpu: str | None = None  # rank 0's worker's CPU model
+    gpu: str | None = None  # rank 0's CUDA device; None on a CPU
 
 
 def record_base(config: dict, spec, manifest: dict, cost: dict, label: str | None, kind: str) -> dict:
@@ -51,11 +55,12 @@ def record_base(config: dict, spec, manifest: dict, cost: dict, label: str | Non
                       git_commit=git_commit(), run={}, status="running")
 
 
-def intervals(queries: pl.DataFrame | None, protocols: list[str], resamples: int) -> dict[str, dict[str, list[float]]]:
-    """Each protocol's 95 % query-bootstrap interval of every score ({protocol: {score: [lo, hi]}}, fractions)."""
+def intervals(queries: pl.DataFrame | None, protocols: list[str]) -> dict[str, dict[str, list[float]]]:
+    """Each protocol's 95 % interval of every score over identity-clustered queries ({protocol: {score: [lo, hi]}},
+    fractions); one run, so no seed variation is in it."""
     if queries is None:
         return {}
-    return {p: query_interval(query_values(outcomes_of(queries, p)), resamples) for p in protocols}
+    return {p: query_interval(*table_values(queries, p)) for p in protocols}
 
 
 def train_record(config: Config, result: TrainResult, label: str | None = None, kind: str = "train") -> dict:
@@ -75,14 +80,14 @@ def train_record(config: Config, result: TrainResult, label: str | None = None, 
         "clips_per_s": result.clips_per_s, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "device": "cuda" if config.ray.use_gpu else "cpu", "workers": config.ray.num_workers,
         "threads_per_worker": config.ray.cpus_per_worker, "cpu_capability": result.cpu_capability,
-        "driver_cpu": cpu_name(), "torch": torch.__version__, "precision": result.precision,
-        "software": software_versions(),
+        "driver_cpu": cpu_name(), "worker_cpu": result.worker_cpu, "gpu": result.gpu, "torch": torch.__version__,
+        "precision": result.precision, "software": software_versions(),
     }
     return run_record(label=label or config.model.preset, kind=kind, config=config.model_dump(mode="json"),
                       spec=result.spec, manifest=result.manifest, cost=result.cost, scores=result.best_scores,
                       cmc=result.best_cmc, best_epoch=result.best_epoch, epochs=result.epochs,
-                      git_commit=git_commit(), run=run,
-                      ci95=intervals(result.queries, list(result.best_scores), config.eval.bootstrap_resamples))
+                      git_commit=git_commit(), run=run, history=result.history,
+                      ci95=intervals(result.queries, list(result.best_scores)))
 
 
 def write_run(record_to: Path | str, record: dict, queries: pl.DataFrame | None) -> None:

@@ -20,7 +20,7 @@ import pyarrow.fs as pafs
 from harness import storage
 from harness.cli import UserError
 from harness.redact import redact
-from harness.results.records import EPOCH_FILE, RUN_NAME
+from harness.results.records import EPOCH_FILE, RUN_NAME, checkpoint_epochs
 from harness.train.checkpoint import STATE_FILE
 from harness.results.tracking import log_metrics
 
@@ -99,8 +99,8 @@ def log_missing_epochs(client, run_id: str, saved: dict[int, dict[str, float]]) 
     skip = ("epoch", "checkpoint_score", "best_value", "first_step_at", "folder", "files", "history", "worker")
     # Each checkpoint holds its own epoch's numbers and every earlier epoch's (their `history`).
     known: dict[int, dict] = {}
-    for epoch, metrics in sorted(saved.items()):
-        known |= {int(e): m for e, m in (metrics.get("history") or {}).items()} | {epoch: metrics}
+    for _, metrics in sorted(saved.items()):
+        known |= checkpoint_epochs(metrics)
     for epoch, metrics in sorted(known.items()):
         if epoch not in logged:
             log.info("logging epoch %d of run %s, checkpointed but not in MLflow", epoch, run_id)

@@ -24,7 +24,7 @@ from harness.precision import effective as precision_effective
 from harness.precision import set_tf32
 from harness.redact import redact
 from harness.train.checkpoint import read_state, rng_state, save_state, set_rng_state
-from harness.config import Config, TrainConfig
+from harness.config import Config, EvalConfig, TrainConfig
 from harness.evaluate.features import autocast, extract_features, score_features
 from harness.evaluate.metrics import QueryOutcomes
 from harness.evaluate.queries import outcomes_table
@@ -43,6 +43,8 @@ NOT_EVALUATED = -1.0
 CMC_RANKS = 50  # CMC entries kept with the best scores (the full curve is gallery-long)
 # Waiting for batches longer than this share of an epoch means the GPU (or CPU) idles for data.
 LOADER_BOUND = 0.2
+# What a checkpoint's epoch.json keeps of how rank 0's worker ran, for a resume that finds every epoch trained.
+WORKER_KEYS = ("precision", "cpu_capability", "worker_cpu", "gpu")
 StepHook = Callable[[int, int, int, dict[str, Any]], None]  # epoch, step, steps, stats (tensors and floats)
 
 
@@ -138,8 +140,9 @@ def training_model(spec: ModelSpec, imagenet_init: Path | None = None, sync_bn: 
 
 @dataclass
 class Best:
-    """The best evaluation so far: epoch, the selection metric's value, every protocol's scores, CMC and
-    per-query outcomes (plain lists, so checkpoints stay plain data)."""
+    """The evaluation chosen so far (eval.select: the latest, or the best on the test set): epoch, the
+    eval.select_by metric's value, every protocol's scores, CMC and per-query outcomes (plain lists, so checkpoints
+    stay plain data)."""
 
     epoch: int = -1
     value: float = NOT_EVALUATED
@@ -148,8 +151,22 @@ class Best:
     queries: dict[str, dict[str, list]] | None = None  # per protocol, QueryOutcomes' fields as lists
 
     def outcomes(self) -> dict[str, QueryOutcomes]:
-        """The per-query outcomes of the best evaluation, per protocol."""
+        """The per-query outcomes of the chosen evaluation, per protocol."""
         return {p: QueryOutcomes(**{k: np.asarray(v) for k, v in q.items()}) for p, q in (self.queries or {}).items()}
+
+
+def choose(eval_config: EvalConfig, best: Best, new: Best) -> Best:
+    """The evaluation a run reports after `new`: under eval.select last the newest, under test the better by
+    eval.select_by, ties to the later epoch (as the authors' `cmc >= best_cmc`, train_NL.py)."""
+    return new if eval_config.select == "last" or new.value >= best.value else best
+
+
+def checkpoint_score(eval_config: EvalConfig, epoch: int, metrics: dict[str, Any]) -> float:
+    """The score Ray keeps train.keep_checkpoints checkpoints by (the highest): the epoch under eval.select last, so
+    the newest are kept; the eval.select_by metric under test (NOT_EVALUATED at epochs without an evaluation)."""
+    if eval_config.select == "last":
+        return float(epoch)
+    return metrics.get(eval_config.select_by, NOT_EVALUATED)
 
 
 def evaluate_model(model: nn.Module, dataset: EvalClips, config: Config, device: torch.device, rank: int = 0,
@@ -188,9 +205,9 @@ def save_checkpoint(folder: Path, model: nn.Module, spec: ModelSpec, optimizer: 
 
 def restore(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler,
             scaler: torch.amp.GradScaler | None, shown: str | None = None) -> tuple[int, Best, dict[int, dict]]:
-    """Load a `save_checkpoint` folder into the training objects; return the epoch to start at, the best so far and
-    the metrics of every epoch it holds. Errors name `shown`, where the checkpoint lives, when `folder` is a local
-    copy of it."""
+    """Load a `save_checkpoint` folder into the training objects; return the epoch to start at, the evaluation chosen so
+    far and the metrics of every epoch it holds. Errors name `shown`, where the checkpoint lives, when `folder` is a
+    local copy of it."""
     state = read_state(folder, shown)
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
@@ -282,13 +299,13 @@ def run_worker(loop_config: dict[str, Any]) -> None:
                loop_config.get("store_hash"))
     job = build_job(config, directory)
     start_epoch, best, history = resume_point(job, loop_config.get("resume_from"))
-    watch, warned = StepWatch(loop_config, job.rank, job.world), False
+    watch, warned, machine = StepWatch(loop_config, job.rank, job.world), False, hardware(job.device)
     for epoch in range(start_epoch, config.train.epochs):
         set_epoch(job.loader, epoch)
         stats = train_epoch(job.model, job.loader, job.optimizer, config.train, job.device, job.scaler, epoch, watch)
         stats = _mean_over_workers(stats, job.world, job.device)
         metrics: dict[str, Any] = {"epoch": epoch, "lr": job.scheduler.get_last_lr()[0], **stats,
-                                   "clips_per_s": stats["clips_per_s"] * job.world, "checkpoint_score": NOT_EVALUATED}
+                                   "clips_per_s": stats["clips_per_s"] * job.world}
         job.scheduler.step()
         if job.rank == 0 and not warned and (warning := loader_warning(stats, config.data.frames, job.loader_workers)):
             log.warning("epoch %d: %s", epoch, warning)
@@ -296,12 +313,13 @@ def run_worker(loop_config: dict[str, Any]) -> None:
         evaluate = (epoch + 1) % config.eval.every == 0 or epoch + 1 == config.train.epochs
         if evaluate:
             best = evaluate_epoch(job, epoch, best, metrics)
-        metrics |= {"best_epoch": best.epoch, "best_value": best.value, "best_scores": best.scores, "best_cmc": best.cmc,
+        metrics |= {"checkpoint_score": checkpoint_score(config.eval, epoch, metrics), "best_epoch": best.epoch,
+                    "best_value": best.value, "best_scores": best.scores, "best_cmc": best.cmc,
                     "mlflow_run_id": loop_config.get("mlflow_run_id"),
                     # Lets a sweep free the workers of a trial that Tune stops early (ray#54305).
                     "placement_group": ray.get_runtime_context().get_placement_group_id(),
                     "first_step_at": watch.first_step_at, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-                    "precision": watch.precision or precision_effective()}
+                    "precision": watch.precision or precision_effective(), **machine}
         history[epoch] = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
         every = config.train.checkpoint_every
         report_epoch(job, epoch, best, metrics, evaluate or (every is not None and (epoch + 1) % every == 0), history)
@@ -309,7 +327,7 @@ def run_worker(loop_config: dict[str, Any]) -> None:
 
 def resume_point(job: Job, resume_from: str | None) -> tuple[int, Best, dict[int, dict]]:
     """Restore the newest of Ray's checkpoint (a restart within the run) and `resume_from` (the newest complete one on
-    disk when the run was resumed); return the epoch to start at, the best so far and the epochs' metrics so far
+    disk when the run was resumed); return the epoch to start at, the evaluation chosen so far and the epochs' metrics
     (0, none and none: a new run)."""
     import ray.train
 
@@ -340,24 +358,21 @@ def _checkpoint_epoch(location: str, filesystem=None) -> int:
 
 
 def evaluate_epoch(job: Job, epoch: int, best: Best, metrics: dict[str, Any]) -> Best:
-    """Evaluate after `epoch` (every rank extracts, rank 0 scores into `metrics`); return the best so far."""
+    """Evaluate after `epoch` (every rank extracts, rank 0 scores into `metrics`); return the evaluation chosen so
+    far (eval.select)."""
     evaluated = evaluate_model(job.plain, job.eval_set, job.config, job.device, job.rank, job.world)
     if evaluated is None:  # not rank 0: only rank 0 keeps scores
         return best
     scores, cmcs, queries = evaluated
-    select_by = job.config.eval.select_by
-    metrics |= scores | {"checkpoint_score": scores[select_by]}
-    # Ties go to the later epoch, as the authors' `cmc >= best_cmc` (train_NL.py).
-    if scores[select_by] < best.value:
-        return best
+    metrics |= scores
     by_protocol = {p: {k.removeprefix(p + "."): v for k, v in scores.items() if k.startswith(p + ".")}
                    for p in job.config.eval.protocols}
-    return Best(epoch, scores[select_by], by_protocol, cmcs, queries)
+    return choose(job.config.eval, best, Best(epoch, scores[job.config.eval.select_by], by_protocol, cmcs, queries))
 
 
 def report_epoch(job: Job, epoch: int, best: Best, metrics: dict[str, Any], checkpointed: bool,
                  history: dict[int, dict[str, float]]) -> None:
-    """Report `epoch` to Ray Train, with rank 0's full checkpoint when `checkpointed`: state.pt, the best
+    """Report `epoch` to Ray Train, with rank 0's full checkpoint when `checkpointed`: state.pt, the chosen
     evaluation's per-query outcomes, and epoch.json (this epoch's numbers, and every earlier epoch's)."""
     import ray.train
 
@@ -365,7 +380,7 @@ def report_epoch(job: Job, epoch: int, best: Best, metrics: dict[str, Any], chec
         ray.train.report(metrics)
         return
     with tempfile.TemporaryDirectory() as folder:
-        if best.queries:  # the best evaluation's per-query outcomes, for the run record beside it
+        if best.queries:  # the chosen evaluation's per-query outcomes, for the run record beside it
             outcomes_table(best.outcomes(), job.eval_set.rows).write_parquet(Path(folder) / QUERIES_FILE)
         save_checkpoint(Path(folder), job.plain, job.spec, job.optimizer, job.scheduler, job.scaler, epoch, best,
                         history)
@@ -373,9 +388,16 @@ def report_epoch(job: Job, epoch: int, best: Best, metrics: dict[str, Any], chec
         # the earlier epochs' numbers, so a resume logs those MLflow never heard of (runs.log_missing_epochs).
         numbers = history[epoch] | {"files": {f.name: f.stat().st_size for f in Path(folder).iterdir()},
                                     "history": {str(e): m for e, m in history.items() if e != epoch},
-                                    "worker": {k: metrics.get(k) for k in ("precision", "cpu_capability")}}
+                                    "worker": {k: metrics.get(k) for k in WORKER_KEYS}}
         (Path(folder) / EPOCH_FILE).write_text(json.dumps(numbers))
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+
+
+def hardware(device: torch.device) -> dict[str, str | None]:
+    """This worker's machine: its CPU model (`worker_cpu`) and the name of its CUDA device (`gpu`, None on a CPU)."""
+    from harness.measure.cost import cpu_name
+
+    return {"worker_cpu": cpu_name(), "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None}
 
 
 def loader_workers(config: Config) -> int:

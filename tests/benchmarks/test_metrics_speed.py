@@ -3,9 +3,9 @@
 Run: pytest tests/benchmarks/test_metrics_speed.py --benchmark-only -n 0
 Target (issue 4): the whole mars-official scoring of the MARS test set, distances included,
 under 2 s on a 2-core CPU; a per-query Python loop is the comparison.
-Target (issue 22): the 95 % query-bootstrap intervals of one run's scores (B = 2,000) on MARS's 1,980
-queries well under a second; the two-way (seeds x queries) replicates of three presets of four seeds each,
-the report's whole resampling, likewise.
+Target (issue 22): the 95 % identity-clustered query interval of one run's scores on MARS's 1,980 queries
+well under a second; the report's whole uncertainty for three presets of four seeds each (intervals,
+2,000 front draws, P(front), sure-front and their paired comparisons) likewise.
 """
 
 import json
@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from harness.evaluate.metrics import score_test_set
-from harness.evaluate.statistics import Sample, query_interval, query_values, replicates
+from harness.evaluate.statistics import Sample, assess, compare, query_clusters, query_interval, query_values
 
 NUM_TRACKLETS, NUM_QUERIES, DIM, NUM_IDS, NUM_CAMS, NUM_DISTRACTORS = 12180, 1980, 2048, 625, 6, 2500
 # Per-identity noise around unit-variance cluster centres: easy is well separated (all
@@ -104,20 +104,31 @@ def test_per_query_loop(benchmark, test_set):
     assert scores.map == pytest.approx(mean_ap, abs=1e-4)
 
 
-def test_query_bootstrap_of_one_run(benchmark, test_set):
+def test_query_interval_of_one_run(benchmark, test_set):
     name, data = test_set
-    values = query_values(score_test_set(*data, device="cpu").outcomes)
-    found = benchmark.pedantic(query_interval, args=(values,), kwargs={"resamples": 2000}, rounds=5, warmup_rounds=1)
+    outcomes = score_test_set(*data, device="cpu").outcomes
+    values = query_values(outcomes)
+    clusters = query_clusters(data[1][data[3]][outcomes.valid])  # the queries' identities
+    found = benchmark.pedantic(query_interval, args=(values, clusters), rounds=5, warmup_rounds=1)
     benchmark.extra_info.update(features=name, queries=values.shape[1], rank1_interval=found["rank1"])
     assert values.shape[1] == NUM_QUERIES
     assert benchmark.stats.stats.median < 1.0
 
 
-def test_two_way_replicates_of_three_presets(benchmark):
+def test_uncertainty_of_three_presets(benchmark):
     rng = np.random.default_rng(0)
-    samples = {p: Sample((0, 1, 2, 3), (rng.random((4, 5, NUM_QUERIES)) < 0.4).astype(np.float64))
-               for p in ("baseline", "nvan", "ste_nvan")}
-    benchmark.pedantic(replicates, args=(samples,), kwargs={"resamples": 2000}, rounds=5, warmup_rounds=1)
+    clusters = np.sort(rng.integers(0, NUM_IDS, NUM_QUERIES))
+    values = {p: (rng.random((4, 5, NUM_QUERIES)) < 0.4).astype(np.float64) for p in ("baseline", "nvan", "ste_nvan")}
+    cost = {"baseline": 1.0, "nvan": 2.0, "ste_nvan": 3.0}
+
+    def report() -> None:
+        # Fresh samples each round: a Sample caches its cluster sums and estimate.
+        samples = {p: Sample((0, 1, 2, 3), v, clusters) for p, v in values.items()}
+        assess(samples, cost, draws=2000)
+        for a, b in (("baseline", "nvan"), ("baseline", "ste_nvan"), ("nvan", "ste_nvan")):
+            compare(samples[a], samples[b])
+
+    benchmark.pedantic(report, rounds=5, warmup_rounds=1)
     assert benchmark.stats.stats.median < 1.0
 
 

@@ -56,6 +56,10 @@ def test_null_override_keeps_preset(params):
         (["model.width.x=1"], ["model.width", "is a value"]),
         (["nonsense"], ["KEY=VALUE"]),
         (["model.non_local=[0,2"], ["not valid YAML"]),
+        (["eval.select=best"], ["eval.select", "best", "'last' or 'test'"]),
+        (["eval.bootstrap_resamples=2000"], ["eval.bootstrap_resamples", "unknown key"]),
+        (["report.bootstrap_resamples=2000"], ["report.bootstrap_resamples", "unknown key"]),
+        (["report.draws=999"], ["report.draws", "999", "greater than or equal to 1000"]),
     ],
 )
 def test_bad_values_name_the_key(params, override, names):
@@ -63,6 +67,13 @@ def test_bad_values_name_the_key(params, override, names):
         load_config(params, override)
     for name in names:
         assert name in str(err.value)
+
+
+def test_runs_report_the_trained_model_unless_told_to_choose_on_the_test_set(params):
+    assert load_config(params).eval.select == "last"
+    assert (load_config(params).report.draws, load_config(params, ["report.draws=5000"]).report.draws) == (2000, 5000)
+    chosen = load_config(params, ["eval.select=test", "eval.select_by=rank1"]).eval
+    assert (chosen.select, chosen.select_by) == ("test", "rank1")
 
 
 def test_missing_and_malformed_files(tmp_path):

@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 from harness.cli import UserError
-from harness.results.records import read_record
+from harness.config import Config
+from harness.results.records import history_of, read_record, run_record, write_record
+from models.presets import preset_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 GOOD = json.loads((ROOT / "reports" / "runs" / "nvan" / "seed0.json").read_text())
@@ -48,6 +50,10 @@ def edited(path: list[str], value) -> dict:
     ("epochs", -3, "greater than or equal to 0"),
     ("best_epoch", 1.5, "a valid integer"),
     ("input", "big", "a string matching"),
+    ("selection", "best", "'last' or 'test'"),
+    ("selection", None, "'last' or 'test'"),
+    ("history", [{"epoch": 2, "loss": 1.0, "lr": 0.001}], "one entry per epoch, numbered 1, 2, ... in order"),
+    ("history", {"1": {"loss": 1.0}}, "a valid list"),
 ])
 def test_a_malformed_field_is_a_user_error_naming_it(cli, tmp_path, field, value, expected):
     path = tmp_path / "run.json"
@@ -96,3 +102,34 @@ def test_a_broken_record_is_never_to_be_written_over(tmp_path, where):
         # Nothing it suggests writes the file given: no --out of it, no stage whose output it is.
         assert f"--out {path}" not in message and "dvc repro" not in message.replace("dvc repro train@<preset>", ""), \
             message
+
+
+def test_a_record_says_which_evaluation_it_reports_and_how_each_epoch_went(tmp_path):
+    # What the worker reports per 0-based epoch: rank1 and map (primary protocol) only where it evaluated.
+    numbers = {0: {"epoch": 0, "loss": 2.5, "lr": 1e-3, "clips_per_s": 9.0},
+               1: {"epoch": 1, "loss": 2.0, "lr": 5e-4, "rank1": 0.5, "map": 0.25, "mars-official.map": 0.25},
+               2: {"epoch": 2, "loss": float("nan"), "lr": 2.5e-4, "rank1": 0.75, "map": 0.5}}
+    config = Config.model_validate({"eval": {"select": "test"}}).model_dump(mode="json")
+    record = run_record(label="nvan", kind="train", config=config, spec=preset_spec("nvan", 5, width=4), manifest={},
+                        cost={}, scores={}, cmc={}, best_epoch=2, epochs=3, git_commit="abc", run={},
+                        history=history_of(numbers))
+    write_record(tmp_path / "run.json", record)
+    found = read_record(tmp_path / "run.json")
+    assert found["selection"] == "test" and found["config"]["eval"]["select"] == "test"
+    assert found["history"] == [{"epoch": 1, "loss": 2.5, "lr": 1e-3},
+                                {"epoch": 2, "loss": 2.0, "lr": 5e-4, "rank1": 0.5, "map": 0.25},
+                                {"epoch": 3, "loss": None, "lr": 2.5e-4, "rank1": 0.75, "map": 0.5}]
+
+
+@pytest.mark.parametrize("entry, field, expected", [
+    ({"epoch": 1, "loss": 1.0, "lr": "0.001"}, "history.0.lr", "a valid number"),
+    ({"epoch": 1, "loss": 1.0, "lr": 0.001, "map": 1.5}, "history.0.map", "less than or equal to 1"),
+    ({"epoch": 1, "lr": 0.001}, "history.0.loss", "a value (the field is required)"),
+    ({"epoch": 0, "loss": 1.0, "lr": 0.001}, "history.0.epoch", "greater than or equal to 1"),
+])
+def test_a_malformed_history_entry_is_named(tmp_path, entry, field, expected):
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(GOOD | {"history": [entry]}))
+    with pytest.raises(UserError) as found:
+        read_record(path)
+    assert f"{field} = " in str(found.value) and f"expected {expected}" in str(found.value), found.value

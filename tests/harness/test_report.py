@@ -1,3 +1,4 @@
+import itertools
 import json
 import os
 import re
@@ -10,7 +11,6 @@ import numpy as np
 import polars as pl
 import pytest
 from matplotlib.collections import PathCollection
-from matplotlib.text import Annotation, Text
 
 from harness.cli import UserError
 from harness.config import InputSize
@@ -21,7 +21,7 @@ from harness.report.__main__ import main
 from harness.report.build import build_report, write_report
 from harness.report.plot import draw
 from harness.report.points import deterministic_front, with_uncertainty
-from harness.report.runs import (PANELS, PUBLISHED, SCHEMA, load_costs, load_runs, open_experiment, published_points,
+from harness.report.runs import (PANELS, PUBLISHED, load_costs, load_runs, open_experiment, published_points,
                                  select_runs)
 from harness.results.tracking import connect, log_metrics, start_run
 from models.presets import preset_spec
@@ -166,49 +166,40 @@ def test_plot_data_one_group_per_panel(store):
     assert len(tips) == 2 * len(points.drop_nulls("gmacs")) + 2 * len(refs)
 
 
-def test_labels_do_not_overlap():
-    n = 10  # a tight cluster between two far anchors: every label's first choice collides
-    gmacs = [0.1, *np.linspace(1.0, 1.2, n - 2), 10.0]
-    acc = [0.1, *np.linspace(0.50, 0.52, n - 2), 0.9]
-    cluster = pl.DataFrame({
-        "run_id": [f"{i:032x}" for i in range(n)], "label": [f"t{i:03d} p0230" for i in range(n)],
-        "kind": ["trial"] * n, "dataset": ["duke"] * n, "synthetic": [False] * n, "input": ["8x128x64"] * n,
-        "start_time": list(range(n)), "gmacs": gmacs, **{m: acc for m in ("rank1", "rank5", "rank10", "rank20",
-                                                                           "map", "minp")},
-    })
-    runs = pl.concat([pl.DataFrame(schema=SCHEMA), cluster], how="diagonal_relaxed")
-    points = points_of(select_runs(runs, None, latest_per_label=True))
-    fig, _ = draw(points, None)
-    renderer = fig.canvas.get_renderer()
-    for ax in fig.axes:
-        labels = [t for t in ax.texts if isinstance(t, Annotation)]
-        assert len(labels) == n
-        for t in labels:
-            t.update_positions(renderer)
-        boxes = [Text.get_window_extent(t, renderer) for t in labels]  # the text, without its leader line
-        for i in range(n):
-            for j in range(i):
-                assert not boxes[i].overlaps(boxes[j]), (labels[i].get_text(), labels[j].get_text())
+def table_under(md: str, heading: str, after: str | None = None) -> list[list[str]]:
+    """The body rows of the first markdown table under `heading` (the first `heading` after `after`)."""
+    lines = md.splitlines()
+    lines = lines[lines.index(after) if after else 0:]
+    lines = lines[lines.index(heading) + 1:]
+    start = next(i for i, line in enumerate(lines) if line.startswith("| "))
+    table = [line for line in itertools.takewhile(lambda line: line.startswith("| "), lines[start:])]
+    return [line[2:-2].split(" | ") for line in table[2:]]
 
 
 def test_report_files(store, tmp_path):
     points = points_of(select_runs(load_runs(*open_experiment(store, "nvan-bench")), "mars", True))
     paths = write_report(points, published_points(), tmp_path, "experiment 'nvan-bench' in test")
-    assert [p.name for p in paths] == ["pareto.png", "pareto.html", "benchmark.md", "metrics.json", "pareto.csv",
-                                       "metrics"]
+    assert [p.name for p in paths] == ["pareto.png", "pareto.html", "benchmark.md", "metrics.json", "comparisons.json",
+                                       "pareto.csv", "metrics"]
     assert paths[0].read_bytes().startswith(b"\x89PNG")
 
     md = paths[2].read_text()
-    rows = [line for line in md.splitlines() if re.match(r"\| .*\| [0-9a-f]{32} \|", line)]
-    assert len(rows) == len(points)
-    ste = next(r for r in rows if "| ste_nvan | mars (synthetic) |" in r).split(" | ")
-    # MLflow runs keep no per-query outcomes: means without intervals, seed spread or P(front).
-    assert ste[7] == "0.3" and ste[12:22] == ["45.0", "–", "–", "36.0", "–", "–", "18.0", "46.0", "47.0", "48.0"]
-    assert ste[-1] == "0123456789ab-dirty |"
+    main, details = table_under(md, "## mars (synthetic)"), table_under(md, "### Details", "## mars (synthetic)")
+    # MLflow runs keep no per-query outcomes: means without intervals, seed spread or P(front); and, logging no
+    # eval.select, they chose their epochs on the test set.
+    ste = next(r for r in main if r[1] == "ste_nvan ‡")
+    assert ste[1:] == ["ste_nvan ‡", "1", "0.3", "12.5", "45.0", "not measured", "–", "36.0", "not measured", "–",
+                       "–"]
+    assert next(r for r in details if r[0] == "ste_nvan ‡")[1:] == [
+        "mars (synthetic)", "train", "8x128x64", "1.50", "–", "–", "–",
+        "optimistic (best epoch chosen on the test set)",
+        "18.0", "46.0", "47.0", "48.0", points.filter(pl.col("label") == "ste_nvan")["run_id"][0], "0123456789ab-dirty"]
     for r in points.iter_rows(named=True):
-        cells = next(row for row in rows if f"| {r['run_id']} |" in row).split(" | ")
-        front = ", ".join(name for acc, name in (("rank1", "rank-1"), ("map", "mAP")) if r[f"pareto_{acc}"])
-        assert cells[0] == "| " + (f"★ {front}" if front else "")
+        group = table_under(md, f"## {r['group']}")
+        cells = next(row for row in group if row[1] == f"{r['label']} ‡")
+        assert cells[0] == ", ".join(f"☆ {name}" for acc, name in (("rank1", "rank-1"), ("map", "mAP"))
+                                     if r[f"pareto_{acc}"])
+    assert "‡ optimistic (best epoch chosen on the test set): " in md
     assert 0 < points["pareto_map"].sum() < len(points)
     assert "| NVAN | 90.0 | 82.8 |" in md
 
@@ -217,7 +208,8 @@ def test_report_files(store, tmp_path):
     assert metrics["mars (synthetic)"]["nvan"] == {"seeds": 1, "rank1_pct": 50.0, "rank1_lo": None, "rank1_hi": None,
                                                    "rank1_std": None, "map_pct": 35.0, "map_lo": None, "map_hi": None,
                                                    "map_std": None, "gmacs": 1.0, "latency_ms": 12.5}
-    csv = pl.read_csv(paths[4])
+    assert json.loads(paths[4].read_text())["groups"] == {}  # nothing to compare without per-query outcomes
+    csv = pl.read_csv(paths[5])
     assert len(csv) == len(points) and set(csv["group"]) == {"mars", "mars (synthetic)"}
     assert csv.filter(pl.col("pareto_map"))["label"].to_list() == points.filter(pl.col("pareto_map"))["label"].to_list()
 
@@ -366,10 +358,11 @@ def test_report_adds_sweep_tables(record_files, tmp_path):
     pl.DataFrame({"label": ["t000 p0230", "t001 p0000"], "status": ["finished", "infeasible"], "map": [0.31, None],
                   "rank1": [0.42, None], "gmacs_input": [0.2, None], "dataset": ["mars", "mars"],
                   "synthetic": [True, True], "input": ["4x64x32", "4x64x32"], "mlflow_run_id": ["a" * 32, "b" * 32],
-                  "git_commit": ["c" * 40] * 2}).write_parquet(sweep)
+                  "git_commit": ["c" * 40] * 2, "sure_rank1": [True, False]}).write_parquet(sweep)
     _, points, _ = build_report(tmp_path / "out", records=record_files, sweeps=[sweep])
     trial = points.filter(pl.col("label") == "t000 p0230").row(0, named=True)
     assert (trial["kind"], trial["gmacs"], trial["map"], trial["parent_run_id"]) == ("trial", 0.2, 0.31, "demo")
+    assert trial["sure_rank1"] is True and not trial["sure_map"]  # the sweep's verdict, not sure where it has none
     assert len(points) == 5
 
 

@@ -205,7 +205,7 @@ def test_interrupted_sweep_resumes_and_records_every_trial(tiny_sets, tmp_path, 
             "--set", f"report.out_dir={tmp_path / 'reports'}", "--set", "sweep.search=grid",
             "--set", "sweep.space={placement: [p0200], stripes: [0, 8, 16]}",  # s16: 16 stripes > 8 rows
             "--set", "sweep.trial={train: {epochs: 2, steps_per_epoch: 2}, eval: {every: 1}}", "--set", "sweep.grace_period=1",
-            "--set", "sweep.seeds=2", "--set", "report.bootstrap_resamples=1000",
+            "--set", "sweep.seeds=2", "--set", "report.draws=1000",
             # One trial at a time: when the first one ends, a trained one is still to come (two at once
             # can both end before the interrupt lands, and the sweep exits 0).
             "--name", "t", "--num-samples", "1", "--max-concurrent", "1"]

@@ -22,13 +22,15 @@ from torch import nn
 
 from harness.train.checkpoint import read_state
 from harness.cli import UserError
+from harness.config import EvalConfig
+from harness.measure.cost import cpu_name
 from harness.results.tracking import connect, find_run, log_metrics, start_run
 from harness import storage
 from harness.results.records import read_record
 from harness.train.driver import fit
 from harness.train.runs import log_missing_epochs, saved_epochs
 from harness.train.session import ray_session
-from harness.train.worker import training_model
+from harness.train.worker import NOT_EVALUATED, Best, checkpoint_score, choose, training_model
 from harness.versions import PACKAGES
 from models.presets import preset_spec
 
@@ -47,27 +49,29 @@ def history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, floa
     return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
 
 
-@pytest.mark.slow(seconds=60)
+@pytest.mark.slow(seconds=70)
 def test_train_and_resume_on_object_storage_with_sparse_checkpoints(local_ray, tiny_config, s3_storage, tmp_path,
                                                                     monkeypatch):
     # ray.storage_path is an S3 URI (a local moto server): checkpoints, resume and the run record
     # go through it, and no local folder named after the URI appears.
     monkeypatch.chdir(tmp_path)
-    config = tiny_config("train.epochs=3", "eval.every=3", "train.checkpoint_every=2", "train.steps_per_epoch=2",
-                         "ray.max_failures=0", f"ray.storage_path={s3_storage}")
+    config = tiny_config("train.epochs=4", "eval.every=3", "train.checkpoint_every=2", "train.steps_per_epoch=2",
+                         "train.step_size=1", "train.gamma=0.5", "ray.max_failures=0", f"ray.storage_path={s3_storage}")
     with pytest.raises(ray.train.TrainingFailedError, match="injected failure"):
-        fit(config, name="early", progress=False, fail_at_step=6)  # in epoch 2, after epoch 1's checkpoint
+        fit(config, name="early", progress=False, fail_at_step=8)  # in epoch 3, after epoch 2's evaluation
     client = MlflowClient(config.mlflow.tracking_uri)
     first = find_run(client, client.get_experiment_by_name("nvan-bench").experiment_id, "nvan.ray_run", "early")
     assert client.get_run(first).data.tags["nvan.status"] == "failed"
-    # Epoch 0 was neither evaluated nor at the interval: no full checkpoint; epoch 1 was at the interval.
-    assert sorted(saved_epochs(storage.join(s3_storage, "early"))) == [1]
+    # Epoch 0 was neither evaluated nor at the interval: no full checkpoint; epoch 1 was at the interval, 2 evaluated.
+    assert sorted(saved_epochs(storage.join(s3_storage, "early"))) == [1, 2]
     record = tmp_path / "early.json"
     result = fit(config, resume="early", progress=False, record_to=record)
-    assert result.run_id == first  # the same MLflow run continues, epochs 0 and 1 logged once
-    assert [s for s, _ in history(client, result.run_id, "loss")] == [0, 1, 2]
-    assert client.get_run(result.run_id).data.tags["nvan.status"] == "finished" and result.best_epoch == 2
-    assert sorted(saved_epochs(storage.join(s3_storage, "early"))) == [1, 2]
+    assert result.run_id == first  # the same MLflow run continues, epochs 0 to 2 logged once
+    assert [s for s, _ in history(client, result.run_id, "loss")] == [0, 1, 2, 3]
+    # eval.select last: the trained model's scores, though epoch 2's evaluation is in the checkpoint resumed from.
+    assert client.get_run(result.run_id).data.tags["nvan.status"] == "finished" and result.best_epoch == 3
+    assert sorted(saved_epochs(storage.join(s3_storage, "early"))) == [2, 3]  # the newest kept (eval.select last)
+    check_history_and_hardware(read_record(record), client, result.run_id)
     assert read_record(record)["run"]["checkpoint"].startswith("early/checkpoint_")
     # Float32 is float32 unless train.tf32: the workers' settings are in the record and in MLflow.
     assert read_record(record)["run"]["precision"] == {"cudnn_allow_tf32": False, "cuda_matmul_allow_tf32": False,
@@ -89,15 +93,63 @@ def test_train_and_resume_on_object_storage_with_sparse_checkpoints(local_ray, t
     assert [k for k in params if k.startswith("presets.")] == [k for k in params if k.startswith("presets.nvan")]
     assert params["train.lr"] == str(config.train.lr) and params["model.preset"] == "nvan" and len(params) < 100
     assert result.checkpoint == storage.join(s3_storage, read_record(record)["run"]["checkpoint"])
-    assert read_state(storage.download(result.checkpoint, tmp_path / "best"))["epoch"] == 2
+    assert read_state(storage.download(result.checkpoint, tmp_path / "best"))["epoch"] == 3
     assert not list(tmp_path.glob("s3*"))  # nothing written to a local folder named after the URI
-    with pytest.raises(UserError, match="already trained all 3 epochs"):
+    with pytest.raises(UserError, match="already trained all 4 epochs"):
         fit(config, resume="early", progress=False)
     # The URI's credentials (testing:testing@) reach neither MLflow nor the record; the bucket does.
     run = client.get_run(result.run_id)
     recorded = [*run.data.params.values(), *run.data.tags.values(), record.read_text()]
     assert not [text for text in recorded if "testing:testing" in text]
     assert "ray.storage_path" not in run.data.params  # where checkpoints go does not decide the run
+
+
+def check_history_and_hardware(recorded: dict, client: MlflowClient, run_id: str) -> None:
+    """The record of the resumed 4-epoch run: every epoch, those before the failure from the checkpoint, with its loss
+    (as MLflow has it), the lr of the step schedule, and rank-1 and mAP where it was evaluated (epochs 3 and 4); the
+    scores are the last epoch's (eval.select last); the hardware of rank 0's worker: this machine's CPU, no GPU."""
+    assert [e["epoch"] for e in recorded["history"]] == [1, 2, 3, 4]
+    assert [e["loss"] for e in recorded["history"]] == [v for _, v in history(client, run_id, "loss")]
+    assert [e["lr"] for e in recorded["history"]] == pytest.approx([1e-3, 5e-4, 2.5e-4, 1.25e-4], rel=1e-12)
+    evaluated = [sorted(e.keys() & {"rank1", "map"}) for e in recorded["history"]]
+    assert evaluated == [[], [], ["map", "rank1"], ["map", "rank1"]]
+    last, scores = recorded["history"][-1], recorded["scores"]["mars-official"]
+    assert recorded["selection"] == "last" and recorded["best_epoch"] == 3
+    assert (scores["rank1"], scores["map"]) == (last["rank1"], last["map"])
+    assert (recorded["run"]["worker_cpu"], recorded["run"]["gpu"]) == (cpu_name(), None) and cpu_name()
+    hardware = {k: v for k, v in client.get_run(run_id).data.tags.items() if k.startswith("hardware.")}
+    assert hardware == {"hardware.cpu": cpu_name(), "hardware.gpu": "none"}
+
+
+@pytest.mark.slow(seconds=40)
+def test_choosing_on_the_test_set_takes_the_best_evaluation_across_a_restart(local_ray, tiny_config, tmp_path):
+    # eval.select test (the authors'): the best evaluation by eval.select_by, the one before the worker's restart
+    # (from epoch 1's checkpoint) included; later epochs win ties.
+    config = tiny_config("train.epochs=3", "eval.every=2", "train.steps_per_epoch=1", "eval.select=test",
+                         "ray.max_failures=1")
+    record = tmp_path / "chosen.json"
+    result = fit(config, name="chosen", progress=False, fail_at_step=3, record_to=record)  # in epoch 2
+    recorded = read_record(record)
+    assert [e["epoch"] for e in recorded["history"]] == [1, 2, 3]
+    assert [e["lr"] for e in recorded["history"]] == [config.train.lr] * 3  # no step within 3 epochs
+    evaluated = [e for e in recorded["history"] if e.keys() & {"rank1", "map"}]
+    assert [(e["epoch"], "rank1" in e, "map" in e) for e in evaluated] == [(2, True, True), (3, True, True)]
+    best, scores = max(evaluated, key=lambda e: (e["map"], e["epoch"])), recorded["scores"]["mars-official"]
+    assert recorded["selection"] == "test" and recorded["best_epoch"] == result.best_epoch == best["epoch"] - 1
+    assert (scores["rank1"], scores["map"]) == (best["rank1"], best["map"])
+    run_dir = str(Path(config.ray.storage_path) / "chosen")
+    assert result.best_checkpoint == storage.join(run_dir, saved_epochs(run_dir)[result.best_epoch]["folder"])
+
+
+def test_a_run_reports_its_last_evaluation_unless_told_to_choose_on_the_test_set():
+    last, test = EvalConfig(select="last"), EvalConfig(select="test")
+    early, late, tied = Best(1, 0.6), Best(3, 0.4), Best(3, 0.6)
+    assert choose(last, early, late) is late and choose(test, early, late) is early
+    assert choose(test, early, tied) is tied and choose(test, Best(), early) is early
+    # Ray keeps the checkpoints of the highest scores: the newest under last, the best evaluated under test.
+    assert checkpoint_score(last, 3, {"map": 0.1}) == 3.0 and checkpoint_score(last, 2, {}) == 2.0
+    assert checkpoint_score(test, 3, {"map": 0.1, "rank1": 0.2}) == 0.1
+    assert checkpoint_score(test, 2, {}) == NOT_EVALUATED
 
 
 def test_a_resume_logs_checkpointed_epochs_mlflow_missed(tmp_path):

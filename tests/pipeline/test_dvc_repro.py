@@ -38,7 +38,8 @@ def test_repro_records_reports_and_reruns(repo):
     outs = ["data/prepared/mars/manifest.json", "data/prepared/duke/manifest.json",
             *(f"reports/cost/{p}.json" for p in presets),
             *(f"reports/runs/{p}/seed{s}{ext}" for p in presets for s in seeds for ext in (".json", ".queries.parquet")),
-            *(f"reports/{f}" for f in ("pareto.png", "pareto.html", "benchmark.md", "metrics.json", "pareto.csv", "cost.json"))]
+            *(f"reports/{f}" for f in ("pareto.png", "pareto.html", "benchmark.md", "metrics.json", "comparisons.json",
+                                               "pareto.csv", "cost.json"))]
     assert [o for o in outs if not (repo / o).exists()] == []
     assert "training took" in first.stdout  # the report's summary ends the run
     metrics = json.loads((repo / "reports/metrics.json").read_text())
@@ -47,7 +48,7 @@ def test_repro_records_reports_and_reruns(repo):
     for point in metrics["mars (synthetic)"].values():
         assert point["seeds"] == 2 and point["rank1_lo"] <= point["rank1_pct"] <= point["rank1_hi"]
         assert point["map_lo"] <= point["map_pct"] <= point["map_hi"] and point["map_std"] is not None
-    assert len(metrics["comparisons"]["mars (synthetic)"]) == 3
+    assert len(json.loads((repo / "reports/comparisons.json").read_text())["groups"]["mars (synthetic)"]) == 3
     metrics = metrics["mars (synthetic)"]
     costed = json.loads((repo / "reports/cost.json").read_text())["reports"]
     assert sorted({r["name"] for r in costed}) == sorted(presets)
@@ -83,7 +84,7 @@ def test_repro_records_reports_and_reruns(repo):
     assert after["baseline"] == metrics["baseline"] and after["ste_nvan"] == metrics["ste_nvan"]
     assert read_record(repo / "reports/runs/nvan/seed1.json")["spec"]["nl_window"] == 2
     table = (repo / "reports/benchmark.md").read_text()
-    assert all(f"| {p} | mars (synthetic) |" in table for p in presets)
+    assert all(f"| {p} | mars (synthetic) |" in table for p in presets)  # the details table, one row per point
     # DVC's own views read like a results table: the compact metrics, not the records' config keys.
     shown = run(DVC, "metrics", "show", "--json", cwd=repo).stdout
     assert "rank1_lo" in shown and "train.lr" not in shown and "spec" not in shown

@@ -8,20 +8,11 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from datasets.errors import DatasetError, command_parser
-from harness.config import Config, ConfigError
+from datasets.errors import command_parser
+from harness.config import Config
+from harness.errors import USER_ERRORS
 from harness.params import DEFAULT_PARAMS, load_config
-from harness.evaluate.metrics import MetricsError
 from harness.redact import RedactingFilter, redact
-from models.checkpoints import CheckpointError
-from models.spec import SpecError
-
-# Raised for bad input anywhere below a CLI; printed as one paragraph, exit code 2.
-USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, SpecError, CheckpointError, DatasetError, MetricsError)
-
-
-class UserError(Exception):
-    """Bad input that is the user's to fix: printed without a traceback, exit code 2."""
 
 
 def config_parser(command: str, description: str, examples: Sequence[str] = ()) -> argparse.ArgumentParser:
@@ -50,7 +41,7 @@ def run(main: Callable[[list[str] | None], int | None], argv: list[str] | None =
         handler.addFilter(RedactingFilter())
     try:
         code = main(argv)
-    except (*USER_ERRORS, UserError) as e:
+    except USER_ERRORS as e:
         print(f"error: {redact(str(e))}", file=sys.stderr)
         sys.exit(2)
     sys.exit(code or 0)

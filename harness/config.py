@@ -7,15 +7,12 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from harness.errors import ConfigError
 from models.presets import PRESETS, preset_spec
 from models.spec import STAGE_BLOCKS, ModelSpec, SpecError
 
 # URI schemes of ray.storage_path: those pyarrow.fs.FileSystem.from_uri opens (pyarrow 25), as Ray Train does.
 STORAGE_SCHEMES = ("file", "s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss")
-
-
-class ConfigError(Exception):
-    """A user error in params or overrides; the CLI prints it and exits with code 2."""
 
 
 class Section(BaseModel):

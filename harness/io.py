@@ -8,7 +8,7 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-from harness.cli import UserError
+from harness.errors import UserError
 
 
 def _umask() -> int:

@@ -10,7 +10,8 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from harness.config import Config, ConfigError, ModelConfig
+from harness.errors import ConfigError
+from harness.config import Config, ModelConfig
 from harness.echo import echo, short
 
 DEFAULT_PARAMS = Path("params.yaml")

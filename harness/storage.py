@@ -18,7 +18,7 @@ from urllib.parse import parse_qsl, unquote, urlencode
 import pyarrow
 import pyarrow.fs as pafs
 
-from harness.cli import UserError
+from harness.errors import UserError
 from harness.config import STORAGE_SCHEMES
 from harness.io import atomic_path
 from harness.redact import redact

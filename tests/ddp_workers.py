@@ -47,7 +47,7 @@ def global_batch(p: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def loss_worker(rank: int, world: int, port: int, p: int, k: int, out: Path) -> None:
     """This rank's share of the global batch through DDP and reid_loss; saves the loss parts and gradients."""
-    from harness.train.losses import batch_hard_triplet, reid_loss
+    from models.losses import batch_hard_triplet, reid_loss
 
     _join(rank, world, port)
     torch.manual_seed(0)

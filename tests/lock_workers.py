@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from harness.cli import UserError
-from harness.train.runs import RunLock
+from harness.errors import UserError
+from harness.train.run_dir import RunLock
 
 
 def race(run_dir: str, rounds: int, barrier, wins) -> None:

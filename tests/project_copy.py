@@ -14,7 +14,7 @@ import yaml
 
 from harness.measure.cost import cpu_name
 from harness.results.records import read_record
-from harness.train.session import numerics_env
+from harness.cluster import numerics_env
 
 ROOT = Path(__file__).resolve().parents[1]
 DVC = str(Path(sys.executable).with_name("dvc"))

@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from datasets.loaders import EvalClips
-from harness.cli import UserError, config_parser, load_from_args, run
+from harness.errors import UserError
+from harness.cli import config_parser, load_from_args, run
 from harness.config import Config
 from harness.evaluate.features import extract_features, load_features, save_features, score_features
 from harness.evaluate.metrics import Scores
@@ -18,7 +19,7 @@ from harness.evaluate.statistics import query_interval, table_values
 from harness.io import check_writable, write_json_atomic
 from harness.precision import set_tf32
 from harness.prepared import prepared_dataset
-from harness.train.checkpoint import load_model
+from harness.checkpoint import load_model
 from models.checkpoints import load_official_checkpoint
 
 log = logging.getLogger("harness.evaluate")
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.features:
         features, rows = load_features(args.features)
     else:
-        directory, _ = prepared_dataset(config)
+        directory = prepared_dataset(config.data).directory
         dataset = EvalClips(directory, config.data.frames, config.eval.sampler)
         model = _model_from_args(args, config)
         device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -14,7 +14,7 @@ from torch import nn
 
 from datasets.loaders import EvalClips, dense_loader, eval_loader, normalize
 from datasets.progress import Progress
-from harness.cli import UserError
+from harness.errors import UserError
 from harness.evaluate.metrics import Scores, score_test_set
 from harness.io import atomic_path
 from models.fuse import inference_model

@@ -35,6 +35,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from harness.errors import MetricsError
+
 PROTOCOLS = ("mars-official", "standard")
 METRICS = ("cosine", "euclidean")
 JUNK_PID = -1
@@ -45,10 +47,6 @@ CHUNK_ELEMENTS = 1 << 23
 
 _NO_GOOD = torch.iinfo(torch.int64).max
 _ArrayLike = np.ndarray | torch.Tensor
-
-
-class MetricsError(ValueError):
-    """Bad input to the metrics (shapes, lengths, non-finite values, indices, names)."""
 
 
 @dataclass(frozen=True, eq=False)

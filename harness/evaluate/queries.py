@@ -18,7 +18,7 @@ import numpy as np
 import polars as pl
 
 from harness import storage
-from harness.cli import UserError
+from harness.errors import UserError
 from harness.echo import echo
 from harness.evaluate.metrics import QueryOutcomes, Scores
 

@@ -28,13 +28,15 @@ from pathlib import Path
 
 import torch
 
-from harness.cli import UserError, config_parser, load_from_args
-from harness.config import ConfigError, InputSize
+from harness.errors import UserError
+from harness.cli import config_parser, load_from_args
+from harness.errors import ConfigError
+from harness.config import InputSize
 from harness.measure.cost import Latency, _rss_kb, cpu_name, peak_rss_mib, reset_peak_rss, time_steps
 from harness.evaluate.features import autocast
 from harness.io import atomic_path, check_writable
 from harness.precision import set_tf32
-from harness.train.losses import reid_loss
+from models.losses import reid_loss
 from models.fuse import inference_model
 from models.presets import preset_spec
 from models.spec import ModelSpec, SpecError

@@ -20,9 +20,10 @@ from pathlib import Path
 
 import torch
 
-from harness.measure import gpu_hour
+from harness.measure import first_hour
 from harness.measure.bench import Setting, bench_model, bench_one, slug, step_fn
-from harness.cli import UserError, command_parser
+from harness.errors import UserError
+from harness.cli import command_parser
 from harness.config import PAPER_INPUT, InputSize
 from harness.io import atomic_path, check_writable
 from harness.measure.sdpa_kernels import sdpa_kernels, short_names
@@ -155,8 +156,8 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"--budget {args.budget:g}: expected seconds > 0")
     if args.rehearse:
         out = args.out or Path("reports/gpu_hour/rehearsal")
-        results = gpu_hour.run_steps(out, gpu_hour.REHEARSAL, args.budget - (time.monotonic() - started))
-        _write_summary(out, gpu_hour.summary(out, "CPU rehearsal", None, results))
+        results = first_hour.run_steps(out, first_hour.REHEARSAL, args.budget - (time.monotonic() - started))
+        _write_summary(out, first_hour.summary(out, "CPU rehearsal", None, results))
         return 0 if all(r["exit"] == 0 for r in results) else 1
     device = require_cuda()
     for option, value, least in (("--batch", args.batch, 2), ("--warmup", args.warmup, 0),
@@ -182,9 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     checked = passed and all(row[m]["status"] == "ok" for row in rows for m in MODES)
     if not args.all:
         return 0 if checked else 1
-    sizes = replace(gpu_hour.GPU, ranks=gpu_hour.ranks_for(torch.cuda.device_count()))
-    results = gpu_hour.run_steps(folder, sizes, args.budget - (time.monotonic() - started))
-    _write_summary(folder, gpu_hour.summary(folder, device, f"{'passed' if checked else 'FAILED'}: {summary}, "
+    sizes = replace(first_hour.GPU, ranks=first_hour.ranks_for(torch.cuda.device_count()))
+    results = first_hour.run_steps(folder, sizes, args.budget - (time.monotonic() - started))
+    _write_summary(folder, first_hour.summary(folder, device, f"{'passed' if checked else 'FAILED'}: {summary}, "
                                                             f"table in gpu_check.md", results))
     return 0 if checked and all(r["exit"] == 0 for r in results) else 1
 

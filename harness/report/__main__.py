@@ -6,7 +6,8 @@ from pathlib import Path
 
 import polars as pl
 
-from harness.cli import UserError, config_parser, load_from_args, run
+from harness.errors import UserError
+from harness.cli import config_parser, load_from_args, run
 from harness.report.build import build_report
 from harness.report.runs import AXES
 from harness.report.tables import decided_text, fmt, latency_text, plus_minus, point_notes

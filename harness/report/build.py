@@ -21,7 +21,7 @@ from pathlib import Path
 
 import polars as pl
 
-from harness.cli import UserError
+from harness.errors import UserError
 from harness.io import atomic_path, check_writable, write_json_atomic
 from harness.measure.cost import UNITS as COST_UNITS
 from harness.report.plot import draw, draw_epochs, svg_with_tooltips

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import polars as pl
 
-from harness.cli import UserError
+from harness.errors import UserError
 from harness.io import write_json_atomic
 
 

@@ -17,12 +17,13 @@ from mlflow import MlflowClient
 from mlflow.entities import ViewType
 from mlflow.exceptions import MlflowException
 
-from harness.cli import UserError
+from harness.errors import UserError
 from harness.config import PAPER_INPUT
 from harness.evaluate.queries import queries_path
 from harness.measure.cost import macs_on_meta
 from harness.report.testsets import by_test_set
-from harness.results.records import QUERIES_FILE, read_record
+from harness.checkpoint import QUERIES_FILE
+from harness.results.records import read_record
 from harness.results.tracking import check_reachable
 from models.presets import PRESETS, preset_spec
 

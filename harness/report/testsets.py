@@ -17,7 +17,7 @@ import itertools
 
 import polars as pl
 
-from harness.cli import UserError
+from harness.errors import UserError
 from harness.echo import echo
 from harness.evaluate.queries import fix_hint, read_queries
 

@@ -23,15 +23,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
-from harness.cli import UserError
+from harness.errors import UserError
 from harness.config import PRESETS
 from harness.echo import echo, short
 from harness.redact import redact
 from harness import storage
 
 SCHEMA = "nvan-bench run record 1"
-EPOCH_FILE = "epoch.json"  # in each checkpoint folder, beside state.pt: the numbers reported for its epoch
-QUERIES_FILE = "queries.parquet"  # likewise: the per-query outcomes of the best evaluation so far
 # The params a training run's results depend on, i.e. what `dvc.yaml` declares for train@<preset>
 # (mlflow only routes the logging): the record holds these, so it changes exactly when DVC reruns.
 RUN_PARAMS = {"seed": None, "data": ("dataset", "frames", "height", "width"), "model": None, "train": None,

@@ -31,7 +31,7 @@ from filelock import FileLock
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
-from harness.cli import UserError
+from harness.errors import UserError
 from harness.redact import redact
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -14,7 +14,6 @@ front and writes reports/sweeps/<name>/results.parquet.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -27,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray import tune
 
 from harness import preemption, storage
-from harness.cli import UserError
+from harness.errors import UserError
 from harness.echo import short
 from harness.config import Config
 from harness.params import flatten, override
@@ -35,7 +34,7 @@ from harness.io import atomic_path, check_writable
 from harness.redact import redact
 from harness.results.tracking import close_run, connect, git_commit, log_metrics, set_tags, start_run
 from harness.train.driver import check_inputs
-from harness.train.session import check_resources, ray_session
+from harness.cluster import check_resources, ray_session
 from harness.sweep.space import cost_key, expected_trials, scheduler_for, search_setup, trial_base
 from harness.sweep.trials import TrialEnds, close_trials, run_trial
 
@@ -120,8 +119,7 @@ def _start(config: Config, name: str, resume: bool) -> tuple[Config, str]:
         raise UserError(f"sweep {name!r} already exists at {redact(folder)}; resume it with --resume --name {name}, "
                         f"or choose another --name")
     client, experiment_id = connect(base.mlflow.tracking_uri, base.mlflow.experiment)
-    directory = check_inputs(base)
-    manifest = json.loads((directory / "manifest.json").read_text())
+    manifest = check_inputs(base).manifest
     parent = start_run(client, experiment_id, name, flatten(config) | {
         "git_commit": git_commit(), "dataset.manifest_hash": manifest.get("content_hash", "unknown")}, {
         "nvan.kind": "sweep", "nvan.label": name, "nvan.ray_run": name, "nvan.status": "running",
@@ -138,7 +136,7 @@ def _start(config: Config, name: str, resume: bool) -> tuple[Config, str]:
 def _check_cluster(base: Config, max_concurrent: int) -> None:
     import ray
 
-    check_resources(base)
+    check_resources(base.ray)
     have = ray.cluster_resources()
     if have.get("trial_driver", 0) < 1:
         raise UserError(

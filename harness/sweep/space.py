@@ -12,7 +12,8 @@ import optuna
 from ray import tune
 
 from harness import storage
-from harness.config import PAPER_INPUT, TEMPORAL_POOLS, Config, ConfigError, InputSize, SweepConfig, placement_blocks
+from harness.errors import ConfigError
+from harness.config import PAPER_INPUT, TEMPORAL_POOLS, Config, InputSize, SweepConfig, placement_blocks
 from harness.params import dotted, override
 from harness.measure.cost import macs_on_meta
 from harness.results.tracking import tracking_uri

@@ -12,9 +12,8 @@ import polars as pl
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from datasets.loaders import TrainClips
 from harness import preemption, storage
-from harness.cli import UserError
+from harness.errors import UserError
 from harness.config import Config
 from harness.params import flatten, override
 from harness.prepared import prepared_dataset
@@ -23,8 +22,8 @@ from harness.evaluate.statistics import FRONT_SCORES, SCORES, Sample, assess, ta
 from harness.results.records import read_record, write_record
 from harness.results.tracking import END_STATES, close_run, connect, find_run, log_metrics, set_tags, start_run
 from harness.train.driver import check_inputs, fit
-from harness.train.result import FINAL_KEYS
-from harness.train.run_cost import run_cost
+from harness.train.outcome import FINAL_KEYS
+from harness.measure.run_cost import run_cost
 from harness.sweep.space import COST, Candidate, LATENCY, cost_key, feasibility, objective, resolve
 
 log = logging.getLogger("harness.sweep")
@@ -126,9 +125,8 @@ def run_trial(params: dict[str, Any], base: dict[str, Any], sweep_name: str, par
     cost = None
     if config.sweep.cost_objective == "latency":
         # Timed before training, with this trial's worker resources; a resumed trial keeps its first figure.
-        directory = check_inputs(trial)
-        cost = (record or {}).get("cost") or run_cost(
-            trial, trial.spec(TrainClips(directory, trial.data.frames).num_classes), directory)
+        prepared = check_inputs(trial)
+        cost = (record or {}).get("cost") or run_cost(trial, trial.spec(prepared.num_classes), prepared.directory)
     fields = costs | {"label": label, LATENCY: latency_ms(cost)}
     records = []
     for index, seed in enumerate(trial_seeds(config)):
@@ -255,7 +253,7 @@ def close_trials(base: Config, trials: list, sweep_name: str, parent_run_id: str
     """
     client, experiment_id = connect(base.mlflow.tracking_uri, base.mlflow.experiment)
     metric, protocol = base.sweep.metric, base.eval.protocols[0]
-    _, manifest = prepared_dataset(base)
+    manifest = prepared_dataset(base.data).manifest
     rows, complete, found = [], True, {}
     for trial in sorted(trials, key=lambda t: trial_number(t.experiment_tag)):
         r = trial.last_result or {}

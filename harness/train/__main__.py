@@ -8,15 +8,16 @@ import sys
 from pathlib import Path
 
 from harness import preemption, storage
-from harness.cli import UserError, config_parser, load_from_args, run
+from harness.errors import UserError
+from harness.cli import config_parser, load_from_args, run
 from harness.config import Config
 from harness.io import check_writable
 from harness.redact import redact
 from harness.train.driver import TrainingInterrupted, check_inputs, fit
-from harness.train.result import format_summary, train_record, write_run
-from harness.train.runs import check_run_name
+from harness.train.outcome import format_summary, train_record, write_run
+from harness.train.run_dir import check_run_name
 from harness.train.seeds import SeedsInterrupted, close_stopped, default_name, find_seed_set, fit_seeds, seed_run_name
-from harness.train.session import ray_session
+from harness.cluster import ray_session
 
 
 def local_cpus(config: Config, all_seeds: bool) -> int:

@@ -11,7 +11,8 @@ from pyarrow.fs import FileType
 from datasets.progress import Progress
 from harness import storage
 from harness.evaluate.queries import queries_path
-from harness.results.records import QUERIES_FILE, history_of, write_record
+from harness.checkpoint import QUERIES_FILE
+from harness.results.records import history_of, write_record
 from harness.results.tracking import log_metrics, set_tags
 
 

@@ -25,24 +25,25 @@ import polars as pl
 import yaml
 
 from harness import storage
-from harness.cli import USER_ERRORS, UserError
+from harness.errors import USER_ERRORS, UserError
 from harness.config import Config
 from harness.params import dotted, flatten
 from harness.evaluate.queries import read_queries
-from harness.prepared import prepared_dataset
+from harness.prepared import PreparedDataset, prepared_dataset
 from harness.echo import short
 from harness import preemption
 from harness.preemption import Preempted
 from harness.redact import redact
-from harness.results.records import EPOCH_FILE, QUERIES_FILE, checkpoint_epochs, history_of, run_config
+from harness.checkpoint import EPOCH_FILE, QUERIES_FILE
+from harness.results.records import checkpoint_epochs, history_of, run_config
 from harness.results.tracking import connect, find_run, git_commit, log_metrics, set_tags, start_run, tracking_uri
 from harness.train.callbacks import LiveRecord, MlflowEpochLogger, controller_callback, progress_bars
-from harness.train.checkpoint import read_state
-from harness.train.result import FINAL_KEYS, TrainResult, record_base, train_record, write_run
-from harness.train.run_cost import cost_metrics, run_cost
-from harness.train.runs import (PARAMS_FILE, RunLock, check_run_name, latest_checkpoint, log_missing_epochs,
+from harness.checkpoint import read_state
+from harness.train.outcome import FINAL_KEYS, TrainResult, record_base, train_record, write_run
+from harness.measure.run_cost import cost_metrics, run_cost
+from harness.train.run_dir import (PARAMS_FILE, RunLock, check_run_name, latest_checkpoint, log_missing_epochs,
                                 repair_snapshot, saved_epochs)
-from harness.train.session import check_resources, numerics_env, worker_resources
+from harness.cluster import check_resources, numerics_env, worker_resources
 from harness.versions import software_versions
 from models.spec import ModelSpec
 
@@ -120,27 +121,25 @@ def absolute_paths(config: Config) -> Config:
     })
 
 
-def check_inputs(config: Config) -> Path:
-    """The prepared dataset folder, after checking it fits the config, the init weights exist and the
-    storage path is writable."""
-    directory, _ = prepared_dataset(config)
+def check_inputs(config: Config) -> PreparedDataset:
+    """The prepared dataset, after checking it fits the config, the init weights exist and the storage path is
+    writable."""
+    prepared = prepared_dataset(config.data)
     init = config.train.imagenet_init
     if init is not None and not init.is_file():
         raise UserError(f"train.imagenet_init {init} does not exist; give the path of a torchvision resnet50 "
                         f"state dict, or null to train from scratch")
     storage.check_writable(config.ray.storage_path)
-    return directory
+    return prepared
 
 
 def plan_run(config: Config, name: str | None, resume: str | None, record_to: Path | str | None,
              label: str | None, kind: str) -> RunPlan:
     """Check the inputs and the cluster, name the run (or find the one to resume); nothing is written but its folder."""
-    from datasets.loaders import TrainClips
-
     given = config.model_dump(mode="json")
     config = absolute_paths(config)
-    directory = check_inputs(config)
-    check_resources(config)
+    prepared = check_inputs(config)
+    check_resources(config.ray)
     root = config.ray.storage_path
     if resume:
         check_run_name(resume, "--resume")
@@ -153,9 +152,8 @@ def plan_run(config: Config, name: str | None, resume: str | None, record_to: Pa
     ray_run = resume or name
     run_dir = storage.join(root, ray_run)
     storage.make_dirs(run_dir)
-    manifest = json.loads((directory / "manifest.json").read_text())
-    spec = config.spec(TrainClips(directory, config.data.frames).num_classes)
-    return RunPlan(config, given, directory, manifest, spec, ray_run, run_dir, bool(resume),
+    spec = config.spec(prepared.num_classes)
+    return RunPlan(config, given, prepared.directory, prepared.manifest, spec, ray_run, run_dir, bool(resume),
                    saved_epochs(run_dir) if resume else {}, record_to, label or config.model.preset, kind)
 
 
@@ -288,7 +286,7 @@ def build_trainer(plan: RunPlan, tracking: Tracking, cost: dict[str, Any], queue
     return TorchTrainer(
         run_worker, train_loop_config=loop_config,
         scaling_config=ScalingConfig(num_workers=config.ray.num_workers, use_gpu=config.ray.use_gpu,
-                                     resources_per_worker=worker_resources(config)),
+                                     resources_per_worker=worker_resources(config.ray)),
         torch_config=BoundTorchConfig(backend="nccl" if config.ray.use_gpu else "gloo"),
         run_config=RunConfig(
             name=plan.ray_run, storage_path=config.ray.storage_path,
@@ -328,7 +326,7 @@ def train(plan: RunPlan, tracking: Tracking, cost: dict[str, Any], progress: boo
         set_tags(client, run_id, {"nvan.status": "failed"})
         client.set_terminated(run_id, "FAILED")
         causes = worker_causes(outcome["error"])
-        if causes and all(isinstance(c, (*USER_ERRORS, UserError)) for c in causes):
+        if causes and all(isinstance(c, USER_ERRORS) for c in causes):
             raise UserError(f"training run {plan.ray_run} failed: {causes[0]}") from None
         if full := no_space(outcome["error"]):
             raise UserError(f"training run {plan.ray_run} stopped: no space left on the device ({short(full)}); its "

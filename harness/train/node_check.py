@@ -16,7 +16,7 @@ from pathlib import Path
 from datasets.errors import DatasetError
 from datasets.integrity import verify
 from harness import storage
-from harness.cli import UserError
+from harness.errors import UserError
 
 FIX = ("every node must see the same files at the same absolute path: put them on a filesystem all nodes mount "
        "(NFS, a cluster filesystem), or run `dvc pull` (or `dvc repro prepare@<dataset>`) on each node; see the "

@@ -21,13 +21,13 @@ from harness import storage
 from harness.config import Config
 from harness.params import flatten, override
 from harness import preemption
-from harness.cli import UserError
+from harness.errors import UserError
 from harness.results.records import read_record, run_config, write_record
 from harness.results.tracking import close_run, connect, find_run, set_tags, start_run, tracking_uri
 from harness.train.driver import TrainingInterrupted, absolute_paths, check_inputs, fit
-from harness.train.result import TrainResult
-from harness.train.run_cost import run_cost
-from harness.train.session import worker_resources
+from harness.train.outcome import TrainResult
+from harness.measure.run_cost import run_cost
+from harness.cluster import worker_resources
 
 log = logging.getLogger("harness.train")
 
@@ -77,20 +77,20 @@ def fit_seeds(config: Config, seeds: list[int], out_dir: Path, name: str, resume
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    check_inputs(absolute_paths(config))
+    prepared = check_inputs(absolute_paths(config))
     records = {seed: seed_record(out_dir, seed) for seed in seeds}
     done = {seed: _finished(path) for seed, path in records.items()}
     todo = [seed for seed in seeds if not done[seed]]
     configs = {seed: override(config, {"seed": seed}, "seeds") for seed in todo}
     # The seeds train the same model: its cost is measured once, before any of them loads the machine.
     first = absolute_paths(configs[todo[0]]) if todo else None
-    cost = run_cost(first, first.spec(_classes(first)), first.data.prepared_root / first.data.dataset) if first else {}
+    cost = run_cost(first, first.spec(prepared.num_classes), prepared.directory) if first else {}
     task = ray.remote(num_cpus=0, max_retries=0)(_fit_seed).options(
         # On the driver's node: each task writes its seed's record into the driver's out_dir.
         scheduling_strategy=NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False))
     have = ray.cluster_resources()
     # As many runs at once as the cluster holds their workers (CPUs, and GPUs when they train on them).
-    slots = max(1, min(int(have.get(k, 0) // (config.ray.num_workers * v)) for k, v in worker_resources(config).items()))
+    slots = max(1, min(int(have.get(k, 0) // (config.ray.num_workers * v)) for k, v in worker_resources(config.ray).items()))
     log.info("training %s with seeds %s (%d to train), %d at once", config.model.preset, seeds, len(todo),
              min(slots, len(todo)))
     client, experiment_id = connect(tracking_uri(config.mlflow.tracking_uri), config.mlflow.experiment)
@@ -138,12 +138,6 @@ def _seed_set(client: MlflowClient, experiment_id: str, name: str) -> str | None
     found = client.search_runs([experiment_id], filter_string=f"tags.`nvan.kind` = 'seeds' and "
                                                               f"tags.`{SEED_SET_TAG}` = '{name}'", max_results=1)
     return found[0].info.run_id if found else None
-
-
-def _classes(config: Config) -> int:
-    from datasets.loaders import TrainClips
-
-    return TrainClips(config.data.prepared_root / config.data.dataset, config.data.frames).num_classes
 
 
 def _finished(record: Path) -> bool:

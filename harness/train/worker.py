@@ -23,14 +23,14 @@ from harness import storage
 from harness.precision import effective as precision_effective
 from harness.precision import set_tf32
 from harness.redact import redact
-from harness.train.checkpoint import read_state, rng_state, save_state, set_rng_state
+from harness.checkpoint import read_state, rng_state, save_state, set_rng_state
 from harness.config import Config, EvalConfig, TrainConfig
 from harness.evaluate.features import autocast, extract_features, score_features
 from harness.evaluate.metrics import QueryOutcomes
 from harness.evaluate.queries import outcomes_table
-from harness.train.losses import reid_loss
+from models.losses import reid_loss
 from harness.train.node_check import check_node
-from harness.results.records import EPOCH_FILE, QUERIES_FILE
+from harness.checkpoint import EPOCH_FILE, QUERIES_FILE
 from models.checkpoints import load_imagenet
 from models.spec import ModelSpec
 from models.video_reid import build_model

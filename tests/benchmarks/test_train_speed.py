@@ -19,7 +19,7 @@ from datasets.prepare import prepare
 from datasets.synthetic import write_mars
 from harness.params import load_config
 from harness.train.driver import fit
-from harness.train.session import ray_session
+from harness.cluster import ray_session
 from harness.train.worker import build_optimizer, train_epoch
 from models.video_reid import build_model
 

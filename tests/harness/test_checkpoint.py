@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from harness.train.checkpoint import load_model, read_state, rng_state, save_state, set_rng_state
+from harness.checkpoint import load_model, read_state, rng_state, save_state, set_rng_state
 from models.checkpoints import CheckpointError
 from models.presets import preset_spec
 from models.video_reid import build_model

@@ -19,7 +19,7 @@ COMMANDS = ("datasets.synthetic", "datasets.sources", "datasets.prepare", "harne
 PROBE = r"""
 import argparse, contextlib, importlib, importlib.util, io, json, shlex, sys
 
-from harness.config import ConfigError
+from harness.errors import ConfigError
 from harness.params import load_config
 
 built = {}

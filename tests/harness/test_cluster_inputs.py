@@ -12,7 +12,7 @@ import torch
 
 from datasets.loaders import TrainClips, train_loader
 from harness import storage
-from harness.config import ConfigError
+from harness.errors import ConfigError
 from harness.params import load_config
 from harness.train.node_check import NodeInputError, check_node
 from harness.train.worker import LOADER_BOUND, build_optimizer, loader_warning, loader_workers, train_epoch
@@ -65,7 +65,7 @@ def test_object_storage_reads_and_writes(s3_storage, tmp_path):
 
 
 def test_an_unreachable_bucket_is_a_user_error(s3_server):
-    from harness.cli import UserError
+    from harness.errors import UserError
 
     with pytest.raises(UserError, match="ray.storage_path .* is not writable .* credentials"):
         storage.check_writable(f"s3://testing:testing@no-such-bucket/x?endpoint_override={s3_server}&scheme=http"

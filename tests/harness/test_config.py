@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.config import ConfigError, InputSize
+from harness.errors import ConfigError
+from harness.config import InputSize
 from harness.params import flatten, load_config
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -183,7 +183,7 @@ def test_gmacs_per_tracklet_match_a_hand_count(prepared_root, sampler):
     import polars as pl
 
     from harness.params import load_config
-    from harness.train.run_cost import run_cost
+    from harness.measure.run_cost import run_cost
 
     frames = 3
     lengths = pl.read_parquet(prepared_root / "mars" / "tracklets.parquet").filter(

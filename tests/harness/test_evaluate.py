@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from datasets.loaders import EvalClips, TrainClips, train_loader
-from harness.train.checkpoint import load_model, save_state
+from harness.checkpoint import load_model, save_state
 from harness.evaluate.metrics import scores_from_outcomes
 from harness.evaluate.queries import outcomes_of, read_queries
 from harness.evaluate.features import extract_features, load_features, save_features, score_features

@@ -16,11 +16,11 @@ from mlflow import MlflowClient
 from datasets.errors import DatasetError
 from datasets.prepare import prepare
 from datasets.synthetic import write_mars
-from harness.cli import UserError
+from harness.errors import UserError
 from harness.results.tracking import find_run
 from harness.train.driver import fit
-from harness.train.runs import saved_epochs
-from harness.train.session import ray_session
+from harness.train.run_dir import saved_epochs
+from harness.cluster import ray_session
 
 
 @pytest.fixture

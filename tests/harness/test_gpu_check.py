@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 import torch
 
-from harness.measure import gpu_check, gpu_hour
+from harness.measure import first_hour, gpu_check
 from harness.results.records import read_record
 from harness.cli import run
 from harness.config import PAPER_INPUT, InputSize
@@ -89,7 +89,7 @@ def test_batch_below_two_is_a_user_error(monkeypatch, capsys):
 
 @pytest.mark.parametrize(("gpus", "ranks"), [(0, 1), (1, 1), (2, 2), (3, 2), (4, 4), (7, 4), (8, 8), (16, 8)])
 def test_the_first_gpu_hour_trains_on_as_many_gpus_as_split_a_batch(gpus, ranks):
-    assert gpu_hour.ranks_for(gpus) == ranks
+    assert first_hour.ranks_for(gpus) == ranks
 
 
 def test_all_writes_the_check_and_the_hour_under_one_folder(rows, monkeypatch, tmp_path, capsys):
@@ -101,11 +101,11 @@ def test_all_writes_the_check_and_the_hour_under_one_folder(rows, monkeypatch, t
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
     steps = [{"step": "train NVAN 2 epochs", "exit": 0, "seconds": 1.0, "log": "logs/02 train.log", "command": "-"},
              {"step": "bench bf16", "exit": "skipped: out of time", "seconds": 0, "log": "-", "command": "-"}]
-    monkeypatch.setattr(gpu_hour, "run_steps", lambda *args: given.append(args) or steps)
+    monkeypatch.setattr(first_hour, "run_steps", lambda *args: given.append(args) or steps)
     assert gpu_check.main(["--all"]) == 1  # a step skipped is not a pass
     folder = Path("reports/gpu_hour/nvidia-test-gpu")
     [(out, sizes, budget)] = given
-    assert out == folder and sizes == replace(gpu_hour.GPU, ranks=2) and 0 < budget < 570
+    assert out == folder and sizes == replace(first_hour.GPU, ranks=2) and 0 < budget < 570
     assert sorted(p.name for p in folder.iterdir()) == ["gpu_check.md", "summary.md"]
     summary = (folder / "summary.md").read_text()
     assert summary.startswith("# The first GPU hour: NVIDIA Test GPU\n")
@@ -115,9 +115,9 @@ def test_all_writes_the_check_and_the_hour_under_one_folder(rows, monkeypatch, t
 
 
 def test_steps_past_the_budget_are_skipped_and_listed(tmp_path):
-    results = gpu_hour.run_steps(tmp_path, gpu_hour.REHEARSAL, budget_s=1e-9)
+    results = first_hour.run_steps(tmp_path, first_hour.REHEARSAL, budget_s=1e-9)
     assert [r["exit"] for r in results] == ["skipped: out of time"] * 6
-    assert "| train NVAN 2 epochs | skipped: out of time | 0 | - |" in gpu_hour.summary(tmp_path, "x", None, results)
+    assert "| train NVAN 2 epochs | skipped: out of time | 0 | - |" in first_hour.summary(tmp_path, "x", None, results)
 
 
 def test_a_budget_of_no_time_is_a_user_error(capsys):
@@ -133,7 +133,7 @@ def test_the_rehearsal_runs_every_step_of_the_first_gpu_hour(tmp_path):
                           cwd=ROOT, capture_output=True, text=True, timeout=1800)
     summary = (tmp_path / "summary.md").read_text()
     assert done.returncode == 0, summary
-    names = [name for name, _ in gpu_hour.steps(tmp_path, gpu_hour.REHEARSAL)]
+    names = [name for name, _ in first_hour.steps(tmp_path, first_hour.REHEARSAL)]
     assert len(names) == 6 and all(f"| {name} | 0 | " in summary for name in names), summary
     record = read_record(tmp_path / "train" / "record.json")
     assert record["run"]["workers"] == 2 and record["epochs"] == 2

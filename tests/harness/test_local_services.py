@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.cli import UserError
+from harness.errors import UserError
 from harness.results.tracking import connect
 from store_workers import create_store
 
@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 LISTENERS = """
 import psutil, ray
-from harness.train.session import ray_session
+from harness.cluster import ray_session
 with ray_session(None, num_cpus=1):
     assert ray.get(ray.remote(lambda: 1).remote()) == 1
     family = {p.pid for p in psutil.Process().children(recursive=True)} | {psutil.Process().pid}

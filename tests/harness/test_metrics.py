@@ -7,7 +7,8 @@ import pytest
 import torch
 from scipy.spatial.distance import cdist
 
-from harness.evaluate.metrics import MetricsError, Scores, distance_matrix, score, score_test_set
+from harness.errors import MetricsError
+from harness.evaluate.metrics import Scores, distance_matrix, score, score_test_set
 
 PROTOCOLS = ("mars-official", "standard")
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.cli import UserError
+from harness.errors import UserError
 from harness.config import Config
 from harness.results.records import history_of, read_record, run_record, write_record
 from models.presets import preset_spec

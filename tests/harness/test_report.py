@@ -12,7 +12,7 @@ import polars as pl
 import pytest
 from matplotlib.collections import PathCollection
 
-from harness.cli import UserError
+from harness.errors import UserError
 from harness.config import InputSize
 from harness.cli import run
 from harness.measure.cost import macs_on_meta

@@ -15,7 +15,7 @@ import polars as pl
 import pytest
 import yaml
 
-from harness.cli import UserError
+from harness.errors import UserError
 from harness.report.build import build_report
 from harness.report.metric_files import point_file_names, write_point_metrics
 from harness.report.tables import intro

@@ -27,14 +27,14 @@ from mlflow import MlflowClient
 
 from datasets.errors import DatasetError
 from harness import preemption, storage
-from harness.cli import UserError
+from harness.errors import UserError
 from harness.prepared import prepared_dataset
 from harness.results.tracking import find_run, set_tags
 from harness.preemption import Preempted
 from harness.train.callbacks import MlflowEpochLogger, progress_bars
 from harness.train.driver import fit, run_watched
-from harness.train.runs import GUARD_FILE, LOCK_FILE, SNAPSHOT_FILE, RunLock, repair_snapshot, saved_epochs
-from harness.train.session import ray_session
+from harness.train.run_dir import GUARD_FILE, LOCK_FILE, SNAPSHOT_FILE, RunLock, repair_snapshot, saved_epochs
+from harness.cluster import ray_session
 from lock_workers import race
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -212,7 +212,7 @@ SIGTERM_IN_RAY_GET = """
 import os, signal, threading
 from ray.util.queue import Queue
 from harness import preemption
-from harness.train.session import ray_session
+from harness.cluster import ray_session
 
 preemption.raise_on_sigterm()
 with ray_session(None, num_cpus=1):
@@ -434,7 +434,7 @@ import sys, threading, time, psutil
 sys.path.insert(0, {tests!r})
 from harness.params import load_config
 from harness.train.driver import fit
-from harness.train.session import ray_session
+from harness.cluster import ray_session
 config = load_config({params!r}, {overrides!r})
 seen, done = set(), threading.Event()
 def watch():

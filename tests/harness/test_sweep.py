@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import subprocess
@@ -15,7 +14,7 @@ import polars as pl
 import pytest
 from mlflow import MlflowClient
 
-from harness.config import ConfigError
+from harness.errors import ConfigError
 from harness.params import load_config
 from harness.results.records import read_record
 from harness import storage
@@ -91,7 +90,7 @@ import sys
 from ray import tune
 from harness.params import load_config
 from harness.sweep.space import search_setup
-from harness.train.session import ray_session
+from harness.cluster import ray_session
 
 def trainable(params):
     tune.report({"best.map": len(str(params)) / 100, "gmacs": float(len(params)), "epochs": 1})

@@ -11,7 +11,7 @@ from ray.cluster_utils import Cluster
 
 from harness.train.node_check import NodeInputError, check_node
 from harness.train.driver import fit
-from harness.train.session import ray_session
+from harness.cluster import ray_session
 
 def history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, float]]:
     return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))

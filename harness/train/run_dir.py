@@ -18,10 +18,11 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from harness import storage
-from harness.cli import UserError
+from harness.errors import UserError
 from harness.redact import redact
-from harness.results.records import EPOCH_FILE, RUN_NAME, checkpoint_epochs
-from harness.train.checkpoint import STATE_FILE
+from harness.checkpoint import EPOCH_FILE
+from harness.results.records import RUN_NAME, checkpoint_epochs
+from harness.checkpoint import STATE_FILE
 from harness.results.tracking import log_metrics
 
 log = logging.getLogger("harness.train")

@@ -13,7 +13,7 @@ import torch
 
 from authors_reference import batch_hard_soft_triplet
 from ddp_workers import Embedder, accumulation_worker, global_batch, loss_worker, spawn
-from harness.train.losses import batch_hard_triplet, pairwise_euclidean, reid_loss
+from models.losses import batch_hard_triplet, pairwise_euclidean, reid_loss
 
 
 def test_pairwise_euclidean_matches_cdist():

@@ -8,8 +8,8 @@ import signal
 import threading
 from contextlib import contextmanager
 
-from harness.cli import UserError
-from harness.config import Config
+from harness.errors import UserError
+from harness.config import RayConfig
 
 RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "RAY_TRAIN_METRICS_ENABLED": "0"}
 LOCAL_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray's single-machine mode, servers on loopback
@@ -73,26 +73,26 @@ def numerics_env(cpu_isa: str) -> dict[str, str]:
     return {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 
 
-def worker_resources(config: Config) -> dict[str, float]:
+def worker_resources(ray_config: RayConfig) -> dict[str, float]:
     """The Ray resources of one training worker: its CPUs, and its GPUs when it trains on one."""
-    resources = {"CPU": config.ray.cpus_per_worker}
-    if config.ray.use_gpu:
-        resources["GPU"] = config.ray.gpus_per_worker
+    resources = {"CPU": ray_config.cpus_per_worker}
+    if ray_config.use_gpu:
+        resources["GPU"] = ray_config.gpus_per_worker
     return resources
 
 
-def check_resources(config: Config) -> None:
+def check_resources(ray_config: RayConfig) -> None:
     """Fail fast, with the counts, when the cluster cannot host the workers (never wait on it)."""
     import ray
 
     have = ray.cluster_resources()
-    workers = config.ray.num_workers
-    need = {k: workers * v for k, v in worker_resources(config).items()}
+    workers = ray_config.num_workers
+    need = {k: workers * v for k, v in worker_resources(ray_config).items()}
     short = {k: (v, have.get(k, 0)) for k, v in need.items() if v > have.get(k, 0)}
     if short:
         detail = ", ".join(f"{v:g} {k} needed, {h:g} in the cluster" for k, (v, h) in short.items())
         raise UserError(
-            f"ray.num_workers = {workers} with ray.cpus_per_worker = {config.ray.cpus_per_worker}"
-            f"{f' and ray.gpus_per_worker = {config.ray.gpus_per_worker}' if config.ray.use_gpu else ''} "
+            f"ray.num_workers = {workers} with ray.cpus_per_worker = {ray_config.cpus_per_worker}"
+            f"{f' and ray.gpus_per_worker = {ray_config.gpus_per_worker}' if ray_config.use_gpu else ''} "
             f"does not fit: {detail}; lower the worker count or resources per worker, or add nodes"
         )

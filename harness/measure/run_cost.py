@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.config import PAPER_INPUT, Config, InputSize
-from harness.train.session import numerics_env, worker_resources
+from harness.cluster import numerics_env, worker_resources
 
 
 def run_cost(config: Config, spec, directory: Path) -> dict[str, Any]:
@@ -26,7 +26,7 @@ def run_cost(config: Config, spec, directory: Path) -> dict[str, Any]:
         "latency": None, "peak_memory_mb": None,
     }
     if config.cost.measure:
-        resources = worker_resources(config)
+        resources = worker_resources(config.ray)
         latency, peak, node = measure_where_trained(
             spec, config.data.input, cpus=config.ray.cpus_per_worker, gpus=resources.get("GPU", 0),
             env=numerics_env(config.train.cpu_isa), warmup=config.cost.warmup, repeats=config.cost.repeats,

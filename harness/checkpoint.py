@@ -17,12 +17,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from harness.cli import UserError
+from harness.errors import UserError
 from models.checkpoints import safe_load
 from models.spec import ModelSpec
 from models.video_reid import VideoReIDNet, build_model
 
 STATE_FILE = "state.pt"
+EPOCH_FILE = "epoch.json"  # in each checkpoint folder, beside state.pt: the numbers reported for its epoch
+QUERIES_FILE = "queries.parquet"  # likewise: the per-query outcomes of the best evaluation so far
 FORMAT = "nvan-bench state 2"
 
 

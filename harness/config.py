@@ -211,7 +211,7 @@ class TrainConfig(Section):
 
 class EvalConfig(Section):
     every: int = Field(2, ge=1, description="epochs between evaluations (the last epoch is always evaluated)")
-    protocols: list[Literal["mars-official", "standard"]] = ["mars-official", "standard"]
+    protocols: list[Literal["mars-official", "standard"]] = Field(["mars-official", "standard"], min_length=1)
     metric: Literal["cosine", "euclidean"] = "cosine"
     select: Literal["last", "test"] = Field(
         "last", description="the evaluation a run reports: last (the trained model; earlier evaluations only go into "
@@ -222,6 +222,11 @@ class EvalConfig(Section):
     batch_size: int = Field(8, ge=1, description="clips per inference forward: one per tracklet; dense packs the "
                                                  "clips of several tracklets")
     compile: bool = Field(False, description="torch.compile the BN-folded inference model at each evaluation")
+
+    @property
+    def primary(self) -> str:
+        """The protocol a run is selected, ranked and plotted by: the first of eval.protocols."""
+        return self.protocols[0]
 
 
 class RayConfig(Section):

@@ -31,6 +31,7 @@ from filelock import FileLock
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
+from harness.config import Config
 from harness.errors import UserError
 from harness.redact import redact
 
@@ -147,9 +148,18 @@ def set_tags(client: MlflowClient, run_id: str, tags: dict[str, str]) -> None:
     client.log_batch(run_id, tags=[RunTag(k, redact(str(v))) for k, v in tags.items()])
 
 
-# A run's nvan.status, and the MLflow end state it is closed with (what the UI's status column shows).
+def run_tags(kind: str, label: str, config: Config, **more: str) -> dict[str, str]:
+    """The tags a new run of `kind` (train | trial | sweep | seeds) starts with: its plot label, status running, and
+    the dataset, preset, primary protocol and device it runs on; `more` adds or overrides tags."""
+    return {"nvan.kind": kind, "nvan.label": label, "nvan.status": "running", "dataset": config.data.dataset,
+            "preset": config.model.preset, "protocol": config.eval.primary,
+            "device": "cuda" if config.ray.use_gpu else "cpu"} | more
+
+
+# A run's nvan.status, and the MLflow end state it is closed with (what the UI's status column shows); a candidate
+# rejected before training is recorded as a finished run of status infeasible.
 END_STATES = {"finished": "FINISHED", "early-stopped": "KILLED", "failed": "FAILED", "interrupted": "KILLED",
-              "preempted": "KILLED"}
+              "preempted": "KILLED", "infeasible": "FINISHED"}
 
 
 def close_run(client: MlflowClient, run_id: str, status: str) -> None:

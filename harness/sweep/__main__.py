@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     config = load_from_args(args)
     preemption.interrupt_on_sigterm()  # a SIGTERM ends the sweep as Ctrl-C does (Tune saves it), as preempted
     outcome = run_sweep(config, resume=args.resume)
-    print(format_front(outcome, config.sweep.metric, config.eval.protocols[0], cost_key(config.sweep)))
+    print(format_front(outcome, config.sweep.metric, config.eval.primary, cost_key(config.sweep)))
     return EXIT_CODES[sweep_status(outcome.results, outcome.complete)]
 
 

@@ -33,7 +33,7 @@ from harness.params import flatten, override
 from harness.io import atomic_path, check_writable
 from harness.redact import redact
 from harness.results.tracking import close_run, connect, git_commit, log_metrics, set_tags, start_run
-from harness.train.driver import check_inputs
+from harness.train.plan import check_inputs
 from harness.cluster import check_resources, ray_session
 from harness.sweep.space import cost_key, expected_trials, scheduler_for, search_setup, trial_base
 from harness.sweep.trials import TrialEnds, close_trials, run_trial
@@ -123,7 +123,7 @@ def _start(config: Config, name: str, resume: bool) -> tuple[Config, str]:
     parent = start_run(client, experiment_id, name, flatten(config) | {
         "git_commit": git_commit(), "dataset.manifest_hash": manifest.get("content_hash", "unknown")}, {
         "nvan.kind": "sweep", "nvan.label": name, "nvan.ray_run": name, "nvan.status": "running",
-        "dataset": config.data.dataset, "preset": config.model.preset, "protocol": config.eval.protocols[0],
+        "dataset": config.data.dataset, "preset": config.model.preset, "protocol": config.eval.primary,
         "device": "cuda" if base.ray.use_gpu else "cpu",
         "dataset.synthetic": str(manifest.get("synthetic", False)).lower()}, command="python -m harness.sweep")
     flat = flatten(config)

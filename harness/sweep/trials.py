@@ -21,7 +21,8 @@ from harness.evaluate.queries import queries_path, read_queries
 from harness.evaluate.statistics import FRONT_SCORES, SCORES, Sample, assess, table_values
 from harness.results.records import read_record, write_record
 from harness.results.tracking import END_STATES, close_run, connect, find_run, log_metrics, set_tags, start_run
-from harness.train.driver import check_inputs, fit
+from harness.train.driver import fit
+from harness.train.plan import check_inputs
 from harness.train.outcome import FINAL_KEYS
 from harness.measure.run_cost import run_cost
 from harness.sweep.space import COST, Candidate, LATENCY, cost_key, feasibility, objective, resolve
@@ -68,7 +69,7 @@ def record_infeasible(base: Config, candidate: Candidate, reason: str, tags: dic
     params["input"] = f"{candidate.frames}x{base.data.height}x{base.data.width}"
     run_id = start_run(client, experiment_id, tags["nvan.ray_run"], params, tags | {
         "nvan.status": "infeasible", "nvan.reason": reason[:5000], "dataset": base.data.dataset,
-        "preset": base.model.preset, "protocol": base.eval.protocols[0],
+        "preset": base.model.preset, "protocol": base.eval.primary,
         "device": "cuda" if base.ray.use_gpu else "cpu"}, parent_run_id, "python -m harness.sweep")
     client.set_terminated(run_id, "FINISHED")
     return run_id
@@ -135,7 +136,7 @@ def run_trial(params: dict[str, Any], base: dict[str, Any], sweep_name: str, par
         if found is None or found.get("status") != "finished":
             # Only the first seed reports its epochs to Tune (ASHA stops trials on it); the others only train.
             name = ray_run if index == 0 else f"{ray_run}-seed{seed}"
-            callbacks = [SweepReport(fields, config.sweep.metric, trial.eval.protocols[0])] if index == 0 else None
+            callbacks = [SweepReport(fields, config.sweep.metric, trial.eval.primary)] if index == 0 else None
             train_seed(override(trial, {"seed": seed}, f"candidate {label}"), name, parent_run_id,
                        tags | {"nvan.ray_run": name}, callbacks, path, label, cost)
             found = read_record(path)
@@ -252,7 +253,7 @@ def close_trials(base: Config, trials: list, sweep_name: str, parent_run_id: str
     P(on the front) among the sweep's trials. Returns the table and whether the sweep is complete.
     """
     client, experiment_id = connect(base.mlflow.tracking_uri, base.mlflow.experiment)
-    metric, protocol = base.sweep.metric, base.eval.protocols[0]
+    metric, protocol = base.sweep.metric, base.eval.primary
     manifest = prepared_dataset(base.data).manifest
     rows, complete, found = [], True, {}
     for trial in sorted(trials, key=lambda t: trial_number(t.experiment_tag)):

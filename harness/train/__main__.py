@@ -13,7 +13,8 @@ from harness.cli import config_parser, load_from_args, run
 from harness.config import Config
 from harness.io import check_writable
 from harness.redact import redact
-from harness.train.driver import TrainingInterrupted, check_inputs, fit
+from harness.train.driver import TrainingInterrupted, fit
+from harness.train.plan import check_inputs
 from harness.train.outcome import format_summary, train_record, write_run
 from harness.train.run_dir import check_run_name
 from harness.train.seeds import SeedsInterrupted, close_stopped, default_name, find_seed_set, fit_seeds, seed_run_name

@@ -16,7 +16,6 @@ import platform
 import tempfile
 import threading
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,25 +26,25 @@ import yaml
 from harness import storage
 from harness.errors import USER_ERRORS, UserError
 from harness.config import Config
-from harness.params import dotted, flatten
+from harness.params import flatten
 from harness.evaluate.queries import read_queries
-from harness.prepared import PreparedDataset, prepared_dataset
 from harness.echo import short
 from harness import preemption
 from harness.preemption import Preempted
 from harness.redact import redact
 from harness.checkpoint import EPOCH_FILE, QUERIES_FILE
 from harness.results.records import checkpoint_epochs, history_of, run_config
-from harness.results.tracking import connect, find_run, git_commit, log_metrics, set_tags, start_run, tracking_uri
+from harness.results.tracking import (close_run, connect, find_run, git_commit, log_metrics, run_tags, set_tags,
+                                      start_run, tracking_uri)
 from harness.train.callbacks import LiveRecord, MlflowEpochLogger, controller_callback, progress_bars
 from harness.checkpoint import read_state
+from harness.train.plan import RunPlan, plan_run, check_params
 from harness.train.outcome import FINAL_KEYS, TrainResult, record_base, train_record, write_run
 from harness.measure.run_cost import cost_metrics, run_cost
-from harness.train.run_dir import (PARAMS_FILE, RunLock, check_run_name, latest_checkpoint, log_missing_epochs,
+from harness.train.run_dir import (RunLock, latest_checkpoint, log_missing_epochs,
                                 repair_snapshot, saved_epochs)
-from harness.cluster import check_resources, numerics_env, worker_resources
+from harness.cluster import numerics_env, worker_resources
 from harness.versions import software_versions
-from models.spec import ModelSpec
 
 log = logging.getLogger("harness.train")
 
@@ -57,24 +56,6 @@ class TrainingInterrupted(Exception):
     def __init__(self, ray_run: str, preempted: bool = False) -> None:
         super().__init__(ray_run)
         self.ray_run, self.preempted = ray_run, preempted
-
-
-@dataclass(frozen=True)
-class RunPlan:
-    """A training run as decided before anything starts: what it trains, on which data, and where it lives."""
-
-    config: Config  # paths absolute: the workers do not run in the driver's working directory
-    given: dict[str, Any]  # the params as the user gave them, which records and MLflow keep
-    directory: Path  # the prepared dataset
-    manifest: dict[str, Any]
-    spec: ModelSpec
-    ray_run: str
-    run_dir: str  # <ray.storage_path>/<ray_run>: a folder or a URI
-    resume: bool
-    saved: dict[int, dict[str, Any]]  # the epochs a resumed run's checkpoints hold
-    record_to: Path | str | None
-    label: str
-    kind: str
 
 
 @dataclass(frozen=True)
@@ -111,89 +92,6 @@ def fit(config: Config, name: str | None = None, resume: str | None = None, pare
         return finish(plan, tracking, result)
 
 
-def absolute_paths(config: Config) -> Config:
-    """`config` with its data, storage and init paths made absolute (relative to this process's cwd; URIs kept)."""
-    init = config.train.imagenet_init
-    return config.model_copy(update={
-        "data": config.data.model_copy(update={"prepared_root": config.data.prepared_root.resolve()}),
-        "ray": config.ray.model_copy(update={"storage_path": storage.absolute(config.ray.storage_path)}),
-        "train": config.train.model_copy(update={"imagenet_init": init.resolve() if init else None}),
-    })
-
-
-def check_inputs(config: Config) -> PreparedDataset:
-    """The prepared dataset, after checking it fits the config, the init weights exist and the storage path is
-    writable."""
-    prepared = prepared_dataset(config.data)
-    init = config.train.imagenet_init
-    if init is not None and not init.is_file():
-        raise UserError(f"train.imagenet_init {init} does not exist; give the path of a torchvision resnet50 "
-                        f"state dict, or null to train from scratch")
-    storage.check_writable(config.ray.storage_path)
-    return prepared
-
-
-def plan_run(config: Config, name: str | None, resume: str | None, record_to: Path | str | None,
-             label: str | None, kind: str) -> RunPlan:
-    """Check the inputs and the cluster, name the run (or find the one to resume); nothing is written but its folder."""
-    given = config.model_dump(mode="json")
-    config = absolute_paths(config)
-    prepared = check_inputs(config)
-    check_resources(config.ray)
-    root = config.ray.storage_path
-    if resume:
-        check_run_name(resume, "--resume")
-        if not storage.is_dir(storage.join(root, resume)):
-            raise UserError(f"--resume {resume}: no run {redact(storage.join(root, resume))}; list the runs there or "
-                            f"start a new one")
-    else:
-        name = name or f"{config.model.preset}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-        check_run_name(name, "--name")
-    ray_run = resume or name
-    run_dir = storage.join(root, ray_run)
-    storage.make_dirs(run_dir)
-    spec = config.spec(prepared.num_classes)
-    return RunPlan(config, given, prepared.directory, prepared.manifest, spec, ray_run, run_dir, bool(resume),
-                   saved_epochs(run_dir) if resume else {}, record_to, label or config.model.preset, kind)
-
-
-def check_params(plan: RunPlan) -> None:
-    """A new run: its name must be free (no checkpoints, no recorded params), and its deciding params are recorded.
-    A resumed run: its deciding params must be those it started with, but train.epochs may grow."""
-    location = storage.join(plan.run_dir, PARAMS_FILE)
-    now = run_config(plan.given)
-    if not plan.resume:
-        if storage.exists(location) or saved_epochs(plan.run_dir):
-            raise UserError(f"run name {plan.ray_run} is taken: {redact(plan.run_dir)} holds its checkpoints; "
-                            f"continue it with --resume {plan.ray_run}, or choose another --name")
-        storage.write_text(location, json.dumps(now, indent=2, sort_keys=True))
-        return
-    if not storage.exists(location):
-        log.warning("run %s has no %s (it predates them): its params cannot be checked", plan.ray_run, PARAMS_FILE)
-        return
-    was = json.loads(storage.read_text(location))
-    changed = differing_params(was, now)
-    if changed:
-        listed = "; ".join(f"{key}: {short(a)} when it started, {short(b)} now" for key, a, b in changed[:8])
-        raise UserError(f"--resume {plan.ray_run}: params that decide its results differ from the run's ({listed}); "
-                        f"resume with the params it started with, or start a new run. Only train.epochs may change, "
-                        f"and only grow: --resume {plan.ray_run} --set train.epochs=N trains it on to N epochs")
-    if now != was:  # more epochs: the next resume compares with these
-        storage.write_text(location, json.dumps(now, indent=2, sort_keys=True))
-
-
-def differing_params(was: dict, now: dict) -> list[tuple[str, Any, Any]]:
-    """(dotted key, then, now) for each deciding param that changed, but a growing train.epochs."""
-    before, after = dotted(was), dotted(now)
-    changed = []
-    for key in sorted(before.keys() | after.keys()):
-        a, b = before.get(key), after.get(key)
-        if a == b or (key == "train.epochs" and isinstance(a, int) and isinstance(b, int) and b >= a):
-            continue
-        changed.append((key, a, b))
-    return changed
-
-
 def open_tracking(plan: RunPlan, cost: dict[str, Any], parent_run_id: str | None,
                   tags: dict[str, str] | None) -> Tracking:
     """The run's MLflow run: the resumed one, with any checkpointed epoch it missed logged now, or a new one
@@ -213,14 +111,12 @@ def open_tracking(plan: RunPlan, cost: dict[str, Any], parent_run_id: str | None
         "input": config.data.input.label(),
         **{f"spec.{k}": str(list(v)) if isinstance(v, tuple) else v for k, v in plan.spec.__dict__.items()},
     }
-    run_tags = {"nvan.kind": "train", "nvan.label": config.model.preset, "nvan.ray_run": plan.ray_run,
-                "nvan.status": "running", "dataset": config.data.dataset, "preset": config.model.preset,
-                "protocol": config.eval.protocols[0], "device": "cuda" if config.ray.use_gpu else "cpu",
-                "dataset.synthetic": str(plan.manifest.get("synthetic", False)).lower(),
-                "cost.threads": str(config.ray.cpus_per_worker), "nvan.seed": str(config.seed),
-                **{f"software.{k}": v for k, v in software_versions().items()}} | (tags or {})
-    command = "python -m harness.sweep" if run_tags["nvan.kind"] == "trial" else "python -m harness.train"
-    run_id = start_run(client, experiment_id, plan.ray_run, params, run_tags, parent_run_id, command)
+    tags = run_tags("train", config.model.preset, config, **{
+        "nvan.ray_run": plan.ray_run, "dataset.synthetic": str(plan.manifest.get("synthetic", False)).lower(),
+        "cost.threads": str(config.ray.cpus_per_worker), "nvan.seed": str(config.seed),
+        **{f"software.{k}": v for k, v in software_versions().items()}}) | (tags or {})
+    command = "python -m harness.sweep" if tags["nvan.kind"] == "trial" else "python -m harness.train"
+    run_id = start_run(client, experiment_id, plan.ray_run, params, tags, parent_run_id, command)
     log.info("MLflow run %s (experiment %s, %s)", run_id, config.mlflow.experiment, redact(uri))
     log_metrics(client, run_id, cost_metrics(cost))
     if cost["latency"]:
@@ -241,12 +137,9 @@ def trained_already(plan: RunPlan, tracking: Tracking, cost: dict[str, Any]) -> 
     folder = storage.join(plan.run_dir, last["folder"])
     with tempfile.TemporaryDirectory() as local:
         state = read_state(storage.download(folder, Path(local)), shown=redact(folder))
-    best, worker = state["best"], last.get("worker") or {}
-    return TrainResult(tracking.run_id, plan.ray_run, best["epoch"], best["scores"] or {}, best["cmc"] or {},
-                       state["epoch"] + 1, folder, last.get("clips_per_s", math.nan), math.nan, math.nan, cost,
-                       plan.spec, plan.manifest, worker.get("cpu_capability"), checkpoint_queries(folder),
-                       worker.get("precision"), best_checkpoint(plan.run_dir, best["epoch"]),
-                       history_of(checkpoint_epochs(last)), worker.get("worker_cpu"), worker.get("gpu"))
+    return result_at(plan, tracking.run_id, cost, folder, state["best"], epochs=state["epoch"] + 1,
+                     worker=last.get("worker") or {}, history=history_of(checkpoint_epochs(last)),
+                     clips_per_s=last.get("clips_per_s", math.nan))
 
 
 def build_trainer(plan: RunPlan, tracking: Tracking, cost: dict[str, Any], queue, fail_at_step: int | None,
@@ -319,12 +212,10 @@ def train(plan: RunPlan, tracking: Tracking, cost: dict[str, Any], progress: boo
     # A SIGTERM to the process group may kill the workers first: their error is then the preemption.
     if "stopped" in outcome or "error" in outcome and preemption.requested():
         preempted = preemption.requested()
-        set_tags(client, run_id, {"nvan.status": "preempted" if preempted else "interrupted"})
-        client.set_terminated(run_id, "KILLED")
+        close_run(client, run_id, "preempted" if preempted else "interrupted")
         raise TrainingInterrupted(plan.ray_run, preempted) from None
     if "error" in outcome:
-        set_tags(client, run_id, {"nvan.status": "failed"})
-        client.set_terminated(run_id, "FAILED")
+        close_run(client, run_id, "failed")
         causes = worker_causes(outcome["error"])
         if causes and all(isinstance(c, USER_ERRORS) for c in causes):
             raise UserError(f"training run {plan.ray_run} failed: {causes[0]}") from None
@@ -338,15 +229,26 @@ def train(plan: RunPlan, tracking: Tracking, cost: dict[str, Any], progress: boo
     metrics = result.metrics or {}
     # Where the user finds it: a local path, or a URI like ray.storage_path.
     checkpoint = storage.join(root, storage.relative(result.checkpoint.path, root)) if result.checkpoint else None
-    best_epoch = metrics.get("best_epoch", -1)
-    return TrainResult(run_id, plan.ray_run, best_epoch, metrics.get("best_scores") or {},
-                       metrics.get("best_cmc") or {}, metrics.get("epoch", -1) + 1, checkpoint,
-                       metrics.get("clips_per_s", math.nan), time.perf_counter() - start,
-                       metrics.get("first_step_at", math.nan) - started_at, cost, plan.spec, plan.manifest,
-                       metrics.get("cpu_capability"), checkpoint_queries(checkpoint) if checkpoint else None,
-                       metrics.get("precision"), best_checkpoint(plan.run_dir, best_epoch),
-                       checkpoint_history(checkpoint) if checkpoint else [], metrics.get("worker_cpu"),
-                       metrics.get("gpu"))
+    best = {"epoch": metrics.get("best_epoch", -1), "scores": metrics.get("best_scores"),
+            "cmc": metrics.get("best_cmc")}
+    return result_at(plan, run_id, cost, checkpoint, best, epochs=metrics.get("epoch", -1) + 1, worker=metrics,
+                     history=checkpoint_history(checkpoint) if checkpoint else [],
+                     clips_per_s=metrics.get("clips_per_s", math.nan), seconds=time.perf_counter() - start,
+                     startup_s=metrics.get("first_step_at", math.nan) - started_at)
+
+
+def result_at(plan: RunPlan, run_id: str, cost: dict[str, Any], checkpoint: str | None, best: dict[str, Any], *,
+              epochs: int, worker: dict[str, Any], history: list[dict[str, Any]], clips_per_s: float,
+              seconds: float = math.nan, startup_s: float = math.nan) -> TrainResult:
+    """The TrainResult of a run whose latest checkpoint is `checkpoint` and whose selected evaluation is `best`
+    ({epoch, scores, cmc}); `worker` holds what rank 0's worker reported of itself; times in seconds."""
+    return TrainResult(
+        run_id=run_id, ray_run=plan.ray_run, best_epoch=best["epoch"], best_scores=best["scores"] or {},
+        best_cmc=best["cmc"] or {}, epochs=epochs, checkpoint=checkpoint, clips_per_s=clips_per_s, seconds=seconds,
+        startup_s=startup_s, cost=cost, spec=plan.spec, manifest=plan.manifest,
+        cpu_capability=worker.get("cpu_capability"), queries=checkpoint_queries(checkpoint) if checkpoint else None,
+        precision=worker.get("precision"), best_checkpoint=best_checkpoint(plan.run_dir, best["epoch"]),
+        history=history, worker_cpu=worker.get("worker_cpu"), gpu=worker.get("gpu"))
 
 
 def checkpoint_history(folder: str) -> list[dict[str, Any]]:
@@ -416,7 +318,7 @@ def worker_causes(error: BaseException) -> list[BaseException]:
 def finish(plan: RunPlan, tracking: Tracking, result: TrainResult) -> TrainResult:
     """A trained run's bookkeeping: best scores and artifacts in MLflow, its final record, status finished."""
     client, config = tracking.client, plan.config
-    primary = result.best_scores.get(config.eval.protocols[0], {})
+    primary = result.best_scores.get(config.eval.primary, {})
     extra = {} if math.isnan(result.startup_s) else {"startup_s": result.startup_s}
     log_metrics(client, result.run_id, {f"best.{k}": primary[k] for k in FINAL_KEYS if k in primary}
                 | {"best.epoch": result.best_epoch} | extra, step=max(result.epochs - 1, 0))
@@ -426,8 +328,7 @@ def finish(plan: RunPlan, tracking: Tracking, result: TrainResult) -> TrainResul
     if plan.record_to:
         write_run(plan.record_to, train_record(Config.model_validate(plan.given), result, plan.label, plan.kind),
                   result.queries)
-    set_tags(client, result.run_id, {"nvan.status": "finished"})
-    client.set_terminated(result.run_id, "FINISHED")
+    close_run(client, result.run_id, "finished")
     return result
 
 
@@ -436,7 +337,7 @@ def log_artifacts(client, config: Config, result: TrainResult) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    cmc = result.best_cmc.get(config.eval.protocols[0])
+    cmc = result.best_cmc.get(config.eval.primary)
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
         (folder / "config.yaml").write_text(redact(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)))
@@ -449,7 +350,7 @@ def log_artifacts(client, config: Config, result: TrainResult) -> None:
             ax = fig.subplots()
             ax.plot(range(1, len(cmc) + 1), [100 * c for c in cmc], marker=".")
             ax.set(xlabel="rank", ylabel="matching rate (%)", ylim=(0, 100),
-                   title=f"CMC, {config.eval.protocols[0]}, epoch {result.best_epoch} ({config.eval.select})")
+                   title=f"CMC, {config.eval.primary}, epoch {result.best_epoch} ({config.eval.select})")
             ax.grid(alpha=0.3)
             fig.savefig(folder / "cmc.png", dpi=120)
         if result.queries is not None:

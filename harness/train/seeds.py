@@ -24,7 +24,8 @@ from harness import preemption
 from harness.errors import UserError
 from harness.results.records import read_record, run_config, write_record
 from harness.results.tracking import close_run, connect, find_run, set_tags, start_run, tracking_uri
-from harness.train.driver import TrainingInterrupted, absolute_paths, check_inputs, fit
+from harness.train.driver import TrainingInterrupted, fit
+from harness.train.plan import absolute_paths, check_inputs
 from harness.train.outcome import TrainResult
 from harness.measure.run_cost import run_cost
 from harness.cluster import worker_resources
@@ -126,7 +127,7 @@ def open_seed_set(client: MlflowClient, experiment_id: str, config: Config, name
     params = {k: v for k, v in flatten(run_config(config.model_dump(mode="json"))).items() if k != "seed"}
     return start_run(client, experiment_id, name, params | {"seeds": str(seeds)}, {
         "nvan.kind": "seeds", SEED_SET_TAG: name, "nvan.label": config.model.preset, "nvan.status": "running",
-        "preset": config.model.preset, "dataset": config.data.dataset, "protocol": config.eval.protocols[0]})
+        "preset": config.model.preset, "dataset": config.data.dataset, "protocol": config.eval.primary})
 
 
 def find_seed_set(config: Config, name: str) -> str | None:

@@ -184,7 +184,7 @@ def evaluate_model(model: nn.Module, dataset: EvalClips, config: Config, device:
     if rank != 0:
         return None
     scores = score_features(features, dataset.rows, config.eval.protocols, config.eval.metric)
-    primary = config.eval.protocols[0]
+    primary = config.eval.primary
     metrics = dict(scores[primary].as_dict())
     for name, s in scores.items():
         metrics |= {f"{name}.{k}": v for k, v in s.as_dict().items()}

@@ -381,23 +381,24 @@ def prepared_copy(prepared_root, tmp_path, monkeypatch) -> Path:
 
 def test_the_data_is_what_the_manifest_says(cli, tiny_config, prepared_copy, tiny_sets):
     config = tiny_config(f"data.prepared_root={prepared_copy}")
-    folder, manifest = prepared_dataset(config)  # checked, and its digests cached
+    prepared = prepared_dataset(config.data)  # checked, and its digests cached
+    folder, manifest = prepared.directory, prepared.manifest
     store = folder / "frames.uint8"
     size = store.stat().st_size
     store.write_bytes(os.urandom(size))  # noise over every frame, same size
     with pytest.raises(DatasetError, match=r"frames\.uint8 does not hold the bytes prepare wrote"):
-        prepared_dataset(config)
+        prepared_dataset(config.data)
     done = cli("harness.train", *tiny_sets, "--set", f"data.prepared_root={prepared_copy}")
     assert done.returncode == 2 and "does not hold the bytes" in done.stderr and "Traceback" not in done.stderr
     with open(store, "r+b") as f:
         f.truncate(size // 2)
     with pytest.raises(DatasetError, match=rf"frames\.uint8 is truncated: {size // 2:,} bytes, the manifest says "
                                            rf"{size:,}"):
-        prepared_dataset(config)
+        prepared_dataset(config.data)
     edited = manifest | {"content_hash": "blake2b:" + "0" * 64}
     (folder / "manifest.json").write_text(json.dumps(edited))
     with pytest.raises(DatasetError, match="manifest.json was edited"):
-        prepared_dataset(config)
+        prepared_dataset(config.data)
 
 
 def test_a_run_stopped_before_its_bookkeeping_finishes_with_what_it_trained_with(local_ray, tiny_config):

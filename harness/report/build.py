@@ -26,7 +26,7 @@ from harness.io import atomic_path, check_writable, write_json_atomic
 from harness.measure.cost import UNITS as COST_UNITS
 from harness.report.plot import draw, draw_epochs, svg_with_tooltips
 from harness.evaluate.statistics import DEFAULT_DRAWS
-from harness.report.points import with_uncertainty
+from harness.report.points import assess_points
 from harness.report.runs import (INTERVAL_METRICS, METRICS, collect_runs, load_costs, no_runs_message,
                                  published_points, select_runs)
 from harness.report.html import html_page
@@ -97,7 +97,7 @@ def build_report(out_dir: Path, *, records: list[Path] = (), sweeps: list[Path] 
             raise UserError(no_runs_message(*mlflow, dataset, why))
         raise UserError(f"nothing to report: {source} hold no run{f' of dataset {dataset!r}' if dataset else ''} "
                         f"({why}); pass --runs FILE for each run record, or --dataset NAME")
-    points, comparisons = with_uncertainty(runs, draws)
+    points, comparisons = assess_points(runs, draws)
     # The paper's numbers have GMACs per clip from our cost model, and no latency on any device of ours.
     refs = published_points() if published and axis == "gmacs" and (points["dataset"] == "mars").any() else None
     paths = write_report(points, refs, out_dir, source, costs, axis, comparisons, runs)

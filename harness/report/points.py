@@ -13,11 +13,11 @@ by the sweep, with its own intervals and front odds.
 from __future__ import annotations
 
 import itertools
-import math
 
 import numpy as np
 import polars as pl
 
+from harness.evaluate.front import pareto_front
 from harness.evaluate.queries import read_queries
 from harness.evaluate.statistics import (CONFIDENCE, DEFAULT_DRAWS, FRONT_SCORES, SCORES, Assessment, Sample, assess,
                                          compare, holm, table_values)
@@ -80,12 +80,11 @@ def placed(points: pl.DataFrame, rows: list[int]) -> dict[int, float]:
             if points["cost"][i] is not None and all(points[acc][i] is not None for acc, _ in PANELS)}
 
 
-def with_uncertainty(runs: pl.DataFrame, draws: int = DEFAULT_DRAWS) -> tuple[pl.DataFrame, list[dict]]:
+def assess_points(runs: pl.DataFrame, draws: int = DEFAULT_DRAWS) -> tuple[pl.DataFrame, list[dict]]:
     """The points of `runs` with their intervals, P(front) and sure-front per panel, accuracy in percent
     (`<metric>_pct`), and the paired comparisons of every two trained points of a group."""
     points = aggregate(runs)
-    for acc, _ in PANELS:
-        points = deterministic_front(points, acc)
+    points = points.with_columns(pareto_front(points, acc, "cost", "group").alias(f"pareto_{acc}") for acc, _ in PANELS)
     columns: dict[str, list] = {c: list(points[c]) for c in
                                 (*(f"{m}_{s}" for m in INTERVAL_METRICS for s in ("lo", "hi")),
                                  *(f"p_front_{a}" for a, _ in PANELS))}
@@ -131,15 +130,3 @@ def pairs(points: pl.DataFrame, index: dict[int, Sample], group: str) -> list[di
             entry[m] = c[m] | {"p_holm": p, "decided_holm": p < 1 - CONFIDENCE}
         out.append(entry)
     return out
-
-
-def deterministic_front(points: pl.DataFrame, acc: str) -> pl.DataFrame:
-    """Add bool column `pareto_<acc>`: the point estimates' front of max `acc`, min `cost` within each group."""
-    # Found on distinct (cost, accuracy) pairs and joined back, so points that tie exactly (neither
-    # dominates the other) are all on it, not only the first one sorted.
-    front = (points.drop_nulls(["cost", acc]).select("group", "cost", acc).unique()
-             .sort(["group", "cost", acc], descending=[False, False, True])
-             .filter(pl.col(acc) > pl.col(acc).cum_max().shift(1).over("group").fill_null(-math.inf))
-             .with_columns(pl.lit(True).alias(f"pareto_{acc}")))
-    return (points.join(front, on=["group", "cost", acc], how="left", maintain_order="left")
-            .with_columns(pl.col(f"pareto_{acc}").fill_null(False)))

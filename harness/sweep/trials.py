@@ -17,6 +17,7 @@ from harness.errors import UserError
 from harness.config import Config
 from harness.params import flatten, override
 from harness.prepared import prepared_dataset
+from harness.evaluate.front import pareto_front
 from harness.evaluate.queries import queries_path, read_queries
 from harness.evaluate.statistics import FRONT_SCORES, SCORES, Sample, assess, table_values
 from harness.results.records import read_record, write_record
@@ -207,24 +208,6 @@ class TrialEnds(tune.Callback):
 
 
 
-def pareto(frame: pl.DataFrame, accuracy: str, cost: str = COST) -> pl.Series:
-    """Boolean flags of the rows not dominated on (max `accuracy`, min `cost`); rows with nulls/NaN are False.
-
-    Sort by cost; a row is on the front when it has the best accuracy of its cost and beats every
-    strictly cheaper row. Equal points do not dominate each other, so ties stay on the front.
-    """
-    valid = pl.col(accuracy).is_not_null() & pl.col(cost).is_not_null() & pl.col(accuracy).is_not_nan() \
-        & pl.col(cost).is_not_nan()
-    rows = frame.select(acc=pl.col(accuracy), cost=pl.col(cost), valid=valid).with_row_index("row")
-    points = rows.filter("valid")
-    by_cost = (points.group_by("cost").agg(best=pl.col("acc").max()).sort("cost")
-               .with_columns(cheaper=pl.col("best").cum_max().shift(1)))
-    beats_cheaper = pl.col("cheaper").is_null() | (pl.col("acc") > pl.col("cheaper"))
-    front = points.join(by_cost, on="cost").filter((pl.col("acc") == pl.col("best")) & beats_cheaper)["row"]
-    return rows["row"].is_in(front.implode()).alias("pareto")
-
-
-
 def trial_outcome(tune_status: str, record: dict | None, infeasible: bool, others: list[dict | None] = ()) -> str:
     """A trial's status in the sweep table, from Tune's state of the trial and its seeds' run records.
 
@@ -295,7 +278,7 @@ def close_trials(base: Config, trials: list, sweep_name: str, parent_run_id: str
     frame = frame.with_columns(pl.col("map", "rank1", "minp", COST, "gmacs_input", LATENCY).fill_nan(None))
     eligible = frame.with_columns(pl.when(pl.col("status").is_in(["finished", "early-stopped"]))
                                   .then(pl.col(metric)).alias("_acc"))
-    frame = with_uncertainty(frame.with_columns(pareto(eligible, "_acc", cost_key(base.sweep))), found, protocol,
+    frame = with_trial_intervals(frame.with_columns(pareto_front(eligible, "_acc", cost_key(base.sweep))), found, protocol,
                              cost_key(base.sweep), base.report.draws)
     for row in frame.filter(pl.col("mlflow_run_id").is_not_null()).iter_rows(named=True):
         set_tags(client, row["mlflow_run_id"], {"nvan.pareto": str(row["pareto"]).lower()})
@@ -335,7 +318,7 @@ def close_seed_runs(client, paths: list[str], records: list[dict | None], status
             close_run(client, run_id, status)
 
 
-def with_uncertainty(frame: pl.DataFrame, queries: dict[int, list[str]], protocol: str, cost: str,
+def with_trial_intervals(frame: pl.DataFrame, queries: dict[int, list[str]], protocol: str, cost: str,
                      draws: int) -> pl.DataFrame:
     """The results table with each trained candidate's 95 % intervals (seeds x identity-clustered queries) of
     rank-1, mAP and mINP, and its P(on the front) and sure-front of rank-1 and mAP against the sweep's cost
@@ -349,7 +332,7 @@ def with_uncertainty(frame: pl.DataFrame, queries: dict[int, list[str]], protoco
             found = [table_values(read_queries(f), protocol) for f in files]
             # Every trial trains seeds seed, seed + 1, ...: its k-th seed pairs with every other trial's k-th.
             samples[row] = Sample(tuple(range(len(found))), np.stack([v for v, _ in found]), found[0][1])
-    # The rivals on the front are the trials it is drawn from (as `pareto`): trained, with a cost and scores.
+    # The rivals on the front are the trials it is drawn from (as `pareto_front`): trained, with a cost and scores.
     placed = {row: frame[cost][row] for row in range(frame.height)
               if frame["status"][row] in ("finished", "early-stopped") and frame[cost][row] is not None
               and all(frame[m][row] is not None for m in FRONT_SCORES)}

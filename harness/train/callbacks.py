@@ -83,23 +83,25 @@ def controller_callback(cls, *args):
     return type(cls.__name__ + "Callback", (cls, UserCallback), {})(*args)
 
 
-def progress_bars(queue, done: threading.Event, stop: Callable[[], bool]) -> None:
+def progress_bars(queue, done: threading.Event, stop: Callable[[], bool]) -> str:
     """Rank 0's steps as a bar per epoch on a terminal, else as log lines (datasets.progress.Progress), until the
-    run is done or `stop()` says the caller should stop watching."""
+    run is done or `stop()` says the caller should stop watching; returns why it ended: done, stopped or gone."""
     from ray.exceptions import RayActorError
     from ray.util.queue import Empty
 
-    progress, current = None, None
+    progress, current, ended = None, None, "stopped"
     while not stop():
         try:
             epoch, step, steps, loss, clips = queue.get(timeout=0.5)
         except Empty:  # Ray raises it wrapped in RayTaskError(Empty), a subclass
             if done.is_set():
+                ended = "done"
                 break
             continue
         except RayActorError:
             # The queue's actor is gone: a SIGTERM to the whole process group (scancel) stops Ray's
             # processes too. There is no more progress to show; the caller decides what the stop was.
+            ended = "gone"
             break
         if epoch != current:
             if progress:
@@ -110,3 +112,4 @@ def progress_bars(queue, done: threading.Event, stop: Callable[[], bool]) -> Non
             progress.bar.set_postfix(loss=f"{loss:.3f}", clips_s=f"{clips:.1f}", refresh=True)
     if progress:
         progress.close()
+    return ended

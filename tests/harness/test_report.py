@@ -20,7 +20,7 @@ from harness.measure.cost import main as cost_main
 from harness.report.__main__ import main
 from harness.report.build import build_report, write_report
 from harness.report.plot import draw
-from harness.report.points import deterministic_front, with_uncertainty
+from harness.report.points import assess_points
 from harness.report.runs import (PANELS, PUBLISHED, load_costs, load_runs, open_experiment, published_points,
                                  select_runs)
 from harness.results.tracking import connect, log_metrics, start_run
@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def points_of(runs: pl.DataFrame) -> pl.DataFrame:
     """The report's points of `runs` (intervals where per-query outcomes exist)."""
-    return with_uncertainty(runs)[0]
+    return assess_points(runs)[0]
 os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
 
 
@@ -102,19 +102,6 @@ def test_groups_filters_and_latest_label(store):
     assert nvan["gmacs"].to_list() == [1.0]  # the rerun replaced the older nvan run
     assert len(select_runs(runs, "mars", latest_per_label=False).filter(pl.col("label") == "nvan")) == 3
     assert set(select_runs(runs, "duke", True)["dataset"]) == {"duke"}
-
-
-def test_pareto_front_matches_brute_force():
-    rng = np.random.default_rng(1)
-    n = 60
-    frame = pl.DataFrame({
-        "group": rng.choice(["a", "b"], n).tolist(),
-        "cost": rng.choice([0.5, 1.0, 2.0, 4.0, 8.0, 16.0], n).tolist(),  # many cost ties
-        "rank1": rng.choice([0.2, 0.4, 0.6, 0.8], n).tolist(),  # and exact duplicates
-    })
-    flags = deterministic_front(frame, "rank1")["pareto_rank1"].to_list()
-    assert flags == [not d for d in dominated(frame, "rank1")]
-    assert 0 < sum(flags) < n
 
 
 def test_plot_points_front_per_group(store):

@@ -19,7 +19,7 @@ from matplotlib.text import Annotation, Text
 from harness.report.__main__ import format_summary
 from harness.report.build import write_report
 from harness.report.plot import draw
-from harness.report.points import with_uncertainty
+from harness.report.points import assess_points
 from harness.report.runs import SCHEMA, _record_row, collect_runs, select_runs
 from harness.report.tables import DETAILS_HEAD, MAIN_HEAD, markdown
 from harness.report.testsets import TEST_SET
@@ -164,7 +164,7 @@ def test_labels_do_not_overlap():
                                                                            "map", "minp")},
     })
     runs = pl.concat([pl.DataFrame(schema=SCHEMA), cluster], how="diagonal_relaxed")
-    points, _ = with_uncertainty(select_runs(runs, None, latest_per_label=True))
+    points, _ = assess_points(select_runs(runs, None, latest_per_label=True))
     fig, _ = draw(points, None)
     renderer = fig.canvas.get_renderer()
     for ax in fig.axes:

@@ -19,7 +19,7 @@ from harness.params import load_config
 from harness.results.records import read_record
 from harness import storage
 from harness.sweep.space import Candidate, resolve, search_setup, trial_base
-from harness.sweep.trials import pareto, trial_outcome
+from harness.sweep.trials import trial_outcome
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -27,24 +27,6 @@ ROOT = Path(__file__).resolve().parents[2]
 def dominated(acc: list[float], cost: list[float]) -> list[bool]:
     """Brute force: a point is dominated if another is at least as good on both and better on one."""
     return [any(a2 >= a and c2 <= c and (a2 > a or c2 < c) for a2, c2 in zip(acc, cost)) for a, c in zip(acc, cost)]
-
-
-def test_pareto_matches_brute_force_with_ties_and_missing_values():
-    rng = np.random.default_rng(0)
-    for _ in range(50):
-        n = int(rng.integers(1, 25))
-        acc = rng.integers(0, 6, n).astype(float)  # few levels: many ties
-        cost = rng.integers(0, 6, n).astype(float)
-        acc[rng.random(n) < 0.15] = np.nan
-        frame = pl.DataFrame({"acc": acc, "gmacs": cost}).with_columns(
-            pl.when(pl.int_range(pl.len()) % 7 == 3).then(None).otherwise(pl.col("gmacs")).alias("gmacs"))
-        flags = pareto(frame, "acc").to_list()
-        valid = [i for i, (a, c) in enumerate(zip(frame["acc"], frame["gmacs"])) if c is not None and not np.isnan(a)]
-        beaten = dominated([acc[i] for i in valid], [frame["gmacs"][i] for i in valid])
-        expected = [False] * n
-        for i, b in zip(valid, beaten):
-            expected[i] = not b
-        assert flags == expected
 
 
 def test_candidate_applies_stripes_to_non_local_stages_and_keeps_the_rest(tiny_config):

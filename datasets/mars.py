@@ -47,14 +47,33 @@ def read_mars(root: Path) -> pl.DataFrame:
 
 
 def _read_split(root: Path, split: str) -> pl.DataFrame:
+    """The tracklets of one split (train | test), every row of its info file checked against its name list and its
+    images."""
     names_path = root / "info" / f"{split}_name.txt"
     info_path = root / "info" / f"tracks_{split}_info.mat"
+    names = _read_names(names_path)
+    start, end, pid, camera = _read_info(info_path, split, names_path, len(names))
+    line = _check_labels(names, names_path, info_path, start, end, pid, camera)
+    _check_images(root / f"bbox_{split}", names, names_path, line)
+    paths = [f"bbox_{split}/{n[:4]}/{n}" for n in names]
+    return tracklet_table(
+        split=[split] * len(start), pid=pid.tolist(), camera=camera.tolist(),
+        tracklet=[names[s - 1][:11] for s in start], is_query=[False] * len(start),
+        frames=[paths[s - 1:e] for s, e in zip(start, end)],
+    )
+
+
+def _read_names(names_path: Path) -> list[str]:
     try:
         text = names_path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise DatasetError(f"{names_path} is not UTF-8 text (byte {e.start}: {e.reason}); MARS name lists hold one "
                            f"ASCII image name per line: restore {names_path.name} from the MARS info/ folder.") from None
-    names = [line.strip() for line in text.splitlines() if line.strip()]
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def _read_info(info_path: Path, split: str, names_path: Path, lines: int) -> np.ndarray:
+    """The info file's rows [start, end, pid, camera] (1-based, inclusive lines of the name list), transposed."""
     info = _load_mat(info_path, f"track_{split}_info")
     if info.ndim != 2 or info.shape[1] != 4:
         raise DatasetError(
@@ -62,14 +81,21 @@ def _read_split(root: Path, split: str) -> pl.DataFrame:
             f"got shape {info.shape}; use the tracks_{split}_info.mat from the MARS info/ folder."
         )
     start, end, pid, camera = info.T
-    bad = np.flatnonzero((start < 1) | (end > len(names)) | (start > end))
+    bad = np.flatnonzero((start < 1) | (end > lines) | (start > end))
     if bad.size:
         r = bad[0]
         raise DatasetError(
             f"{info_path}: row {r + 1} is [{start[r]}, {end[r]}, {pid[r]}, {camera[r]}], but start/end must be "
-            f"1-based line numbers with start <= end <= {len(names)} (the lines of {names_path}); "
+            f"1-based line numbers with start <= end <= {lines} (the lines of {names_path}); "
             f"the info file and the name list do not belong together, {FIX}."
         )
+    return info.T
+
+
+def _check_labels(names: list[str], names_path: Path, info_path: Path, start: np.ndarray, end: np.ndarray,
+                  pid: np.ndarray, camera: np.ndarray) -> np.ndarray:
+    """Every image name parses, and a tracklet's images agree with each other and with its row on pid and camera;
+    returns the name-list line of every tracklet image (0-based), tracklet by tracklet."""
     parsed = pl.DataFrame({"name": names}).select(
         pl.col("name").str.extract(NAME, 1).alias("pid"), pl.col("name").str.extract(NAME, 2).alias("camera")
     )
@@ -83,7 +109,7 @@ def _read_split(root: Path, split: str) -> pl.DataFrame:
     name_pid = parsed["pid"].replace("00-1", "-1").cast(pl.Int64).to_numpy()
     name_camera = parsed["camera"].cast(pl.Int64).to_numpy()
     lengths = end - start + 1
-    row_of = np.repeat(np.arange(len(info)), lengths)
+    row_of = np.repeat(np.arange(len(start)), lengths)
     line = np.repeat(start - 1 - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())
     first = start - 1
     for what, got, want in (("pid", name_pid, pid), ("camera", name_camera, camera)):
@@ -103,7 +129,10 @@ def _read_split(root: Path, split: str) -> pl.DataFrame:
                 f"of {names_path}, e.g. {names[first[r]]}) have {what} {got[first[r]]}; "
                 f"the name list or the info file is corrupt, {FIX}."
             )
-    folder = root / f"bbox_{split}"
+    return line
+
+
+def _check_images(folder: Path, names: list[str], names_path: Path, line: np.ndarray) -> None:
     present = {name for sub in {n[:4] for n in names} if (folder / sub).is_dir() for name in os.listdir(folder / sub)}
     for k in line:
         if names[k] not in present:
@@ -111,12 +140,6 @@ def _read_split(root: Path, split: str) -> pl.DataFrame:
                 f"MARS image {folder / names[k][:4] / names[k]} (line {k + 1} of {names_path}) does not exist; "
                 f"{FIX}, or remove its tracklet from the info files."
             )
-    paths = [f"bbox_{split}/{n[:4]}/{n}" for n in names]
-    return tracklet_table(
-        split=[split] * len(info), pid=pid.tolist(), camera=camera.tolist(),
-        tracklet=[names[s - 1][:11] for s in start], is_query=[False] * len(info),
-        frames=[paths[s - 1:e] for s, e in zip(start, end)],
-    )
 
 
 def _load_mat(path: Path, variable: str) -> np.ndarray:

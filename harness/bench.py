@@ -1,4 +1,7 @@
-"""python -m harness.bench: inference and training throughput per preset on this machine's device (the code is harness/measure/bench.py)."""
+"""python -m harness.bench: inference and training throughput per preset on this machine's device.
+
+The code is harness/measure/bench.py (the command) and harness/measure/throughput.py (one setting's measurement).
+"""
 
 from harness.cli import run
 from harness.measure.bench import main

@@ -44,7 +44,7 @@ def evaluate_worker(rank: int, world: int, port: int, overrides: list[str], stat
 
     from datasets.loaders import EvalClips
     from harness.params import load_config
-    from harness.train.worker import evaluate_model
+    from harness.train.selection import evaluate_model
 
     _join(rank, world, port)
     config = load_config(Path(__file__).resolve().parents[1] / "params.yaml", overrides)
@@ -54,7 +54,7 @@ def evaluate_worker(rank: int, world: int, port: int, overrides: list[str], stat
             if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
                 module.running_mean.add_(0.5)
     dataset = EvalClips(config.data.prepared_root / config.data.dataset, config.data.frames, config.eval.sampler)
-    result = evaluate_model(model, dataset, config, torch.device("cpu"), rank, world)
+    result = evaluate_model(model, dataset, config.eval, torch.device("cpu"), amp=config.train.amp, rank=rank, world=world)
     assert (result is None) == (rank != 0)
     if result is not None:
         (out / "metrics.json").write_text(json.dumps(result[0]))

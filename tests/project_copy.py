@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from harness.measure.cost import cpu_name
+from harness.measure.hardware import cpu_name
 from harness.results.records import read_record
 from harness.cluster import numerics_env
 

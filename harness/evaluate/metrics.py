@@ -36,6 +36,8 @@ import numpy as np
 import torch
 
 from harness.errors import MetricsError
+from harness.evaluate import arrays
+from harness.evaluate.arrays import ArrayLike
 
 PROTOCOLS = ("mars-official", "standard")
 METRICS = ("cosine", "euclidean")
@@ -46,7 +48,6 @@ REPORTED_RANKS = (1, 5, 10, 20)
 CHUNK_ELEMENTS = 1 << 23
 
 _NO_GOOD = torch.iinfo(torch.int64).max
-_ArrayLike = np.ndarray | torch.Tensor
 
 
 @dataclass(frozen=True, eq=False)
@@ -115,30 +116,30 @@ def scores_from_outcomes(protocol: str, outcomes: QueryOutcomes, max_rank: int =
 
 
 def distance_matrix(
-    query_features: _ArrayLike,
-    gallery_features: _ArrayLike,
+    query_features: ArrayLike,
+    gallery_features: ArrayLike,
     *,
     metric: str = "cosine",
     device: str | torch.device | None = None,
 ) -> torch.Tensor:
     """Float32 (queries, gallery) distance matrix: cosine (1 - cos, in [0, 2]) or Euclidean (feature units)."""
     device = _device(device)
-    _check_choice("metric", metric, METRICS)
-    query = _finite("query_features", query_features, 2).to(device)
-    gallery = _finite("gallery_features", gallery_features, 2).to(device)
-    _check_same_dim(query, gallery)
+    arrays.check_choice("metric", metric, METRICS)
+    query = arrays.finite_tensor("query_features", query_features, 2).to(device)
+    gallery = arrays.finite_tensor("gallery_features", gallery_features, 2).to(device)
+    arrays.check_same_dim(query, gallery)
     return _feature_rows(query, gallery.clone(), metric)(0, len(query))
 
 
 def score(
-    query_features: _ArrayLike | None,
-    gallery_features: _ArrayLike | None,
+    query_features: ArrayLike | None,
+    gallery_features: ArrayLike | None,
     *,
-    query_pids: _ArrayLike,
-    query_cams: _ArrayLike,
-    gallery_pids: _ArrayLike,
-    gallery_cams: _ArrayLike,
-    distances: _ArrayLike | None = None,
+    query_pids: ArrayLike,
+    query_cams: ArrayLike,
+    gallery_pids: ArrayLike,
+    gallery_cams: ArrayLike,
+    distances: ArrayLike | None = None,
     protocol: str = "mars-official",
     metric: str = "cosine",
     max_rank: int = 50,
@@ -157,22 +158,22 @@ def score(
     if (distances is None) == (query_features is None or gallery_features is None):
         raise MetricsError(
             "score() needs either query_features and gallery_features, or distances= "
-            f"(got query_features {_describe(query_features)}, gallery_features "
-            f"{_describe(gallery_features)}, distances {_describe(distances)}). "
+            f"(got query_features {arrays.describe(query_features)}, gallery_features "
+            f"{arrays.describe(gallery_features)}, distances {arrays.describe(distances)}). "
             "Pass the two feature matrices, or pass None for both and give distances."
         )
     if distances is None:
-        query = _finite("query_features", query_features, 2).to(device)
-        gallery = _finite("gallery_features", gallery_features, 2).to(device)
-        _check_same_dim(query, gallery)
+        query = arrays.finite_tensor("query_features", query_features, 2).to(device)
+        gallery = arrays.finite_tensor("gallery_features", gallery_features, 2).to(device)
+        arrays.check_same_dim(query, gallery)
         shape = (len(query), len(gallery))
     else:
-        matrix = _finite("distances", distances, 2)
+        matrix = arrays.finite_tensor("distances", distances, 2)
         shape = tuple(matrix.shape)
-    qp = _labels("query_pids", query_pids, shape[0], "query rows", device)
-    qc = _labels("query_cams", query_cams, shape[0], "query rows", device)
-    gp = _labels("gallery_pids", gallery_pids, shape[1], "gallery rows", device)
-    gc = _labels("gallery_cams", gallery_cams, shape[1], "gallery rows", device)
+    qp = arrays.label_tensor("query_pids", query_pids, shape[0], "query rows", device)
+    qc = arrays.label_tensor("query_cams", query_cams, shape[0], "query rows", device)
+    gp = arrays.label_tensor("gallery_pids", gallery_pids, shape[1], "gallery rows", device)
+    gc = arrays.label_tensor("gallery_cams", gallery_cams, shape[1], "gallery rows", device)
     keep = torch.nonzero(gp != JUNK_PID).squeeze(1)
     if distances is None:
         rows = _feature_rows(query, gallery.index_select(0, keep), metric)
@@ -182,10 +183,10 @@ def score(
 
 
 def score_test_set(
-    features: _ArrayLike,
-    pids: _ArrayLike,
-    cams: _ArrayLike,
-    query_index: _ArrayLike,
+    features: ArrayLike,
+    pids: ArrayLike,
+    cams: ArrayLike,
+    query_index: ArrayLike,
     *,
     protocol: str = "mars-official",
     metric: str = "cosine",
@@ -200,10 +201,10 @@ def score_test_set(
     """
     device = _device(device)
     _check_options(protocol, metric, max_rank, chunk_size)
-    feats = _finite("features", features, 2).to(device)
-    pid = _labels("pids", pids, len(feats), "feature rows", device)
-    cam = _labels("cams", cams, len(feats), "feature rows", device)
-    queries = _query_index(query_index, len(feats), device)
+    feats = arrays.finite_tensor("features", features, 2).to(device)
+    pid = arrays.label_tensor("pids", pids, len(feats), "feature rows", device)
+    cam = arrays.label_tensor("cams", cams, len(feats), "feature rows", device)
+    queries = arrays.query_index(query_index, len(feats), device)
     in_gallery = pid != JUNK_PID
     if protocol == "standard":
         in_gallery[queries] = False
@@ -369,88 +370,10 @@ def _device(device: str | torch.device | None) -> torch.device:
     return torch.device(device)
 
 
-def _as_tensor(name: str, value: _ArrayLike) -> torch.Tensor:
-    try:
-        return torch.as_tensor(value).detach()
-    except (TypeError, ValueError, RuntimeError) as error:
-        message = f"{name} must be a numpy array or torch tensor, got {_describe(value)} ({error})."
-        raise MetricsError(message) from error
-
-
-def _finite(name: str, value: _ArrayLike, ndim: int) -> torch.Tensor:
-    """Float32 copy (or view) of a real array, checked for shape and NaN/inf."""
-    tensor = _as_tensor(name, value)
-    if tensor.ndim != ndim or tensor.is_complex() or tensor.dtype == torch.bool:
-        raise MetricsError(f"{name} must be a {ndim}-D array of real numbers, got {_describe(tensor)}.")
-    tensor = tensor.float()
-    # A sum is finite only if every term is: one pass in the common case.
-    if torch.isfinite(tensor.sum()):
-        return tensor
-    bad = ~torch.isfinite(tensor)
-    if not bad.any():
-        return tensor
-    first = torch.nonzero(bad)[0].tolist()
-    raise MetricsError(
-        f"{name} (shape {tuple(tensor.shape)}) has {int(bad.sum())} NaN or infinite values, "
-        f"the first at index {first} ({tensor[tuple(first)].item()}). Scores need finite "
-        "values: check the model output (a diverged run gives NaN features) before scoring."
-    )
-
-
-def _labels(name: str, value: _ArrayLike, length: int, what: str, device: torch.device) -> torch.Tensor:
-    tensor = _as_tensor(name, value)
-    if tensor.ndim != 1 or tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool:
-        raise MetricsError(f"{name} must be a 1-D integer array, got {_describe(tensor)}.")
-    if len(tensor) != length:
-        raise MetricsError(
-            f"{name} has {len(tensor)} entries but there are {length} {what}; "
-            "give one pid and one camera per feature row, in the same order."
-        )
-    return tensor.long().to(device)
-
-
-def _query_index(value: _ArrayLike, size: int, device: torch.device) -> torch.Tensor:
-    tensor = _as_tensor("query_index", value)
-    index = _labels("query_index", tensor, tensor.numel(), "queries", device)
-    outside = index[(index < 0) | (index >= size)]
-    if len(outside):
-        raise MetricsError(
-            f"query_index has {len(outside)} entries outside the {size} test rows "
-            f"(e.g. {outside[:5].tolist()}); it holds 0-based row numbers in [0, {size}) "
-            "(MARS's query_IDX.mat is 1-based: subtract 1)."
-        )
-    unique, counts = torch.unique(index, return_counts=True)
-    if (counts > 1).any():
-        raise MetricsError(
-            f"query_index repeats rows {unique[counts > 1][:5].tolist()}; each query row must "
-            "appear once (a repeated query would be counted twice)."
-        )
-    return index
-
-
-def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise MetricsError(f"Unknown {name} {value!r}; expected one of {', '.join(choices)}.")
-
-
 def _check_options(protocol: str, metric: str, max_rank: int, chunk_size: int | None) -> None:
-    _check_choice("protocol", protocol, PROTOCOLS)
-    _check_choice("metric", metric, METRICS)
+    arrays.check_choice("protocol", protocol, PROTOCOLS)
+    arrays.check_choice("metric", metric, METRICS)
     checks = [("max_rank", max_rank, max(REPORTED_RANKS))] + [("chunk_size", chunk_size, 1)] * (chunk_size is not None)
     for name, value, least in checks:
         if not isinstance(value, int | np.integer) or value < least:
             raise MetricsError(f"{name} must be an integer >= {least}, got {value!r}.")
-
-
-def _check_same_dim(query: torch.Tensor, gallery: torch.Tensor) -> None:
-    if query.shape[1] != gallery.shape[1]:
-        raise MetricsError(
-            f"query features have {query.shape[1]} dimensions but gallery features have "
-            f"{gallery.shape[1]}; both must come from the same model."
-        )
-
-
-def _describe(value: object) -> str:
-    if isinstance(value, np.ndarray | torch.Tensor):
-        return f"shape {tuple(value.shape)} dtype {str(value.dtype).removeprefix('torch.')}"
-    return "None" if value is None else type(value).__name__

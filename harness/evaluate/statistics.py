@@ -1,5 +1,5 @@
 """How sure a score is: variance-components t-intervals over seeds and identity-clustered queries, paired
-differences, odds of the Pareto front.
+differences, and what they say about a comparison.
 
 Every score is a mean over queries of a per-query value (hit in the top k: 0 or 1, AP, INP), and a
 configuration's score (a point) is the mean over its R training seeds of those means, every seed scored
@@ -39,15 +39,14 @@ dominating (t_1 on a seed part that is mostly noise). On the same simulation the
 bootstrap covered 82 % at R = 3 with seeds dominating.
 
 Everything is computed from the per-seed cluster sums (..., R, G), one pass over the values, so the
-simulation scores thousands of benchmarks in one call. P(on the front) comes from draws of each point's
-approximate sampling distribution (`front_draws`), correlated between points as their data are.
+simulation scores thousands of benchmarks in one call. The front, its odds and sure-front, are in
+harness.evaluate.front.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from functools import cached_property
-from typing import Hashable
 
 import numpy as np
 import polars as pl
@@ -311,93 +310,3 @@ def query_interval(values: np.ndarray, clusters: np.ndarray) -> dict[str, list[f
     `query_values` (SCORES, N) and `query_clusters` (N,); seed variation is not in it."""
     low, high = point_interval(components(values[:, None, :], clusters))
     return {name: [float(low[i]), float(high[i])] for i, name in enumerate(SCORES)}
-
-
-def _seed_draw(seeds: tuple[int, ...], draws: int, seed: int) -> np.ndarray:
-    """(draws,) standard t_{R-1} draws, the same for every point with this seed list; zeros for one seed."""
-    if len(seeds) < 2:
-        return np.zeros(draws)
-    return np.random.default_rng([seed, 1, len(seeds), *(s % 2**32 for s in seeds)]).standard_t(len(seeds) - 1, draws)
-
-
-def front_draws(samples: dict[Hashable, Sample], draws: int = DEFAULT_DRAWS,
-                seed: int = 0) -> dict[Hashable, np.ndarray]:
-    """(draws, SCORES) per point from its approximate sampling distribution: point + SE_s x a t_{R-1} draw shared by
-    points with the same seed list + a wild cluster term shared by all (normal weight per identity and draw)."""
-    if not samples:
-        return {}
-    same_test_set(list(samples.values()))
-    sizes = next(iter(samples.values())).sums[1]
-    groups, queries = sizes.size, int(sizes.sum())
-    weights = np.random.default_rng([seed, 0]).standard_normal((draws, groups))
-    weights *= np.sqrt(groups / max(groups - 1, 1)) / queries
-    out = {}
-    for key, sample in samples.items():
-        est = sample.estimate
-        # e_{p,g}, scaled so the term's variance is the query part: its seed x query noise is in the seed part.
-        total = est.query_part + est.query_noise
-        shrink = np.sqrt(np.divide(est.query_part, total, out=np.zeros_like(total), where=total > 0))
-        centred = (sample.sums[0].mean(axis=1) - sizes * est.point[:, None]) * shrink[:, None]  # (SCORES, G)
-        out[key] = (est.point + _seed_draw(sample.seeds, draws, seed)[:, None] * np.sqrt(est.seed_part)
-                    + weights @ centred.T)
-    return out
-
-
-def front_probability(accuracy: dict[str, np.ndarray], cost: dict[str, float]) -> dict[str, float]:
-    """For each point, the share of draws in which no other point dominates it (max accuracy, min cost).
-
-    `accuracy` holds each point's draws of one score (draws,), from one `front_draws` call; a point
-    dominates another when it costs no more, is no less accurate, and is strictly better in one of the two.
-    """
-    names = list(accuracy)
-    if not names:
-        return {}
-    acc = np.stack([accuracy[n] for n in names], axis=1)  # (draws, points)
-    c = np.array([cost[n] for n in names])
-    no_dearer = c[:, None] <= c[None, :]  # [q, p]: q costs no more than p
-    cheaper = c[:, None] < c[None, :]
-    at_least = acc[:, :, None] >= acc[:, None, :]  # [b, q, p]
-    better = acc[:, :, None] > acc[:, None, :]
-    dominated = (no_dearer[None] & at_least & (cheaper[None] | better)).any(axis=1)  # [b, p]
-    return {n: float(1 - dominated[:, i].mean()) for i, n in enumerate(names)}
-
-
-@dataclass(frozen=True)
-class Assessment:
-    """One point's 95 % interval of every score (fractions) and, per FRONT_SCORES, its P(on the front) (None when it
-    cannot be placed) and whether it is surely on the front."""
-
-    lo: np.ndarray
-    hi: np.ndarray
-    p_front: dict[str, float | None]
-    sure: dict[str, bool]
-
-
-def surely_on_front(key: Hashable, samples: dict[Hashable, Sample], cost: dict[Hashable, float]) -> dict[str, bool]:
-    """Per FRONT_SCORES: whether `key` beats every other placed point that costs no more, each paired difference's
-    two-sided 95 % interval above 0 (so it is on the front of the point estimates too)."""
-    rivals = [k for k, c in cost.items() if k != key and c <= cost[key]] if key in cost else None
-    if rivals is None or any(k not in samples for k in rivals):
-        return {name: False for name in FRONT_SCORES}  # unplaced, or a rival without per-query values
-    index = [SCORES.index(name) for name in FRONT_SCORES]
-    sure = np.ones(len(index), dtype=bool)
-    for rival in rivals:
-        sure &= interval(difference(samples[key], samples[rival]))[0][index] > 0
-    return dict(zip(FRONT_SCORES, sure.tolist()))
-
-
-def assess(samples: dict[Hashable, Sample], cost: dict[Hashable, float], draws: int = DEFAULT_DRAWS,
-           seed: int = 0) -> dict[Hashable, Assessment]:
-    """Intervals, P(on the front) and sure-front of the points of one test set: the one entry of the report and
-    the sweep. `samples` holds the points with per-query values; `cost` every point that can be placed (a cost and
-    accuracy), with or without values: one without values that costs no more leaves no point sure."""
-    placed = {k: c for k, c in cost.items() if c is not None and not np.isnan(c)}
-    reps = front_draws({k: s for k, s in samples.items() if k in placed}, draws, seed)
-    odds = {name: front_probability({k: r[:, SCORES.index(name)] for k, r in reps.items()},
-                                    {k: placed[k] for k in reps}) for name in FRONT_SCORES}
-    out = {}
-    for key, sample in samples.items():
-        low, high = point_interval(sample.estimate)
-        out[key] = Assessment(low, high, {name: odds[name].get(key) for name in FRONT_SCORES},
-                              surely_on_front(key, samples, placed))
-    return out

@@ -1,46 +1,38 @@
-"""Throughput of the model presets on this machine's device: inference and training steps, like timm's benchmark.
+"""python -m harness.bench: throughput of the model presets on this machine's device, like timm's benchmark.
 
+main parses the command line, plans the rows (every model under every combination of the options),
+runs them (harness.measure.throughput measures each in a fresh spawned process) and writes the table.
 Units: a step is one batch of `batch` clips of T frames; step times are milliseconds per step
 (median over `repeats` timed steps after `warmup` untimed ones, with min, max and quartiles),
 throughput is clips per second (batch / median step seconds) and frames per second (clips/s x T).
-Peak memory is MiB: on CUDA `torch.cuda.max_memory_allocated` over one step (weights, optimizer
-state, activations); on CPU the peak resident set of one step above the bare process before the
-model was built (the same parts, plus allocator and, with torch.compile, compiler memory).
+Peak memory is MiB (harness.measure.throughput says what it counts on CUDA and on CPU).
 compile_s is the seconds torch.compile added to the first step. other_cpus is how many cores other
-processes kept busy while timing. Each measurement runs in a fresh spawned process.
+processes kept busy while timing.
 """
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import logging
-import multiprocessing as mp
 import platform
 import re
-import resource
 import socket
 import sys
-import time
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
-from harness.errors import UserError
 from harness.cli import config_parser, load_from_args
-from harness.errors import ConfigError
-from harness.config import InputSize
-from harness.measure.cost import Latency, _rss_kb, cpu_name, peak_rss_mib, reset_peak_rss, time_steps
-from harness.evaluate.features import autocast
+from harness.config import Config, InputSize
+from harness.errors import ConfigError, UserError
 from harness.io import atomic_path, check_writable
-from harness.precision import set_tf32
-from models.losses import reid_loss
-from models.fuse import inference_model
+from harness.measure.hardware import device_name
+from harness.measure.throughput import Setting, bench_one, least_batch, row_figures
 from models.presets import preset_spec
 from models.spec import ModelSpec, SpecError
-from models.video_reid import build_model
 
 log = logging.getLogger("harness.bench")
 
@@ -50,167 +42,6 @@ UNITS = ("step_ms_*: milliseconds per step (one batch of `batch` clips; median, 
          "x T; spread: (max - min) / median, a fraction; compile_s: seconds torch.compile added to the first step; "
          "peak_memory_mb: MiB (memory_kind says which: cuda max allocated, or cpu peak rss above the bare process); "
          "other_cpus: cores other processes kept busy while timing; batch_requested, batch: clips per step.")
-
-
-@dataclass(frozen=True)
-class Setting:
-    """One measurement's knobs: mode, clips per step, autocast dtype, layout and compilation."""
-
-    mode: str
-    batch: int
-    amp: str
-    channels_last: bool
-    compile: bool
-    tf32: bool = False  # TF32 in cuDNN convolutions and CUDA matmuls (harness.precision); no effect on a CPU
-
-
-def _is_oom(e: BaseException, capped: bool) -> bool:
-    # CPU torch raises a plain RuntimeError ("DefaultCPUAllocator: can't allocate memory"). oneDNN only says
-    # it "could not create a primitive" when its allocations fail, so that counts only under --memory-cap-mb.
-    signs = ("can't allocate memory", "bad_alloc", "out of memory") + (("could not create a primitive",) if capped else ())
-    return isinstance(e, (torch.OutOfMemoryError, MemoryError)) or isinstance(e, RuntimeError) and any(
-        s in str(e) for s in signs)
-
-
-def least_batch(spec: ModelSpec, size: InputSize, mode: str) -> int:
-    """The fewest clips a step can take: training batch norm needs 2 rows (clips, or frames with a frame head)."""
-    frames = size.frames // 2 ** len(spec.temporal_pool_after)
-    return 2 if mode == "train" and (spec.head == "clip" or frames < 2) else 1
-
-
-def bench_model(spec: ModelSpec, s: Setting, device: torch.device) -> torch.nn.Module:
-    """The model `s` measures: fresh weights (seed 0), BN-folded for inference, in `s`'s memory layout, on `device`."""
-    torch.manual_seed(0)
-    model = build_model(spec)
-    # What evaluation runs: BN folded into the convolutions.
-    model = inference_model(model.eval()) if s.mode == "infer" else model.train()
-    # build_model and inference_model both leave the backbone channels-last, so "off" must put it
-    # back; only the 2D backbone changes (the non-local blocks' 5D weights keep their layout).
-    model.backbone.to(memory_format=torch.channels_last if s.channels_last else torch.contiguous_format)
-    return model.to(device)
-
-
-def step_fn(model, compiled, s: Setting, clips: torch.Tensor, device: torch.device):
-    """A closure running one inference or training step on `clips`."""
-    amp = autocast(device, s.amp)
-    if s.mode == "infer":
-        def step():
-            with torch.inference_mode(), amp:
-                compiled(clips)
-        return step
-    batch = len(clips)
-    k = min(4, max(1, batch // 2))  # P x K identities; two or more identities from batch 2 on
-    labels = (torch.arange(batch) // k % model.spec.num_classes).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-    scaler = torch.amp.GradScaler(device.type) if s.amp == "fp16" else None
-
-    def step():
-        with amp:
-            features, logits = compiled(clips)
-            loss, _ = reid_loss(features, logits, labels)
-        if scaler:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    return step
-
-
-def _measure(spec: ModelSpec, size: InputSize, s: Setting, warmup: int, repeats: int, threads: int,
-             memory_cap_mb: int | None) -> dict:
-    """Runs in a fresh spawned process: one try at `s`; status, Latency (s per step), memory (MiB), compile s."""
-    set_tf32(s.tf32)
-    if threads:
-        torch.set_num_threads(threads)
-    cuda = torch.cuda.is_available()
-    device = torch.device("cuda" if cuda else "cpu")
-    result = {"device": f"cuda: {torch.cuda.get_device_name()}" if cuda else f"cpu: {cpu_name()}",
-              "threads": torch.get_num_threads(), "memory_kind": "cuda max allocated" if cuda else "cpu peak rss"}
-    bare_kib = None if cuda else reset_peak_rss()
-    model = bench_model(spec, s, device)
-    compiled = torch.compile(model) if s.compile else model
-    if memory_cap_mb is not None:
-        # One smallest step first: thread pools, kernels and lazy imports set up under the cap fail in ways
-        # that are not allocation errors (an OpenMP abort, a half-imported module).
-        warm = torch.randn(least_batch(spec, size, s.mode), size.frames, 3, size.height, size.width, device=device)
-        step_fn(model, model, s, warm, device)()
-        model.zero_grad(set_to_none=True)
-        del warm
-        reset_peak_rss()  # hand freed heap back so VmSize is what is really mapped
-        # RLIMIT_AS caps virtual memory (every mapping, not only resident pages), so this is a real
-        # allocation failure. The soft limit may be raised back to the hard one afterwards.
-        limit = resource.getrlimit(resource.RLIMIT_AS)
-        resource.setrlimit(resource.RLIMIT_AS, ((_rss_kb("VmSize") + memory_cap_mb * 1024) * 1024, limit[1]))
-    try:
-        clips = torch.randn(s.batch, size.frames, 3, size.height, size.width, device=device)
-        step = step_fn(model, compiled, s, clips, device)
-        first = time.perf_counter()
-        step()  # the first step compiles (torch.compile) and allocates optimizer state
-        if cuda:
-            torch.cuda.synchronize()
-        first_s = time.perf_counter() - first
-        for _ in range(max(warmup - 1, 0)):
-            step()
-        # Memory over one more untimed step: trimming the heap makes the next step fault its pages back in.
-        if cuda:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-        else:
-            reset_peak_rss()
-        step()
-        if cuda:
-            torch.cuda.synchronize()
-        peak = (torch.cuda.max_memory_allocated() / 2**20 if cuda
-                else float("nan") if bare_kib is None else peak_rss_mib(bare_kib))
-        times, other = time_steps(step, repeats, cuda)
-    except Exception as e:
-        # oneDNN may stay broken after a failed allocation, so a smaller batch gets a fresh process.
-        if not _is_oom(e, memory_cap_mb is not None):
-            raise
-        return result | {"status": "oom", "note": f"out of memory at batch {s.batch}"}
-    finally:
-        if memory_cap_mb is not None:
-            resource.setrlimit(resource.RLIMIT_AS, limit)
-    latency = Latency.of(times, torch.get_num_threads(), result["device"], other)
-    compile_s = max(first_s - latency.median_s, 0.0) if s.compile else 0.0
-    return result | {"status": "ok", "note": "", "latency": latency, "peak_memory_mb": peak, "compile_s": compile_s}
-
-
-def bench_one(spec: ModelSpec, size: InputSize, s: Setting, warmup: int, repeats: int, threads: int = 0,
-              memory_cap_mb: int | None = None) -> dict:
-    """A row's figures for `s` (ms per step, clips/s, frames/s, MiB, s), halving the batch on out-of-memory.
-
-    Each try runs in a fresh spawned process, so peak memory counts this model alone.
-    """
-    batch, least = s.batch, least_batch(spec, size, s.mode)
-    while True:
-        with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
-            result = pool.submit(_measure, spec, size, replace(s, batch=batch), warmup, repeats, threads,
-                                 memory_cap_mb).result()
-        if result["status"] == "ok" or batch // 2 < least:
-            break
-        log.info("out of memory at batch %d; trying %d", batch, batch // 2)
-        batch //= 2
-    return row_figures(s, batch, size.frames, **result)
-
-
-def row_figures(s: Setting, batch: int, frames: int, status: str, note: str, device: str, threads: int,
-                memory_kind: str = "", latency: Latency | None = None, peak_memory_mb: float = float("nan"),
-                compile_s: float = float("nan")) -> dict:
-    """A row's measured part: throughput (clips/s, frames/s), step ms, memory (MiB); NaN where not measured."""
-    nan = float("nan")
-    lat = latency or Latency(nan, nan, nan, nan, nan, 0, threads, device, None)
-    clips_per_s = batch / lat.median_s
-    return {"batch_requested": s.batch, "batch": batch, "oom_backoff": batch < s.batch, "status": status,
-            "note": note, "device": device, "threads": threads, "compile_s": compile_s,
-            "clips_per_s": clips_per_s, "frames_per_s": clips_per_s * frames, "step_ms_median": lat.median_s * 1e3,
-            "step_ms_min": lat.min_s * 1e3, "step_ms_max": lat.max_s * 1e3, "step_ms_q1": lat.q1_s * 1e3,
-            "step_ms_q3": lat.q3_s * 1e3, "spread": lat.spread, "noisy": latency is not None and lat.noisy,
-            "repeats": lat.repeats, "other_cpus": nan if lat.other_cpus is None else lat.other_cpus,
-            "peak_memory_mb": peak_memory_mb, "memory_kind": memory_kind}
 
 
 def parse_list(option: str, text: str, choices: tuple[str, ...] | None = None) -> list:
@@ -259,7 +90,35 @@ def _markdown(rows: list[dict], conditions: dict) -> str:
             + ("\nNotes: " + "; ".join(notes) + ".\n" if notes else ""))
 
 
-def main(argv: list[str] | None = None) -> int:
+@dataclass(frozen=True)
+class Plan:
+    """One bench command's work: the models at one input under every setting, and how to time them."""
+
+    names: list[str]
+    jobs: list[tuple[str, ModelSpec]]
+    size: InputSize
+    modes: list[str]
+    batches: list[int]
+    amps: list[str]
+    layouts: list[str]
+    compiles: list[str]
+    tf32s: list[str]
+    warmup: int
+    repeats: int
+    threads: int
+    memory_cap_mb: int | None
+    out_dir: Path
+    device: str  # device_name's label of the device every row runs on
+    started: str  # UTC, ISO 8601 to the second
+
+    @property
+    def settings(self) -> list[Setting]:
+        """Every combination of the option lists, mode slowest."""
+        return [Setting(m, b, a, cl == "on", c == "on", tf == "on") for m, b, a, cl, c, tf in itertools.product(
+            self.modes, self.batches, self.amps, self.layouts, self.compiles, self.tf32s)]
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = config_parser(
         "harness.bench", "Inference and training throughput (clips/s, frames/s), step time and peak memory.",
         ["python -m harness.bench --preset nvan --batch 1,8 --mode infer",
@@ -285,16 +144,20 @@ def main(argv: list[str] | None = None) -> int:
                              "the model plus this many MiB; a batch that does not fit is halved (default: no cap)")
     parser.add_argument("--out-dir", type=Path, default=Path("reports/bench"),
                         help="folder of the results (parquet and markdown, named by the conditions)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Config]:
+    """The command line and the config it loads, once the output folder is known to be writable."""
+    args = _parser().parse_args(argv)
     config = load_from_args(args)
     check_writable(args.out_dir / "bench.parquet")  # before minutes of measuring
+    return args, config
+
+
+def _step_counts(args: argparse.Namespace, config: Config) -> tuple[int, int, int]:
+    """Warmup steps, timed steps and torch threads: the options, else cost.*; UserError below their least."""
     cost = config.cost
-    batches = parse_list("--batch", args.batch)
-    amps = parse_list("--amp", args.amp, AMPS)
-    layouts = parse_list("--channels-last", args.channels_last, SWITCHES)
-    compiles = parse_list("--compile", args.compile, SWITCHES)
-    tf32s = parse_list("--tf32", args.tf32, SWITCHES)
-    modes = parse_list("--mode", args.mode, MODES)
     warmup = cost.warmup if args.warmup is None else args.warmup
     repeats = cost.repeats if args.repeats is None else args.repeats
     threads = cost.threads if args.threads is None else args.threads
@@ -302,58 +165,94 @@ def main(argv: list[str] | None = None) -> int:
                                  ("--memory-cap-mb", args.memory_cap_mb, 1)):
         if value is not None and value < least:
             raise UserError(f"{option} {value}: expected an integer >= {least}")
+    return warmup, repeats, threads
+
+
+def _input_size(args: argparse.Namespace, config: Config) -> InputSize:
+    """The clip size (T x H x W) to bench: --input, else data's with --configured, else cost.inputs[0]."""
+    try:
+        return InputSize.parse(args.input) if args.input else (
+            config.data.input if args.configured else config.cost.inputs[0])
+    except ConfigError as e:
+        raise UserError(f"--input {args.input!r}: {e}") from None
+
+
+def _checked_spec(name: str, size: InputSize, args: argparse.Namespace, config: Config) -> ModelSpec:
+    """The spec `name` benches (params' with --configured, else the preset at cost.width), checked against `size`."""
+    cost = config.cost
+    spec = (config.spec(cost.num_classes, name) if args.configured
+            else preset_spec(name, cost.num_classes, width=cost.width, last_stride=config.model.last_stride))
+    try:
+        spec.validate_input(size.frames, size.height, size.width)
+    except SpecError as e:
+        raise SpecError(f"cannot bench {name} at {size.label()} (T x H x W), width {spec.width}: {e}; "
+                        f"change --input, or the preset's params") from None
+    return spec
+
+
+def make_plan(args: argparse.Namespace, config: Config) -> Plan:
+    """What to measure, every option checked (UserError, SpecError) before any measuring starts."""
+    batches = parse_list("--batch", args.batch)
+    amps = parse_list("--amp", args.amp, AMPS)
+    layouts = parse_list("--channels-last", args.channels_last, SWITCHES)
+    compiles = parse_list("--compile", args.compile, SWITCHES)
+    tf32s = parse_list("--tf32", args.tf32, SWITCHES)
+    modes = parse_list("--mode", args.mode, MODES)
+    warmup, repeats, threads = _step_counts(args, config)
     cuda = torch.cuda.is_available()
     if not cuda and "fp16" in amps:
         if amps == ["fp16"]:
             raise UserError("--amp fp16: fp16 autocast needs a CUDA device and there is none; use --amp bf16 or none")
         log.info("--amp fp16 skipped: fp16 autocast needs CUDA; those rows are marked skipped")
+    size = _input_size(args, config)
+    names = args.preset or ([config.model.preset] if args.configured else config.cost.presets)
+    jobs = [(name, _checked_spec(name, size, args, config)) for name in names]
+    return Plan(names, jobs, size, modes, batches, amps, layouts, compiles, tf32s, warmup, repeats, threads,
+                args.memory_cap_mb, args.out_dir, device_name("cuda" if cuda else "cpu"),
+                datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+
+def _label(name: str, s: Setting) -> str:
+    return (f"{name} {s.mode} batch {s.batch} amp {s.amp} channels-last {'on' if s.channels_last else 'off'} "
+            f"compile {'on' if s.compile else 'off'} tf32 {'on' if s.tf32 else 'off'}")
+
+
+def _row_labels(name: str, spec: ModelSpec, size: InputSize, s: Setting) -> dict:
+    """A row's identifying columns: the model, its spec and input, and the setting."""
+    return {"model": name, "spec": spec_summary(spec), "model_width": spec.width, "input": size.label(),
+            "frames": size.frames, "mode": s.mode, "amp": s.amp, "channels_last": "on" if s.channels_last else "off",
+            "compile": "on" if s.compile else "off", "tf32": "on" if s.tf32 else "off"}
+
+
+def _measure_row(plan: Plan, name: str, spec: ModelSpec, s: Setting, label: str, own_threads: int) -> dict:
+    """A row's measured part (row_figures): skipped where `s` cannot run here, failed where measuring raised."""
+    size, least, skip = plan.size, least_batch(spec, plan.size, s.mode), None
+    if s.amp == "fp16" and not plan.device.startswith("cuda"):
+        skip = "fp16 autocast needs CUDA"
+    elif s.batch < least:
+        skip = f"training {name} needs batch >= {least} (its batch norm needs 2 rows)"
     try:
-        size = InputSize.parse(args.input) if args.input else (config.data.input if args.configured else cost.inputs[0])
-    except ConfigError as e:
-        raise UserError(f"--input {args.input!r}: {e}") from None
-    names = args.preset or ([config.model.preset] if args.configured else cost.presets)
-    jobs = []
-    for name in names:
-        spec = (config.spec(cost.num_classes, name) if args.configured
-                else preset_spec(name, cost.num_classes, width=cost.width, last_stride=config.model.last_stride))
-        try:
-            spec.validate_input(size.frames, size.height, size.width)
-        except SpecError as e:
-            raise SpecError(f"cannot bench {name} at {size.label()} (T x H x W), width {spec.width}: {e}; "
-                            f"change --input, or the preset's params") from None
-        jobs.append((name, spec))
-    device = f"cuda: {torch.cuda.get_device_name()}" if cuda else f"cpu: {cpu_name()}"
-    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        return (row_figures(s, s.batch, size.frames, "skipped", skip, plan.device, own_threads) if skip
+                else bench_one(spec, size, s, plan.warmup, plan.repeats, plan.threads, plan.memory_cap_mb))
+    except Exception as e:  # one broken setting (a compiler error, a killed child) keeps the rest
+        log.error("%s failed: %r", label, e, exc_info=True)
+        return row_figures(s, s.batch, size.frames, "failed", f"failed: {e!r}"[:300], plan.device, own_threads)
+
+
+def run_plan(plan: Plan) -> list[dict]:
+    """One row per model and setting, measured in turn: clips/s, frames/s, ms per step, peak MiB."""
     common = {"torch_version": torch.__version__, "python_version": platform.python_version(),
-              "hostname": socket.gethostname(), "started_at": started, "warmup": warmup}
-    settings = [Setting(m, b, a, cl == "on", c == "on", tf == "on")
-                for m, b, a, cl, c, tf in itertools.product(modes, batches, amps, layouts, compiles, tf32s)]
-    work = [(name, spec, s) for name, spec in jobs for s in settings]
-    tty = sys.stderr.isatty()
+              "hostname": socket.gethostname(), "started_at": plan.started, "warmup": plan.warmup}
+    work = [(name, spec, s) for name, spec in plan.jobs for s in plan.settings]
     bar = None
-    if tty:
+    if sys.stderr.isatty():
         from tqdm import tqdm
         bar = tqdm(total=len(work), unit="run", file=sys.stderr)
-    rows, failed, own_threads = [], 0, threads or torch.get_num_threads()
+    rows, own_threads = [], plan.threads or torch.get_num_threads()
     for i, (name, spec, s) in enumerate(work, 1):
-        label = (f"{name} {s.mode} batch {s.batch} amp {s.amp} channels-last {'on' if s.channels_last else 'off'} "
-                 f"compile {'on' if s.compile else 'off'} tf32 {'on' if s.tf32 else 'off'}")
-        base = {"model": name, "spec": spec_summary(spec), "model_width": spec.width, "input": size.label(),
-                "frames": size.frames, "mode": s.mode, "amp": s.amp, "channels_last": "on" if s.channels_last else "off",
-                "compile": "on" if s.compile else "off", "tf32": "on" if s.tf32 else "off"} | common
-        least, skip = least_batch(spec, size, s.mode), None
-        if s.amp == "fp16" and not cuda:
-            skip = "fp16 autocast needs CUDA"
-        elif s.batch < least:
-            skip = f"training {name} needs batch >= {least} (its batch norm needs 2 rows)"
-        try:
-            measured = (row_figures(s, s.batch, size.frames, "skipped", skip, device, own_threads) if skip
-                        else bench_one(spec, size, s, warmup, repeats, threads, args.memory_cap_mb))
-        except Exception as e:  # one broken setting (a compiler error, a killed child) keeps the rest
-            log.error("%s failed: %r", label, e, exc_info=True)
-            measured = row_figures(s, s.batch, size.frames, "failed", f"failed: {e!r}"[:300], device, own_threads)
-            failed += 1
-        rows.append(base | measured)
+        label = _label(name, s)
+        measured = _measure_row(plan, name, spec, s, label, own_threads)
+        rows.append(_row_labels(name, spec, plan.size, s) | common | measured)
         if bar:
             bar.update()
         else:
@@ -362,28 +261,49 @@ def main(argv: list[str] | None = None) -> int:
                                                      f"{measured['step_ms_median']:.1f} ms per step")
     if bar:
         bar.close()
-    out_dir = args.out_dir
+    return rows
+
+
+def _file_stem(plan: Plan) -> str:
+    """The results' file name without suffix: device, torch version and settings, file-name-safe."""
     settings_tag = "_".join([
-        "+".join(names), f"w{jobs[0][1].width}-{size.label()}", "-".join(modes), "b" + "-".join(map(str, batches)),
-        "amp-" + "-".join(amps), "cl-" + "-".join(layouts), "compile-" + "-".join(compiles)]
-        + (["tf32-" + "-".join(tf32s)] if tf32s != ["off"] else []))
+        "+".join(plan.names), f"w{plan.jobs[0][1].width}-{plan.size.label()}", "-".join(plan.modes),
+        "b" + "-".join(map(str, plan.batches)), "amp-" + "-".join(plan.amps), "cl-" + "-".join(plan.layouts),
+        "compile-" + "-".join(plan.compiles)]
+        + (["tf32-" + "-".join(plan.tf32s)] if plan.tf32s != ["off"] else []))
+    device = plan.device
     stem = slug(f"{device.split(':')[0]}-{device.split(':', 1)[1]}") + f"_torch{slug(torch.__version__.split('+')[0])}_"
-    stem += slug(settings_tag)
+    return stem + slug(settings_tag)
+
+
+def _conditions(plan: Plan, rows: list[dict]) -> dict:
+    """The markdown's header: device, versions, host, start, steps, threads, memory cap, input and models."""
+    return {"device": plan.device, "torch": torch.__version__, "python": platform.python_version(),
+            "hostname": socket.gethostname(), "started_at": plan.started, "warmup steps": plan.warmup,
+            "timed steps (repeats)": plan.repeats, "threads": rows[0]["threads"] if rows else plan.threads,
+            "memory cap": f"{plan.memory_cap_mb} MiB of virtual memory (RLIMIT_AS)" if plan.memory_cap_mb
+            else "none", "input (T x H x W)": plan.size.label(),
+            "models": "; ".join(f"{n}: {spec_summary(spec)}" for n, spec in plan.jobs)}
+
+
+def write_results(plan: Plan, rows: list[dict]) -> None:
+    """The rows as <stem>.parquet and <stem>.md (printed too) in plan.out_dir."""
+    stem = _file_stem(plan)
     import polars as pl  # only the parent writes tables; keeps the measuring processes' start light
 
     table = pl.DataFrame(rows, infer_schema_length=None)
-    with atomic_path(out_dir / f"{stem}.parquet") as tmp:
+    with atomic_path(plan.out_dir / f"{stem}.parquet") as tmp:
         table.write_parquet(tmp)
-    conditions = {"device": device, "torch": torch.__version__, "python": platform.python_version(),
-                  "hostname": socket.gethostname(), "started_at": started, "warmup steps": warmup,
-                  "timed steps (repeats)": repeats, "threads": rows[0]["threads"] if rows else threads,
-                  "memory cap": f"{args.memory_cap_mb} MiB of virtual memory (RLIMIT_AS)" if args.memory_cap_mb
-                  else "none", "input (T x H x W)": size.label(),
-                  "models": "; ".join(f"{n}: {spec_summary(spec)}" for n, spec in jobs)}
-    markdown = _markdown(rows, conditions)
-    with atomic_path(out_dir / f"{stem}.md") as tmp:
+    markdown = _markdown(rows, _conditions(plan, rows))
+    with atomic_path(plan.out_dir / f"{stem}.md") as tmp:
         tmp.write_text(markdown)
     print(markdown)
-    log.info("wrote %s.parquet and .md", out_dir / stem)
-    return 1 if failed else 0
+    log.info("wrote %s.parquet and .md", plan.out_dir / stem)
 
+
+def main(argv: list[str] | None = None) -> int:
+    """python -m harness.bench: measure every planned row, write the tables; 1 if any row failed, else 0."""
+    plan = make_plan(*parse_args(argv))
+    rows = run_plan(plan)
+    write_results(plan, rows)
+    return 1 if any(r["status"] == "failed" for r in rows) else 0

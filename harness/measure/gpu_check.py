@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 
 from harness.measure import first_hour
-from harness.measure.bench import Setting, bench_model, bench_one, slug, step_fn
+from harness.measure.bench import slug
+from harness.measure.throughput import Setting, bench_model, bench_one, step_fn
 from harness.errors import UserError
 from harness.cli import command_parser
 from harness.config import PAPER_INPUT, InputSize

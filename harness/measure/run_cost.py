@@ -14,7 +14,9 @@ def run_cost(config: Config, spec, directory: Path) -> dict[str, Any]:
     """Params; GMACs per clip (at the run's input and the paper's), per frame and per test tracklet; and,
     if cost.measure, latency and memory timed with one training worker's resources on the cluster."""
     from datasets.loaders import EvalClips
-    from harness.measure.cost import cost_of, macs_on_meta, measure_where_trained, tracklet_costs
+    from harness.measure.cost import cost_of, tracklet_costs
+    from harness.measure.macs import macs_on_meta
+    from harness.measure.timing import measure_where_trained
 
     report = cost_of(config.model.preset, spec, config.data.input, measure_time=False)
     clips = EvalClips(directory, config.data.frames, config.eval.sampler).clips_per_tracklet()

@@ -17,10 +17,10 @@ import itertools
 import numpy as np
 import polars as pl
 
-from harness.evaluate.front import pareto_front
 from harness.evaluate.queries import read_queries
-from harness.evaluate.statistics import (CONFIDENCE, DEFAULT_DRAWS, FRONT_SCORES, SCORES, Assessment, Sample, assess,
-                                         compare, holm, table_values)
+from harness.evaluate.statistics import (CONFIDENCE, DEFAULT_DRAWS, FRONT_SCORES, SCORES, Sample, compare, holm,
+                                         table_values)
+from harness.evaluate.front import Assessment, assess, pareto_front
 from harness.report.runs import INTERVAL_METRICS, METRICS, PANELS
 
 KEY = ("group", "label", "config_key")

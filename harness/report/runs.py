@@ -20,7 +20,7 @@ from mlflow.exceptions import MlflowException
 from harness.errors import UserError
 from harness.config import PAPER_INPUT
 from harness.evaluate.queries import queries_path
-from harness.measure.cost import macs_on_meta
+from harness.measure.macs import macs_on_meta
 from harness.report.testsets import by_test_set
 from harness.checkpoint import QUERIES_FILE
 from harness.results.records import read_record
@@ -209,7 +209,7 @@ def load_records(files: list[Path]) -> pl.DataFrame:
 
 
 SWEEP_COLUMNS = ("label", "status", "map", "rank1", "gmacs_input", "dataset", "synthetic", "input")
-# A sweep's table holds each candidate aggregated over its seeds already (harness.sweep.trials).
+# A sweep's table holds each candidate aggregated over its seeds already (harness.sweep.table).
 SWEEP_AGGREGATES = ("seeds", "minp", *(f"{m}_{s}" for m in INTERVAL_METRICS for s in ("lo", "hi", "std")),
                     *(f"p_front_{a}" for a, _ in PANELS), *_SURE)
 

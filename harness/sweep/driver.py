@@ -28,15 +28,17 @@ from ray import tune
 from harness import preemption, storage
 from harness.errors import UserError
 from harness.echo import short
-from harness.config import Config
+from harness.config import Config, MlflowConfig
 from harness.params import flatten, override
 from harness.io import atomic_path, check_writable
 from harness.redact import redact
-from harness.results.tracking import close_run, connect, git_commit, log_metrics, set_tags, start_run
+from harness.results.tracking import close_run, connect, git_commit, log_metrics, run_tags, set_tags, start_run
 from harness.train.plan import check_inputs
 from harness.cluster import check_resources, ray_session
 from harness.sweep.space import cost_key, expected_trials, scheduler_for, search_setup, trial_base
-from harness.sweep.trials import TrialEnds, close_trials, run_trial
+from harness.sweep.callbacks import TrialEnds
+from harness.sweep.table import close_trials
+from harness.sweep.trainable import run_trial
 
 log = logging.getLogger("harness.sweep")
 
@@ -121,11 +123,10 @@ def _start(config: Config, name: str, resume: bool) -> tuple[Config, str]:
     client, experiment_id = connect(base.mlflow.tracking_uri, base.mlflow.experiment)
     manifest = check_inputs(base).manifest
     parent = start_run(client, experiment_id, name, flatten(config) | {
-        "git_commit": git_commit(), "dataset.manifest_hash": manifest.get("content_hash", "unknown")}, {
-        "nvan.kind": "sweep", "nvan.label": name, "nvan.ray_run": name, "nvan.status": "running",
-        "dataset": config.data.dataset, "preset": config.model.preset, "protocol": config.eval.primary,
-        "device": "cuda" if base.ray.use_gpu else "cpu",
-        "dataset.synthetic": str(manifest.get("synthetic", False)).lower()}, command="python -m harness.sweep")
+        "git_commit": git_commit(), "dataset.manifest_hash": manifest.get("content_hash", "unknown")},
+        run_tags("sweep", name, base, **{"nvan.ray_run": name,
+                                         "dataset.synthetic": str(manifest.get("synthetic", False)).lower()}),
+        command="python -m harness.sweep")
     flat = flatten(config)
     recorded = override(config, {k: redact(flat[k]) if isinstance(flat[k], str) else flat[k]
                                  for k in RESUME_FROM_COMMAND_LINE[1:]}, "sweep state")
@@ -175,49 +176,57 @@ def run_sweep(config: Config, resume: bool = False) -> SweepOutcome:
         config, parent_run_id = _start(config, name, resume)
         base, sweep = trial_base(config), config.sweep
         experiment = storage.join(base.ray.storage_path, name)
-        trainable = tune.with_resources(
-            tune.with_parameters(run_trial, base=base.model_dump(mode="json"), sweep_name=name,
-                                 parent_run_id=parent_run_id),
-            {"cpu": 0, "trial_driver": 1})
-        if resume and tune.Tuner.can_restore(experiment):
-            tuner = tune.Tuner.restore(experiment, trainable, resume_unfinished=True, resume_errored=True)
-        else:
-            search_alg, space = search_setup(sweep, config.seed)
-            tuner = tune.Tuner(
-                trainable, param_space=space,
-                tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=scheduler_for(sweep, base.train.epochs),
-                                            num_samples=sweep.num_samples, max_concurrent_trials=sweep.max_concurrent,
-                                            reuse_actors=False),
-                run_config=tune.RunConfig(name=name, storage_path=base.ray.storage_path, verbose=0,
-                                          callbacks=[TrialEnds(sweep.metric, base.train.epochs, cost_key(sweep))]))
+        tuner = _tuner(config, base, name, parent_run_id, resume)
         try:
             tuner.fit()
         except Exception:  # noqa: BLE001 - a SIGTERM to the process group kills Ray under Tune; the state is saved
             if not preemption.requested():
                 raise
             log.warning("Ray went down with the preemption; the trials are closed from their records")
-    # The experiment state on disk was written before Tune's cleanup marked interrupted trials TERMINATED.
-    # Tune's own result files are off (above), so it would warn that no trial has metrics: the records hold them.
-    analysis_log = logging.getLogger("ray.tune.analysis.experiment_analysis")
-    level = analysis_log.level
-    analysis_log.setLevel(logging.ERROR)
-    try:
-        trials = tune.ExperimentAnalysis(experiment).trials
-    finally:
-        analysis_log.setLevel(level)
+    trials = _saved_trials(experiment)
     results, complete = close_trials(base, trials, name, parent_run_id)
     # Interrupted before the search created every trial: more to run, whatever the trials say.
     complete &= len(trials) >= expected_trials(sweep)
     path = config.report.out_dir / "sweeps" / name / "results.parquet"
     with atomic_path(path) as tmp:
         results.write_parquet(tmp)
-    close_parent(base, parent_run_id, results, path, complete)
+    close_parent(base.mlflow, parent_run_id, results, path, complete)
     return SweepOutcome(name, results, path, parent_run_id, complete, time.perf_counter() - start)
 
 
+def _tuner(config: Config, base: Config, name: str, parent_run_id: str, resume: bool) -> tune.Tuner:
+    """The sweep's Tuner: restored from its experiment folder when resuming one, else new over the search space."""
+    sweep, experiment = config.sweep, storage.join(base.ray.storage_path, name)
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, base=base.model_dump(mode="json"), sweep_name=name,
+                             parent_run_id=parent_run_id),
+        {"cpu": 0, "trial_driver": 1})
+    if resume and tune.Tuner.can_restore(experiment):
+        return tune.Tuner.restore(experiment, trainable, resume_unfinished=True, resume_errored=True)
+    search_alg, space = search_setup(sweep, config.seed)
+    return tune.Tuner(
+        trainable, param_space=space,
+        tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=scheduler_for(sweep, base.train.epochs),
+                                    num_samples=sweep.num_samples, max_concurrent_trials=sweep.max_concurrent,
+                                    reuse_actors=False),
+        run_config=tune.RunConfig(name=name, storage_path=base.ray.storage_path, verbose=0,
+                                  callbacks=[TrialEnds(sweep.metric, base.train.epochs, cost_key(sweep))]))
+
+
+def _saved_trials(experiment: str) -> list:
+    """The trials of the experiment state on disk."""
+    # The experiment state on disk was written before Tune's cleanup marked interrupted trials TERMINATED.
+    # Tune's own result files are off (above), so it would warn that no trial has metrics: the records hold them.
+    analysis_log = logging.getLogger("ray.tune.analysis.experiment_analysis")
+    level = analysis_log.level
+    analysis_log.setLevel(logging.ERROR)
+    try:
+        return tune.ExperimentAnalysis(experiment).trials
+    finally:
+        analysis_log.setLevel(level)
+
 
 EXIT_CODES = {"finished": 0, "failed": 1, "interrupted": 130, "preempted": preemption.EXIT_CODE}
-
 
 
 def sweep_status(results: pl.DataFrame, complete: bool) -> str:
@@ -228,9 +237,9 @@ def sweep_status(results: pl.DataFrame, complete: bool) -> str:
     return "failed" if (results["status"] == "failed").any() else "finished"
 
 
-def close_parent(base: Config, run_id: str, results: pl.DataFrame, path: Path, complete: bool) -> None:
-    """Log the sweep's counts and results table to its MLflow run; close it unless interrupted."""
-    client, _ = connect(base.mlflow.tracking_uri, base.mlflow.experiment)
+def close_parent(mlflow: MlflowConfig, run_id: str, results: pl.DataFrame, path: Path, complete: bool) -> None:
+    """Log the sweep's counts and results table to its MLflow run; close it as the sweep's status."""
+    client, _ = connect(mlflow.tracking_uri, mlflow.experiment)
     counts = {f"sweep.{s.replace('-', '_')}": results.filter(pl.col("status") == s).height
               for s in ("finished", "early-stopped", "infeasible", "failed", "interrupted", "preempted")}
     log_metrics(client, run_id, counts | {"sweep.trials": results.height, "sweep.pareto": int(results["pareto"].sum())})

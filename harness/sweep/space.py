@@ -15,7 +15,7 @@ from harness import storage
 from harness.errors import ConfigError
 from harness.config import PAPER_INPUT, TEMPORAL_POOLS, Config, InputSize, SweepConfig, placement_blocks
 from harness.params import dotted, override
-from harness.measure.cost import macs_on_meta
+from harness.measure.macs import macs_on_meta
 from harness.results.tracking import tracking_uri
 from models.spec import SpecError
 

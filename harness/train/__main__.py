@@ -38,13 +38,13 @@ def check_resumable(config: Config, name: str, all_seeds: bool) -> None:
     runs = [seed_run_name(name, seed) for seed in config.seeds] if all_seeds else [name]
     if any(storage.is_dir(storage.join(root, run)) for run in runs):
         return
-    if all_seeds and find_seed_set(config, name):
+    if all_seeds and find_seed_set(config.mlflow, name):
         return
     raise UserError(f"--resume {name}: no {'seed set' if all_seeds else 'run'} of that name in {redact(root)} (no "
                     f"folder {', '.join(runs)}); check the name and ray.storage_path, or start a new run with --name")
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser():
     parser = config_parser(
         "harness.train", "Train a model on Ray Train (DDP), evaluate it, and track it in MLflow.",
         ["python -m harness.train --set model.preset=nvan --name nvan-demo --out reports/adhoc/nvan-demo.json",
@@ -60,7 +60,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--all-seeds", action="store_true",
                         help="train once per seed of params' `seeds`, side by side in one Ray session; --name (or "
                              "--resume) names the set, each seed's run is <name>-seed<k>")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _stopped(config: Config, stop: TrainingInterrupted, argv: list[str] | None) -> int:
+    """Close what a Ctrl-C or SIGTERM stopped, say how to continue, and return the exit code."""
+    closed, runs = "MLflow run", [stop.ray_run]
+    if isinstance(stop, SeedsInterrupted):
+        close_stopped(config.mlflow, stop)  # now that Ray is down: no seed's controller records an epoch after it
+        closed = "the seeds' MLflow runs and records"
+        runs = [run for run in stop.stopped if storage.is_dir(storage.join(config.ray.storage_path, run))]
+    resume = " ".join(["python -m harness.train", *(sys.argv[1:] if argv is None else argv)])
+    resume = re.sub(r"\s--(name|resume)[= ]\S+", "", resume) + f" --resume {stop.ray_run}"
+    what = "preempted (SIGTERM)" if stop.preempted else "interrupted"
+    took = preemption.seconds_since()
+    folders = ", ".join(redact(storage.join(config.ray.storage_path, run)) for run in runs)
+    print(f"{what}: {closed} closed as {what.split()[0]}{f' {took:.1f} s after the signal' if took else ''}; "
+          f"{f'the checkpoints are in {folders}' if runs else 'no seed had begun to train'}. Continue with:\n"
+          f"  {redact(resume)}", file=sys.stderr)
+    return preemption.EXIT_CODE if stop.preempted else 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     config = load_from_args(args)
     address = args.address or config.ray.address
     check_inputs(config)
@@ -77,26 +99,13 @@ def main(argv: list[str] | None = None) -> int:
         with ray_session(address, num_cpus=local_cpus(config, args.all_seeds), log_to_driver=config.ray.log_to_driver):
             if args.all_seeds:
                 results = fit_seeds(config, config.seeds, args.out or Path("reports/runs") / config.model.preset,
-                                    args.resume or args.name or default_name(config), resume=bool(args.resume))
+                                    args.resume or args.name or default_name(config.model.preset), resume=bool(args.resume))
                 print("\n".join(format_summary(r) for r in results))
                 return 0
             result = fit(config, name=args.name, resume=args.resume, progress=not args.no_progress,
                          fail_at_step=int(fail_at) if fail_at else None)
     except TrainingInterrupted as stop:
-        closed, runs = "MLflow run", [stop.ray_run]
-        if isinstance(stop, SeedsInterrupted):
-            close_stopped(config, stop)  # now that Ray is down: no seed's controller records an epoch after it
-            closed = "the seeds' MLflow runs and records"
-            runs = [run for run in stop.stopped if storage.is_dir(storage.join(config.ray.storage_path, run))]
-        resume = " ".join(["python -m harness.train", *(sys.argv[1:] if argv is None else argv)])
-        resume = re.sub(r"\s--(name|resume)[= ]\S+", "", resume) + f" --resume {stop.ray_run}"
-        what = "preempted (SIGTERM)" if stop.preempted else "interrupted"
-        took = preemption.seconds_since()
-        folders = ", ".join(redact(storage.join(config.ray.storage_path, run)) for run in runs)
-        print(f"{what}: {closed} closed as {what.split()[0]}{f' {took:.1f} s after the signal' if took else ''}; "
-              f"{f'the checkpoints are in {folders}' if runs else 'no seed had begun to train'}. Continue with:\n"
-              f"  {redact(resume)}", file=sys.stderr)
-        return preemption.EXIT_CODE if stop.preempted else 130
+        return _stopped(config, stop, argv)
     except KeyboardInterrupt:
         if not preemption.requested():
             raise

@@ -38,7 +38,7 @@ from harness.results.tracking import (close_run, connect, find_run, git_commit, 
                                       start_run, tracking_uri)
 from harness.train.callbacks import LiveRecord, MlflowEpochLogger, controller_callback, progress_bars
 from harness.checkpoint import read_state
-from harness.train.plan import RunPlan, plan_run, check_params
+from harness.train.plan import RunPlan, WorkerArgs, check_params, plan_run
 from harness.train.outcome import FINAL_KEYS, TrainResult, record_base, train_record, write_run
 from harness.measure.run_cost import cost_metrics, run_cost
 from harness.train.run_dir import (RunLock, latest_checkpoint, log_missing_epochs,
@@ -160,13 +160,11 @@ def build_trainer(plan: RunPlan, tracking: Tracking, cost: dict[str, Any], queue
         storage.write_text(probe, f"written by the driver on {platform.node()}\n")
     if plan.resume:
         repair_snapshot(plan.run_dir)
-    loop_config = {"config": config.model_dump(mode="json"), "progress": queue, "fail_at_step": fail_at_step,
-                   "mlflow_run_id": tracking.run_id, "manifest_hash": plan.manifest.get("content_hash"),
-                   "store_hash": plan.manifest.get("store_hash"), "storage_probe": probe,
-                   "fail_marker": storage.join(plan.run_dir, ".injected-failure"),
-                   # Ray's own list of checkpoints can lag behind the disk (a stop right after a checkpoint was
-                   # written): the worker resumes from whichever of the two is newer.
-                   "resume_from": latest_checkpoint(plan.run_dir) if plan.resume else None}
+    args = WorkerArgs(config, plan.manifest.get("content_hash"), plan.manifest.get("store_hash"), tracking.run_id,
+                      probe, storage.join(plan.run_dir, ".injected-failure"),
+                      # Ray's own list of checkpoints can lag behind the disk (a stop right after a checkpoint
+                      # was written): the worker resumes from whichever of the two is newer.
+                      latest_checkpoint(plan.run_dir) if plan.resume else None, queue, fail_at_step)
     # The record first, then MLflow, then Tune: each never ahead of the one before.
     callbacks = [controller_callback(MlflowEpochLogger, tracking.uri, tracking.run_id, set(tracking.logged)),
                  *(tune_callbacks or [])]
@@ -177,7 +175,7 @@ def build_trainer(plan: RunPlan, tracking: Tracking, cost: dict[str, Any], queue
         resumed = checkpoint_epochs(plan.saved[max(plan.saved)]) if plan.saved else {}
         callbacks.insert(0, controller_callback(LiveRecord, str(plan.record_to), base | run, resumed))
     return TorchTrainer(
-        run_worker, train_loop_config=loop_config,
+        run_worker, train_loop_config={"args": args},
         scaling_config=ScalingConfig(num_workers=config.ray.num_workers, use_gpu=config.ray.use_gpu,
                                      resources_per_worker=worker_resources(config.ray)),
         torch_config=BoundTorchConfig(backend="nccl" if config.ray.use_gpu else "gloo"),

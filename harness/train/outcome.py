@@ -68,7 +68,7 @@ def train_record(config: Config, result: TrainResult, label: str | None = None, 
     interval of every score."""
     import torch
 
-    from harness.measure.cost import cpu_name
+    from harness.measure.hardware import cpu_name
 
     def under_storage(checkpoint: str | None) -> str | None:
         return storage.relative(checkpoint, config.ray.storage_path) if checkpoint else None

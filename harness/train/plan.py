@@ -44,6 +44,22 @@ class RunPlan:
     kind: str
 
 
+@dataclass(frozen=True)
+class WorkerArgs:
+    """What every Ray Train worker of a run is given (train_loop_config={"args": WorkerArgs}): the resolved config
+    and what the driver checked or decided for it."""
+
+    config: Config  # the plan's, paths absolute
+    manifest_hash: str | None  # checked again on each node: its prepared copy must be the driver's
+    store_hash: str | None
+    mlflow_run_id: str
+    storage_probe: str | None  # a file the driver wrote into a local run folder; None on an object store
+    fail_marker: str  # where the test hook's injected failure notes it has happened
+    resume_from: str | None  # a resumed run's newest complete checkpoint on disk
+    progress: Any = None  # rank 0's step queue (a ray.util.queue.Queue), or None for no bars
+    fail_at_step: int | None = None  # the test hook: fail the last rank once at this global step
+
+
 
 def absolute_paths(config: Config) -> Config:
     """`config` with its data, storage and init paths made absolute (relative to this process's cwd; URIs kept)."""

@@ -18,12 +18,12 @@ from mlflow import MlflowClient
 
 from datasets.progress import Progress
 from harness import storage
-from harness.config import Config
+from harness.config import Config, MlflowConfig
 from harness.params import flatten, override
 from harness import preemption
 from harness.errors import UserError
 from harness.results.records import read_record, run_config, write_record
-from harness.results.tracking import close_run, connect, find_run, set_tags, start_run, tracking_uri
+from harness.results.tracking import close_run, connect, find_run, run_tags, set_tags, start_run, tracking_uri
 from harness.train.driver import TrainingInterrupted, fit
 from harness.train.plan import absolute_paths, check_inputs
 from harness.train.outcome import TrainResult
@@ -46,16 +46,32 @@ def seed_run_name(name: str, seed: int) -> str:
     return f"{name}-seed{seed}"
 
 
+def train_seed(config: Config, name: str, record_to: str, resume: bool, *, parent_run_id: str,
+               tags: dict[str, str], cost: dict[str, Any] | None, label: str | None = None, kind: str = "train",
+               callbacks: list | None = None) -> TrainResult:
+    """Train one seed of a set (`config.seed`) as its own Ray Train run `name`, tracked as an MLflow run nested in
+    the set's, writing its record to `record_to` as it trains: the one way --all-seeds and a sweep's candidate
+    train a seed. With `resume` a seed whose run folder exists continues from its checkpoint; one stopped before
+    its Train run began starts over, without the empty MLflow run it left."""
+    again = resume and storage.is_dir(storage.join(storage.absolute(config.ray.storage_path), name))
+    if resume and not again:
+        client, experiment_id = connect(tracking_uri(config.mlflow.tracking_uri), config.mlflow.experiment)
+        if orphan := find_run(client, experiment_id, "nvan.ray_run", name):
+            client.delete_run(orphan)
+    return fit(config, name=None if again else name, resume=name if again else None, parent_run_id=parent_run_id,
+               tags=tags, progress=False, tune_callbacks=callbacks, record_to=record_to, label=label, kind=kind,
+               cost=cost)
+
+
 def _fit_seed(config: dict[str, Any], cwd: str, name: str, resume: bool, record_to: str,
               cost: dict[str, Any], seed_set: dict[str, str]) -> TrainResult:
-    """The driver of one seed's training job, as a Ray task on the driver's node: `fit` in the driver's working
-    directory (params paths are relative to it, and the record keeps them as given), writing the record as it trains."""
+    """The driver of one seed's training job, as a Ray task on the driver's node: `train_seed` in the driver's
+    working directory (params paths are relative to it, and the record keeps them as given)."""
     before = os.getcwd()
     os.chdir(cwd)
     try:
-        return fit(Config.model_validate(config), name=None if resume else name, resume=name if resume else None,
-                   progress=False, record_to=record_to, cost=cost, parent_run_id=seed_set["run_id"],
-                   tags={SEED_SET_TAG: seed_set["name"]})
+        return train_seed(Config.model_validate(config), name, record_to, resume, parent_run_id=seed_set["run_id"],
+                          tags={SEED_SET_TAG: seed_set["name"]}, cost=cost)
     finally:
         os.chdir(before)
 
@@ -98,9 +114,7 @@ def fit_seeds(config: Config, seeds: list[int], out_dir: Path, name: str, resume
     seed_set = {"name": name, "run_id": open_seed_set(client, experiment_id, config, name, seeds)}
 
     def start(seed: int):
-        run = seed_run_name(name, seed)
-        again = resume and storage.is_dir(storage.join(storage.absolute(config.ray.storage_path), run))
-        return task.remote(configs[seed].model_dump(mode="json"), os.getcwd(), run, again,
+        return task.remote(configs[seed].model_dump(mode="json"), os.getcwd(), seed_run_name(name, seed), resume,
                            str(records[seed].resolve()), cost, seed_set)
 
     results: dict[int, TrainResult] = {}
@@ -125,14 +139,13 @@ def open_seed_set(client: MlflowClient, experiment_id: str, config: Config, name
         set_tags(client, found, {"nvan.status": "running"})
         return found
     params = {k: v for k, v in flatten(run_config(config.model_dump(mode="json"))).items() if k != "seed"}
-    return start_run(client, experiment_id, name, params | {"seeds": str(seeds)}, {
-        "nvan.kind": "seeds", SEED_SET_TAG: name, "nvan.label": config.model.preset, "nvan.status": "running",
-        "preset": config.model.preset, "dataset": config.data.dataset, "protocol": config.eval.primary})
+    return start_run(client, experiment_id, name, params | {"seeds": str(seeds)},
+                     run_tags("seeds", config.model.preset, config, **{SEED_SET_TAG: name}))
 
 
-def find_seed_set(config: Config, name: str) -> str | None:
+def find_seed_set(mlflow: MlflowConfig, name: str) -> str | None:
     """The id of the MLflow parent run of the seed set `name`, None if there is none."""
-    return _seed_set(*connect(tracking_uri(config.mlflow.tracking_uri), config.mlflow.experiment), name)
+    return _seed_set(*connect(tracking_uri(mlflow.tracking_uri), mlflow.experiment), name)
 
 
 def _seed_set(client: MlflowClient, experiment_id: str, name: str) -> str | None:
@@ -172,12 +185,12 @@ def _epochs(record: Path) -> int:
         return 0
 
 
-def close_stopped(config: Config, stop: SeedsInterrupted) -> None:
+def close_stopped(mlflow: MlflowConfig, stop: SeedsInterrupted) -> None:
     """Record the seeds `stop` names as preempted (or interrupted): their MLflow runs (KILLED) and run records, but
     a seed that finished. Call it once the Ray session is shut down: no seed's controller can then still record an
     epoch over it."""
     status = "preempted" if stop.preempted else "interrupted"
-    client, experiment_id = connect(tracking_uri(config.mlflow.tracking_uri), config.mlflow.experiment)
+    client, experiment_id = connect(tracking_uri(mlflow.tracking_uri), mlflow.experiment)
     close_run(client, stop.seed_set_run_id, status)
     for ray_run, record in stop.stopped.items():
         run_id = find_run(client, experiment_id, "nvan.ray_run", ray_run)
@@ -194,6 +207,6 @@ def close_stopped(config: Config, stop: SeedsInterrupted) -> None:
             write_record(record, found | {"status": status})
 
 
-def default_name(config: Config) -> str:
+def default_name(preset: str) -> str:
     """A new run name for a set of seeds: preset and time."""
-    return f"{config.model.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return f"{preset}-{time.strftime('%Y%m%d-%H%M%S')}"

@@ -24,12 +24,13 @@ from harness.precision import effective as precision_effective
 from harness.precision import set_tf32
 from harness.redact import redact
 from harness.checkpoint import read_state, rng_state, save_state, set_rng_state
-from harness.config import Config, EvalConfig, TrainConfig
-from harness.evaluate.features import autocast, extract_features, score_features
-from harness.evaluate.metrics import QueryOutcomes
+from harness.config import Config, RayConfig, TrainConfig
+from harness.evaluate.features import autocast
 from harness.evaluate.queries import outcomes_table
 from models.losses import reid_loss
 from harness.train.node_check import check_node
+from harness.train.plan import WorkerArgs
+from harness.train.selection import Best, checkpoint_score, choose, evaluate_model
 from harness.checkpoint import EPOCH_FILE, QUERIES_FILE
 from models.checkpoints import load_imagenet
 from models.spec import ModelSpec
@@ -37,10 +38,6 @@ from models.video_reid import build_model
 
 log = logging.getLogger("harness.train_loop")
 
-# Ray ranks kept checkpoints by checkpoint_score and stores it as JSON, where -inf becomes null and
-# breaks a restore: epochs without an evaluation score a finite value below any accuracy instead.
-NOT_EVALUATED = -1.0
-CMC_RANKS = 50  # CMC entries kept with the best scores (the full curve is gallery-long)
 # Waiting for batches longer than this share of an epoch means the GPU (or CPU) idles for data.
 LOADER_BOUND = 0.2
 # What a checkpoint's epoch.json keeps of how rank 0's worker ran, for a resume that finds every epoch trained.
@@ -138,61 +135,6 @@ def training_model(spec: ModelSpec, imagenet_init: Path | None = None, sync_bn: 
     return nn.SyncBatchNorm.convert_sync_batchnorm(model) if sync_bn else model
 
 
-@dataclass
-class Best:
-    """The evaluation chosen so far (eval.select: the latest, or the best on the test set): epoch, the
-    eval.select_by metric's value, every protocol's scores, CMC and per-query outcomes (plain lists, so checkpoints
-    stay plain data)."""
-
-    epoch: int = -1
-    value: float = NOT_EVALUATED
-    scores: dict[str, dict[str, float]] | None = None
-    cmc: dict[str, list[float]] | None = None  # per protocol, ranks 1..CMC_RANKS
-    queries: dict[str, dict[str, list]] | None = None  # per protocol, QueryOutcomes' fields as lists
-
-    def outcomes(self) -> dict[str, QueryOutcomes]:
-        """The per-query outcomes of the chosen evaluation, per protocol."""
-        return {p: QueryOutcomes(**{k: np.asarray(v) for k, v in q.items()}) for p, q in (self.queries or {}).items()}
-
-
-def choose(eval_config: EvalConfig, best: Best, new: Best) -> Best:
-    """The evaluation a run reports after `new`: under eval.select last the newest, under test the better by
-    eval.select_by, ties to the later epoch (as the authors' `cmc >= best_cmc`, train_NL.py)."""
-    return new if eval_config.select == "last" or new.value >= best.value else best
-
-
-def checkpoint_score(eval_config: EvalConfig, epoch: int, metrics: dict[str, Any]) -> float:
-    """The score Ray keeps train.keep_checkpoints checkpoints by (the highest): the epoch under eval.select last, so
-    the newest are kept; the eval.select_by metric under test (NOT_EVALUATED at epochs without an evaluation)."""
-    if eval_config.select == "last":
-        return float(epoch)
-    return metrics.get(eval_config.select_by, NOT_EVALUATED)
-
-
-def evaluate_model(model: nn.Module, dataset: EvalClips, config: Config, device: torch.device, rank: int = 0,
-                   world: int = 1) -> tuple[dict, dict, dict] | None:
-    """Metrics dict for reporting (primary protocol unprefixed, every protocol prefixed), the CMCs and the
-    per-query outcomes as lists, on rank 0 (None on the others).
-
-    Every rank must call it: each extracts the features of its slice of the test set with its own
-    loader workers, under train.amp's autocast, and the slices are gathered for rank 0 to score.
-    """
-    _broadcast_buffers(model, world)
-    features = extract_features(model, dataset, config.eval.batch_size, str(device), loader_workers(config),
-                                progress=False, compile=config.eval.compile, amp=config.train.amp, rank=rank,
-                                world=world)
-    if rank != 0:
-        return None
-    scores = score_features(features, dataset.rows, config.eval.protocols, config.eval.metric)
-    primary = config.eval.primary
-    metrics = dict(scores[primary].as_dict())
-    for name, s in scores.items():
-        metrics |= {f"{name}.{k}": v for k, v in s.as_dict().items()}
-    queries = {name: {k: getattr(s.outcomes, k).tolist() for k in ("first_rank", "last_rank", "matches", "ap")}
-               for name, s in scores.items()}
-    return metrics, {name: s.cmc[:CMC_RANKS].tolist() for name, s in scores.items()}, queries
-
-
 def save_checkpoint(folder: Path, model: nn.Module, spec: ModelSpec, optimizer: torch.optim.Optimizer,
                     scheduler, scaler: torch.amp.GradScaler | None, epoch: int, best: Best,
                     history: dict[int, dict[str, float]] | None = None) -> None:
@@ -253,7 +195,7 @@ def build_job(config: Config, directory: Path) -> Job:
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
     data = TrainClips(directory, config.data.frames, config.train.sampler, config.train.stride, seed=config.seed)
-    workers = loader_workers(config)
+    workers = loader_workers(config.train, config.ray)
     loader = train_loader(data, config.train.p, config.train.k, workers, world, rank, config.train.epoch,
                           pin_memory=device.type == "cuda")
     spec = config.spec(data.num_classes)
@@ -269,9 +211,9 @@ class StepWatch:
     """Called after every step: notes when training began and the TF32 settings the first step ran with, shows
     rank 0's progress at most once a second, and injects the test hook's one failure (train.fail_at_step)."""
 
-    def __init__(self, loop_config: dict[str, Any], rank: int, world: int) -> None:
-        self.progress, self.fail_at_step = loop_config.get("progress"), loop_config.get("fail_at_step")
-        self.fail_marker, self.rank, self.world = loop_config.get("fail_marker"), rank, world
+    def __init__(self, args: WorkerArgs, rank: int, world: int) -> None:
+        self.progress, self.fail_at_step = args.progress, args.fail_at_step
+        self.fail_marker, self.rank, self.world = args.fail_marker, rank, world
         self.first_step_at, self.shown_at = math.nan, 0.0
         self.precision: dict[str, Any] | None = None
 
@@ -289,17 +231,17 @@ class StepWatch:
             self.progress.put_nowait((epoch, step, steps, stats["loss"].item(), stats["clips_per_s"] * self.world))
 
 
-def run_worker(loop_config: dict[str, Any]) -> None:
-    """Ray Train entry point: train config['config'] on this worker, reporting every epoch."""
+def run_worker(loop_config: dict[str, WorkerArgs]) -> None:
+    """Ray Train entry point: train loop_config['args'].config on this worker, reporting every epoch."""
     import ray.train
 
-    config = Config.model_validate(loop_config["config"])
+    args = loop_config["args"]
+    config = args.config
     directory = config.data.prepared_root / config.data.dataset
-    check_node(directory, loop_config["manifest_hash"], config.train.imagenet_init, loop_config.get("storage_probe"),
-               loop_config.get("store_hash"))
+    check_node(directory, args.manifest_hash, config.train.imagenet_init, args.storage_probe, args.store_hash)
     job = build_job(config, directory)
-    start_epoch, best, history = resume_point(job, loop_config.get("resume_from"))
-    watch, warned, machine = StepWatch(loop_config, job.rank, job.world), False, hardware(job.device)
+    start_epoch, best, history = resume_point(job, args.resume_from)
+    watch, warned, machine = StepWatch(args, job.rank, job.world), False, hardware(job.device)
     for epoch in range(start_epoch, config.train.epochs):
         set_epoch(job.loader, epoch)
         stats = train_epoch(job.model, job.loader, job.optimizer, config.train, job.device, job.scaler, epoch, watch)
@@ -315,7 +257,7 @@ def run_worker(loop_config: dict[str, Any]) -> None:
             best = evaluate_epoch(job, epoch, best, metrics)
         metrics |= {"checkpoint_score": checkpoint_score(config.eval, epoch, metrics), "best_epoch": best.epoch,
                     "best_value": best.value, "best_scores": best.scores, "best_cmc": best.cmc,
-                    "mlflow_run_id": loop_config.get("mlflow_run_id"),
+                    "mlflow_run_id": args.mlflow_run_id,
                     # Lets a sweep free the workers of a trial that Tune stops early (ray#54305).
                     "placement_group": ray.get_runtime_context().get_placement_group_id(),
                     "first_step_at": watch.first_step_at, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
@@ -360,7 +302,8 @@ def _checkpoint_epoch(location: str, filesystem=None) -> int:
 def evaluate_epoch(job: Job, epoch: int, best: Best, metrics: dict[str, Any]) -> Best:
     """Evaluate after `epoch` (every rank extracts, rank 0 scores into `metrics`); return the evaluation chosen so
     far (eval.select)."""
-    evaluated = evaluate_model(job.plain, job.eval_set, job.config, job.device, job.rank, job.world)
+    evaluated = evaluate_model(job.plain, job.eval_set, job.config.eval, job.device, amp=job.config.train.amp,
+                               workers=job.loader_workers, rank=job.rank, world=job.world)
     if evaluated is None:  # not rank 0: only rank 0 keeps scores
         return best
     scores, cmcs, queries = evaluated
@@ -395,31 +338,17 @@ def report_epoch(job: Job, epoch: int, best: Best, metrics: dict[str, Any], chec
 
 def hardware(device: torch.device) -> dict[str, str | None]:
     """This worker's machine: its CPU model (`worker_cpu`) and the name of its CUDA device (`gpu`, None on a CPU)."""
-    from harness.measure.cost import cpu_name
+    from harness.measure.hardware import cpu_name
 
     return {"worker_cpu": cpu_name(), "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None}
 
 
-def loader_workers(config: Config) -> int:
+def loader_workers(train: TrainConfig, ray: RayConfig) -> int:
     """DataLoader processes per training worker: train.loader_workers, or by default all but one of the
     worker's CPUs on a GPU (that one drives the device) and none on a CPU (every core computes)."""
-    if config.train.loader_workers is not None:
-        return config.train.loader_workers
-    return config.ray.cpus_per_worker - 1 if config.ray.use_gpu else 0
-
-
-def _broadcast_buffers(model: nn.Module, world: int) -> None:
-    """Give every rank rank 0's buffers (BN running statistics).
-
-    Without SyncBN each rank's statistics moved with its own last batches, so ranks extracting
-    their slices with their own would describe one test set with several models.
-    """
-    if world == 1:
-        return
-    import torch.distributed as dist
-
-    for buffer in model.buffers():
-        dist.broadcast(buffer, 0)
+    if train.loader_workers is not None:
+        return train.loader_workers
+    return ray.cpus_per_worker - 1 if ray.use_gpu else 0
 
 
 def _mean_over_workers(stats: dict[str, float], world: int, device: torch.device) -> dict[str, float]:

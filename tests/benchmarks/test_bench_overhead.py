@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from harness.measure.bench import Setting, bench_one
+from harness.measure.throughput import Setting, bench_one
 from harness.params import load_config
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 from harness.evaluate.metrics import score_test_set
-from harness.evaluate.statistics import Sample, assess, compare, query_clusters, query_interval, query_values
+from harness.evaluate.statistics import Sample, compare, query_clusters, query_interval, query_values
+from harness.evaluate.front import assess
 
 NUM_TRACKLETS, NUM_QUERIES, DIM, NUM_IDS, NUM_CAMS, NUM_DISTRACTORS = 12180, 1980, 2048, 625, 6, 2500
 # Per-identity noise around unit-variance cluster centres: easy is well separated (all

@@ -18,7 +18,7 @@ import pytest
 import torch
 from torch import nn
 
-from harness.measure.cost import peak_rss_mib, reset_peak_rss
+from harness.measure.memory import peak_rss_mib, reset_peak_rss
 from models.fuse import fuse_for_inference
 from models.nonlocal_block import NonLocalBlock
 from models.presets import PRESETS, preset_spec

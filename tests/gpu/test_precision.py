@@ -2,7 +2,7 @@
 only with `train.tf32: true`), as its workers saw the flags at their first step, and the run record says so.
 
 Skipped without CUDA; `python -m harness.gpu_check` runs it on a GPU node. The CPU suite checks the same record
-fields where there is no GPU (tests/harness/test_train.py).
+fields where there is no GPU (tests/harness/train/test_train.py).
 """
 
 from __future__ import annotations

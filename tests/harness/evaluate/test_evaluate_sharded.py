@@ -52,7 +52,7 @@ def test_training_evaluation_on_two_ranks_scores_rank_zeros_model(odd_test_set, 
     # Rank 1's BN statistics differ (as after DDP training without SyncBN): both ranks must extract
     # with rank 0's, so the scores equal one process evaluating rank 0's model.
     from harness.params import load_config
-    from harness.train.worker import evaluate_model
+    from harness.train.selection import evaluate_model
 
     sampler = "dense"
     overrides = [f"data.prepared_root={odd_test_set.parent}", "data.dataset=mars", "data.frames=4",
@@ -61,8 +61,9 @@ def test_training_evaluation_on_two_ranks_scores_rank_zeros_model(odd_test_set, 
     torch.manual_seed(0)
     model = tiny_model()
     torch.save(model.state_dict(), tmp_path / "state.pt")
-    config = load_config(Path(__file__).resolve().parents[2] / "params.yaml", overrides)
-    expected, *_ = evaluate_model(model, EvalClips(odd_test_set, 4, sampler), config, torch.device("cpu"))
+    config = load_config(Path(__file__).resolve().parents[3] / "params.yaml", overrides)
+    expected, *_ = evaluate_model(model, EvalClips(odd_test_set, 4, sampler), config.eval, torch.device("cpu"),
+                                  amp=config.train.amp)
     spawn(2, evaluate_worker, overrides, tmp_path / "state.pt", tmp_path)
     got = json.loads((tmp_path / "metrics.json").read_text())
     assert got.keys() == expected.keys()

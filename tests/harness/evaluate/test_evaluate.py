@@ -18,7 +18,7 @@ from harness.evaluate.queries import outcomes_of, read_queries
 from harness.evaluate.features import extract_features, load_features, save_features, score_features
 from harness.train.worker import build_optimizer, train_epoch
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")

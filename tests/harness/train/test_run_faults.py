@@ -37,7 +37,7 @@ from harness.train.run_dir import GUARD_FILE, LOCK_FILE, SNAPSHOT_FILE, RunLock,
 from harness.cluster import ray_session
 from lock_workers import race
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 # A safety net against a hang, not a speed limit: on a loaded 2-core machine a step can take 100x longer.
 HANG_S = 1800
 

@@ -14,7 +14,7 @@ from harness.config import Config
 from harness.results.records import history_of, read_record, run_record, write_record
 from models.presets import preset_spec
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 GOOD = json.loads((ROOT / "reports" / "runs" / "nvan" / "seed0.json").read_text())
 
 

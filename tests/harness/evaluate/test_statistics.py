@@ -11,10 +11,10 @@ import pytest
 from scipy import stats
 
 from harness.evaluate.metrics import QueryOutcomes
-from harness.evaluate.statistics import (PAIRED, SCORES, UNPAIRED, Estimate, Sample, assess, cluster_sums, compare,
-                                         components, difference, front_draws, front_probability, half_width, holm,
-                                         interval, mdd, p_improve, p_value, query_clusters, query_interval,
-                                         query_values, seeds_needed, table_values)
+from harness.evaluate.statistics import (PAIRED, SCORES, UNPAIRED, Estimate, Sample, cluster_sums, compare, components,
+                                         difference, half_width, holm, interval, mdd, p_improve, p_value,
+                                         query_clusters, query_interval, query_values, seeds_needed, table_values)
+from harness.evaluate.front import assess, front_draws, front_probability
 
 R1, MAP = SCORES.index("rank1"), SCORES.index("map")
 

@@ -19,9 +19,9 @@ from harness.params import load_config
 from harness.results.records import read_record
 from harness import storage
 from harness.sweep.space import Candidate, resolve, search_setup, trial_base
-from harness.sweep.trials import trial_outcome
+from harness.sweep.table import trial_outcome
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def dominated(acc: list[float], cost: list[float]) -> list[bool]:
@@ -139,7 +139,7 @@ def test_an_infeasible_trial_interrupted_before_tune_heard_of_it(tiny_config):
     # Ctrl-C while Tune ran the infeasible point: no last result, state RUNNING or PENDING. The table
     # must still call it infeasible (and record it in MLflow), not try to cost it and stop with an error.
     from harness.sweep.space import trial_base
-    from harness.sweep.trials import close_trials
+    from harness.sweep.table import close_trials
     from harness.results.tracking import connect, start_run
 
     base = trial_base(tiny_config("sweep.search=grid", "sweep.space={placement: [p0200], stripes: [16]}"))
@@ -277,7 +277,7 @@ def test_a_sweep_with_failed_trials_says_so(tiny_config, tmp_path):
     assert sweep_status(results.head(1), complete=True) == "finished"
     parent = start_run(client, experiment_id, "s", {}, {"nvan.kind": "sweep"})
     (tmp_path / "results.parquet").write_bytes(b"")
-    close_parent(config, parent, results, tmp_path / "results.parquet", complete=True)
+    close_parent(config.mlflow, parent, results, tmp_path / "results.parquet", complete=True)
     run = client.get_run(parent)
     assert run.data.tags["nvan.status"] == "failed" and run.info.status == "FAILED"
     assert run.data.metrics["sweep.failed"] == 1

@@ -23,18 +23,19 @@ from torch import nn
 from harness.checkpoint import read_state
 from harness.errors import UserError
 from harness.config import EvalConfig
-from harness.measure.cost import cpu_name
+from harness.measure.hardware import cpu_name
 from harness.results.tracking import connect, find_run, log_metrics, start_run
 from harness import storage
 from harness.results.records import read_record
 from harness.train.driver import fit
 from harness.train.run_dir import log_missing_epochs, saved_epochs
 from harness.cluster import ray_session
-from harness.train.worker import NOT_EVALUATED, Best, checkpoint_score, choose, training_model
+from harness.train.selection import NOT_EVALUATED, Best, checkpoint_score, choose
+from harness.train.worker import training_model
 from harness.versions import PACKAGES
 from models.presets import preset_spec
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 pytestmark = pytest.mark.slow
 

@@ -11,12 +11,14 @@ from torch.nn import functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from harness.config import InputSize
-from harness.measure.cost import Latency, PARTS, cost_of, count_macs, count_params, macs_on_meta, measure, part_of
+from harness.measure.cost import cost_of
+from harness.measure.macs import PARTS, count_macs, count_params, macs_on_meta, part_of
+from harness.measure.timing import Latency, measure
 from models.nonlocal_block import NonLocalBlock
 from models.presets import preset_spec
 from models.video_reid import build_model
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 class Tiny(nn.Module):
@@ -190,7 +192,7 @@ def test_gmacs_per_tracklet_match_a_hand_count(prepared_root, sampler):
         pl.col("split") == "test")["num_frames"].to_list()
     assert len(set(lengths)) > 2 and max(lengths) > 2 * frames  # tracklets of one, two and more clips
     by_hand = [1 + (n - 1) // frames if sampler == "dense" else 1 for n in lengths]
-    config = load_config(Path(__file__).resolve().parents[2] / "params.yaml", [
+    config = load_config(Path(__file__).resolve().parents[3] / "params.yaml", [
         f"data.prepared_root={prepared_root}", f"data.frames={frames}", "data.height=64", "data.width=32",
         "model.preset=nvan", "model.width=4", "model.stripes=null", f"eval.sampler={sampler}", "cost.measure=false"])
     spec = config.spec(5)

@@ -7,12 +7,13 @@ import polars as pl
 import pytest
 import torch
 
-from harness.measure.bench import Setting, bench_one, least_batch, main, slug
+from harness.measure.bench import main, slug
+from harness.measure.throughput import Setting, bench_one, least_batch
 from harness.config import InputSize
 from harness.params import load_config
-from harness.measure.cost import cpu_name
+from harness.measure.hardware import cpu_name
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 INPUT = "4x128x64"  # T = 4
 TINY = ["--configured", "--set", "model.preset=nvan", "--set", "model.width=4", "--input", INPUT,
         "--warmup", "1", "--repeats", "2", "--threads", "1"]

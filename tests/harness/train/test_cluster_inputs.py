@@ -18,7 +18,7 @@ from harness.train.node_check import NodeInputError, check_node
 from harness.train.worker import LOADER_BOUND, build_optimizer, loader_warning, loader_workers, train_epoch
 from models.video_reid import build_model
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.mark.parametrize("override, words", [
@@ -105,10 +105,11 @@ def test_a_node_without_the_driver_inputs_fails_with_its_name_path_and_fix(prepa
 
 def test_loader_workers_default_to_the_cores_a_gpu_worker_has():
     config = load_config(ROOT / "params.yaml", ["ray.cpus_per_worker=8"])
-    assert loader_workers(config) == 0  # on a CPU every core computes
+    assert loader_workers(config.train, config.ray) == 0  # on a CPU every core computes
     gpu = load_config(ROOT / "params.yaml", ["ray.cpus_per_worker=8", "ray.use_gpu=true"])
-    assert loader_workers(gpu) == 7
-    assert loader_workers(load_config(ROOT / "params.yaml", ["ray.use_gpu=true", "train.loader_workers=3"])) == 3
+    assert loader_workers(gpu.train, gpu.ray) == 7
+    three = load_config(ROOT / "params.yaml", ["ray.use_gpu=true", "train.loader_workers=3"])
+    assert loader_workers(three.train, three.ray) == 3
 
 
 class SlowClips(torch.utils.data.Dataset):
@@ -144,7 +145,8 @@ def test_a_loader_bound_epoch_is_measured_and_warned_about(prepared_root, second
 
 
 def test_a_resume_keeps_the_fp16_loss_scale(tmp_path):
-    from harness.train.worker import Best, build_scheduler, restore, save_checkpoint
+    from harness.train.selection import Best
+    from harness.train.worker import build_scheduler, restore, save_checkpoint
     from models.presets import preset_spec
 
     config = load_config(ROOT / "params.yaml")

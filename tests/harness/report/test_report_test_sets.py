@@ -19,7 +19,7 @@ import pytest
 from harness.cli import run
 from harness.report.__main__ import main
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 RUNS = ROOT / "reports" / "runs"
 
 

@@ -16,7 +16,7 @@ from harness.cli import run
 from harness.config import PAPER_INPUT, InputSize
 from harness.measure.sdpa_kernels import CPU_FLASH
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ from harness.report.runs import SCHEMA, _record_row, collect_runs, select_runs
 from harness.report.tables import DETAILS_HEAD, MAIN_HEAD, markdown
 from harness.report.testsets import TEST_SET
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 GROUP = "mars (synthetic)"
 # The old single table's 24 columns: the main table and the details keep every one between them.
 OLD_COLUMNS = {"Pareto", "point", "dataset", "kind", "seeds", "input", "params (M)", "GMACs", "GMACs/tracklet",

@@ -15,7 +15,7 @@ from matplotlib.collections import PathCollection
 from harness.errors import UserError
 from harness.config import InputSize
 from harness.cli import run
-from harness.measure.cost import macs_on_meta
+from harness.measure.macs import macs_on_meta
 from harness.measure.cost import main as cost_main
 from harness.report.__main__ import main
 from harness.report.build import build_report, write_report
@@ -26,7 +26,7 @@ from harness.report.runs import (PANELS, PUBLISHED, load_costs, load_runs, open_
 from harness.results.tracking import connect, log_metrics, start_run
 from models.presets import preset_spec
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def points_of(runs: pl.DataFrame) -> pl.DataFrame:

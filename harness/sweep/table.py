@@ -1,0 +1,158 @@
+"""The sweep's results table: one row per trial from its seeds' run records, with intervals and the front; each
+trial's records and MLflow runs closed to match."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+
+from harness import preemption, storage
+from harness.config import Config
+from harness.prepared import prepared_dataset
+from harness.evaluate.queries import queries_path, read_queries
+from harness.evaluate.statistics import FRONT_SCORES, SCORES, Sample, table_values
+from harness.evaluate.front import assess, pareto_front
+from harness.results.records import write_record
+from harness.results.tracking import END_STATES, close_run, connect, find_run, log_metrics, set_tags
+from harness.train.outcome import FINAL_KEYS
+from harness.sweep.space import COST, LATENCY, cost_key, feasibility, resolve
+from harness.sweep.trainable import (latency_ms, read_trial_record, record_infeasible, trial_number, trial_record_path,
+                                     trial_tags)
+
+
+def trial_outcome(tune_status: str, record: dict | None, infeasible: bool, others: list[dict | None] = ()) -> str:
+    """A trial's status in the sweep table, from Tune's state of the trial and its seeds' run records.
+
+    The records say how far the trial trained (`record` its first seed, `others` the rest); Tune says
+    why it stopped. A trial whose every seed trained all its epochs is finished, whatever Tune saved
+    (an interrupt can fall between the two).
+    """
+    if infeasible:
+        return "infeasible"
+    if all(r is not None and (r.get("status") == "finished" or r["epochs"] >= r["config"]["train"]["epochs"])
+           for r in [record, *others]):
+        return "finished"  # every epoch trained, even if the run stopped before its bookkeeping
+    if others and record is not None and record.get("status") == "finished":
+        return "failed" if tune_status == "ERROR" else "interrupted"  # seeds left to train
+    if tune_status == "ERROR":
+        return "failed"
+    if tune_status == "TERMINATED" and record is not None:
+        return "early-stopped"  # Tune ended it before its last epoch: ASHA
+    return "interrupted"
+
+
+def close_trials(base: Config, trials: list, sweep_name: str, parent_run_id: str) -> tuple[pl.DataFrame, bool]:
+    """One row per Tune trial, built from its seeds' run records; MLflow runs and records closed to match.
+
+    A trial's scores are the means over its seeds, with their std, 95 % intervals (seeds x queries) and
+    P(on the front) among the sweep's trials. Returns the table and whether the sweep is complete.
+    """
+    client, experiment_id = connect(base.mlflow.tracking_uri, base.mlflow.experiment)
+    metric, protocol = base.sweep.metric, base.eval.primary
+    manifest = prepared_dataset(base.data).manifest
+    rows, complete, found = [], True, {}
+    for trial in sorted(trials, key=lambda t: trial_number(t.experiment_tag)):
+        r = trial.last_result or {}
+        paths = [trial_record_path(base.ray.storage_path, sweep_name, trial.trial_id, i) for i in range(base.sweep.seeds)]
+        records = [read_trial_record(path) for path in paths]
+        record = records[0]
+        candidate, number = resolve(base, trial.config), trial_number(trial.experiment_tag)
+        label = (record or {}).get("label") or r.get("label") or f"t{number:03d} {candidate.label(list(trial.config))}"
+        # Feasibility is decided here again, not read from Tune: an interrupt can end an infeasible
+        # trial before Tune saved its report.
+        costs, reason = feasibility(base, candidate, label)
+        status = trial_outcome(trial.status, record, reason is not None, records[1:])
+        if status in ("interrupted", "failed") and preemption.requested():
+            status = "preempted"  # stopped by the SIGTERM (its workers may have died of it first), not broken
+        complete &= status not in ("interrupted", "preempted")
+        run_id = (record or {}).get("run", {}).get("mlflow_run_id") or r.get("mlflow_run_id") or find_run(
+            client, experiment_id, "nvan.trial_id", trial.trial_id)
+        if reason is not None and not run_id:
+            run_id = record_infeasible(base, candidate, reason, trial_tags(label, sweep_name, trial.trial_id),
+                                       parent_run_id)
+        close_seed_runs(client, paths, records, status)
+        scored = [(path, rec) for path, rec in zip(paths, records) if rec and rec["scores"].get(protocol)]
+        if scored and status in ("finished", "early-stopped"):
+            found[len(rows)] = [queries_path(path) for path, _ in scored]
+        cost = (record or {}).get("cost") or {}
+        rows.append({
+            "trial": number, "trial_id": trial.trial_id, "label": label, "status": status, **candidate.columns(),
+            **seed_scores([rec["scores"][protocol] for _, rec in scored]), "seeds": len(scored),
+            "best_epoch": (record or {}).get("best_epoch"), "epochs": (record or {}).get("epochs", 0),
+            COST: costs.get(COST), "gmacs_input": costs.get("gmacs_input"), LATENCY: latency_ms(cost),
+            "gmacs_per_tracklet": cost.get("gmacs_per_tracklet"), "latency_device": (cost.get("latency") or {}).get("device"),
+            "seconds": r.get("time_total_s"), "mlflow_run_id": run_id, "reason": reason,
+            "dataset": base.data.dataset, "synthetic": bool(manifest.get("synthetic", False)),
+            "input": f"{candidate.frames}x{base.data.height}x{base.data.width}",
+            "git_commit": (record or {}).get("git_commit"),
+        })
+    frame = pl.DataFrame(rows, schema_overrides=RESULT_TYPES)
+    frame = frame.with_columns(pl.col("map", "rank1", "minp", COST, "gmacs_input", LATENCY).fill_nan(None))
+    eligible = frame.with_columns(pl.when(pl.col("status").is_in(["finished", "early-stopped"]))
+                                  .then(pl.col(metric)).alias("_acc"))
+    frame = with_trial_intervals(frame.with_columns(pareto_front(eligible, "_acc", cost_key(base.sweep))), found, protocol,
+                             cost_key(base.sweep), base.report.draws)
+    for row in frame.filter(pl.col("mlflow_run_id").is_not_null()).iter_rows(named=True):
+        set_tags(client, row["mlflow_run_id"], {"nvan.pareto": str(row["pareto"]).lower()})
+    return frame, complete
+
+
+RESULT_TYPES = {"map": pl.Float64, "rank1": pl.Float64, "minp": pl.Float64, "best_epoch": pl.Int64, COST: pl.Float64,
+                "gmacs_input": pl.Float64, LATENCY: pl.Float64, "latency_device": pl.String,
+                "gmacs_per_tracklet": pl.Float64, "seconds": pl.Float64, "mlflow_run_id": pl.String,
+                "reason": pl.String, "lr": pl.Float64, "git_commit": pl.String,
+                **{f"{m}_std": pl.Float64 for m in ("rank1", "map", "minp")}}
+
+
+def seed_scores(scores: list[dict[str, float]]) -> dict[str, float | None]:
+    """A candidate's rank-1, mAP and mINP: the means over its seeds' best scores, and their sample std."""
+    out = {}
+    for m in ("rank1", "map", "minp"):
+        values = [s[m] for s in scores]
+        out[m] = float(np.mean(values)) if values else None
+        out[f"{m}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else None
+    return out
+
+
+def close_seed_runs(client, paths: list[str], records: list[dict | None], status: str) -> None:
+    """Bring each seed's record and MLflow run to the trial's status (best scores logged where it trained)."""
+    for path, record in zip(paths, records):
+        if record is None:
+            continue
+        if record["status"] != status:
+            write_record(path, record | {"status": status})
+        run_id = record.get("run", {}).get("mlflow_run_id")
+        if run_id and status in END_STATES and client.get_run(run_id).data.tags.get("nvan.status") != status:
+            best = record["scores"].get(record["config"]["eval"]["protocols"][0], {})
+            if status in ("early-stopped", "finished"):
+                log_metrics(client, run_id, {f"best.{k}": best[k] for k in FINAL_KEYS if k in best}
+                            | {"best.epoch": record["best_epoch"]}, step=max(record["epochs"] - 1, 0))
+            close_run(client, run_id, status)
+
+
+def with_trial_intervals(frame: pl.DataFrame, queries: dict[int, list[str]], protocol: str, cost: str,
+                     draws: int) -> pl.DataFrame:
+    """The results table with each trained candidate's 95 % intervals (seeds x identity-clustered queries) of
+    rank-1, mAP and mINP, and its P(on the front) and sure-front of rank-1 and mAP against the sweep's cost
+    objective (`harness.evaluate.statistics.assess`)."""
+    columns = {f"{m}_{s}": [None] * frame.height for m in ("rank1", "map", "minp") for s in ("lo", "hi")}
+    columns |= {f"p_front_{m}": [None] * frame.height for m in FRONT_SCORES}
+    columns |= {f"sure_{m}": [False] * frame.height for m in FRONT_SCORES}
+    samples = {}
+    for row, files in queries.items():
+        if all(storage.exists(f) for f in files):
+            found = [table_values(read_queries(f), protocol) for f in files]
+            # Every trial trains seeds seed, seed + 1, ...: its k-th seed pairs with every other trial's k-th.
+            samples[row] = Sample(tuple(range(len(found))), np.stack([v for v, _ in found]), found[0][1])
+    # The rivals on the front are the trials it is drawn from (as `pareto_front`): trained, with a cost and scores.
+    placed = {row: frame[cost][row] for row in range(frame.height)
+              if frame["status"][row] in ("finished", "early-stopped") and frame[cost][row] is not None
+              and all(frame[m][row] is not None for m in FRONT_SCORES)}
+    for row, found in assess(samples, placed, draws).items():
+        for m in ("rank1", "map", "minp"):
+            i = SCORES.index(m)
+            columns[f"{m}_lo"][row], columns[f"{m}_hi"][row] = float(found.lo[i]), float(found.hi[i])
+        for m in FRONT_SCORES:
+            columns[f"p_front_{m}"][row], columns[f"sure_{m}"][row] = found.p_front[m], found.sure[m]
+    return frame.with_columns(pl.Series(name, values, dtype=pl.Boolean if name.startswith("sure_") else pl.Float64)
+                              for name, values in columns.items())

@@ -90,8 +90,9 @@ def close_trials(base: Config, trials: list, sweep_name: str, parent_run_id: str
     frame = frame.with_columns(pl.col("map", "rank1", "minp", COST, "gmacs_input", LATENCY).fill_nan(None))
     eligible = frame.with_columns(pl.when(pl.col("status").is_in(["finished", "early-stopped"]))
                                   .then(pl.col(metric)).alias("_acc"))
-    frame = with_trial_intervals(frame.with_columns(pareto_front(eligible, "_acc", cost_key(base.sweep))), found, protocol,
-                             cost_key(base.sweep), base.report.draws)
+    cost_column = cost_key(base.sweep)
+    frame = with_trial_intervals(frame.with_columns(pareto_front(eligible, "_acc", cost_column)), found, protocol,
+                                 cost_column, base.report.draws)
     for row in frame.filter(pl.col("mlflow_run_id").is_not_null()).iter_rows(named=True):
         set_tags(client, row["mlflow_run_id"], {"nvan.pareto": str(row["pareto"]).lower()})
     return frame, complete
@@ -131,7 +132,7 @@ def close_seed_runs(client, paths: list[str], records: list[dict | None], status
 
 
 def with_trial_intervals(frame: pl.DataFrame, queries: dict[int, list[str]], protocol: str, cost: str,
-                     draws: int) -> pl.DataFrame:
+                         draws: int) -> pl.DataFrame:
     """The results table with each trained candidate's 95 % intervals (seeds x identity-clustered queries) of
     rank-1, mAP and mINP, and its P(on the front) and sure-front of rank-1 and mAP against the sweep's cost
     objective (`harness.evaluate.statistics.assess`)."""

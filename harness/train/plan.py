@@ -60,7 +60,6 @@ class WorkerArgs:
     fail_at_step: int | None = None  # the test hook: fail the last rank once at this global step
 
 
-
 def absolute_paths(config: Config) -> Config:
     """`config` with its data, storage and init paths made absolute (relative to this process's cwd; URIs kept)."""
     init = config.train.imagenet_init

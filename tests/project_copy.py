@@ -107,18 +107,17 @@ RECORD = ROOT / "reports" / "runs" / "baseline" / "seed0.json"
 
 def _kernels() -> str:
     """The CPU kernels torch picks in a training worker on this machine (train.cpu_isa pinned)."""
-    config = read_record(RECORD)["config"]
-    env = os.environ | numerics_env(config["train"]["cpu_isa"])
+    env = os.environ | numerics_env(read_record(RECORD).config.train.cpu_isa)
     return subprocess.run([sys.executable, "-c", "import torch; print(torch.backends.cpu.get_cpu_capability())"],
                           env=env, capture_output=True, text=True, check=True).stdout.strip()
 
 
 def mismatch() -> str | None:
     """Why this machine cannot be expected to reproduce the committed baseline record bit for bit, or None."""
-    recorded = read_record(RECORD)["run"]
+    recorded = read_record(RECORD).run
     found = {"CPU": cpu_name(), "torch": torch.__version__, "kernels": _kernels()}
-    wanted = {"CPU": recorded["driver_cpu"], "torch": recorded["torch"], "kernels": recorded["cpu_capability"]}
+    wanted = {"CPU": recorded.driver_cpu, "torch": recorded.torch, "kernels": recorded.cpu_capability}
     differ = [f"{k} {found[k]!r} here, {wanted[k]!r} in the record" for k in found if found[k] != wanted[k]]
-    if (os.cpu_count() or 1) < recorded["threads_per_worker"]:
-        differ.append(f"{os.cpu_count()} cores here, {recorded['threads_per_worker']} threads in the record")
+    if (os.cpu_count() or 1) < recorded.threads_per_worker:
+        differ.append(f"{os.cpu_count()} cores here, {recorded.threads_per_worker} threads in the record")
     return "; ".join(differ) or None

@@ -53,7 +53,7 @@ import polars as pl
 from scipy import stats
 
 from harness.evaluate.metrics import QueryOutcomes, exact_mean
-from harness.evaluate.queries import outcomes_of
+from harness.evaluate.queries import outcomes_of, read_queries
 
 SCORES = ("rank1", "rank5", "rank10", "map", "minp")  # the scores given intervals, in the rows of `query_values`
 FRONT_SCORES = ("rank1", "map")  # the scores with a Pareto front, P(front) and comparisons
@@ -267,6 +267,14 @@ class Sample:
     def estimate(self) -> Estimate:
         """The variance-components estimate of each score (SCORES,), at the exactly rounded point."""
         return replace(from_cluster_sums(*self.sums), point=self.point())
+
+
+def read_sample(runs: list[tuple[int, str]], protocol: str, preset: str | None = None) -> Sample:
+    """One configuration's Sample on `protocol` from its runs' per-query files [(seed, path)], seeds ascending (so
+    equal seed lists pair up by index); `preset` names the training that rewrites a bad file."""
+    runs = sorted(runs)
+    found = [table_values(read_queries(path, preset), protocol) for _, path in runs]
+    return Sample(tuple(seed for seed, _ in runs), np.stack([values for values, _ in found]), found[0][1])
 
 
 def same_test_set(samples: list[Sample]) -> None:

@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.results.records import RunRecord, read_record
 
 log = logging.getLogger("harness.gpu_check")
 
@@ -102,7 +104,7 @@ def best_checkpoint(out: Path) -> str:
     record = out / "train" / "record.json"
     if not record.exists():
         return "no record: the training failed"
-    return str(out / "ray" / (json.loads(record.read_text())["run"]["best_checkpoint"] or "none: it was not kept"))
+    return str(out / "ray" / (read_record(record).run.best_checkpoint or "none: it was not kept"))
 
 
 def run_steps(out: Path, sizes: Sizes, budget_s: float) -> list[dict]:
@@ -142,14 +144,12 @@ def summary(out: Path, device: str, check: str | None, results: list[dict]) -> s
         lines += ["", f"GPU tests and throughput table: {check}"]
     record = out / "train" / "record.json"
     if record.exists():
-        found = json.loads(record.read_text())
-        primary = found["config"]["eval"]["protocols"][0]
-        scores = found["scores"].get(primary, {})
-        lines += ["", f"Training: {found['run'].get('clips_per_s', float('nan')):.1f} clips/s, "
-                      f"{found['run'].get('seconds', float('nan')):.0f} s, {found['epochs']} epochs; precision "
-                      f"{found['run'].get('precision')}; {primary} rank-1 {100 * scores.get('rank1', float('nan')):.1f} "
-                      f"%, mAP {100 * scores.get('map', float('nan')):.1f} % (2 epochs of synthetic data: this checks "
-                      f"the path, not the accuracy)"]
+        found = read_record(record)
+        run, scores = found.run, found.primary_scores
+        lines += ["", f"Training: {_number(run.clips_per_s):.1f} clips/s, {_number(run.seconds):.0f} s, {found.epochs} "
+                      f"epochs; precision {getattr(run, 'precision', None)}; {found.primary} rank-1 "
+                      f"{100 * _number(scores.rank1):.1f} %, mAP {100 * _number(scores.map):.1f} % (2 epochs of "
+                      f"synthetic data: this checks the path, not the accuracy)"]
         scored = out / "evaluate" / "scores.json"
         if scored.exists():
             lines += ["", agreement(found, json.loads(scored.read_text()))]
@@ -157,13 +157,18 @@ def summary(out: Path, device: str, check: str | None, results: list[dict]) -> s
     return "\n".join(lines) + "\n"
 
 
-def agreement(record: dict, scored: dict) -> str:
+def _number(value: float | None) -> float:
+    """`value`, NaN where the record has none (it prints as nan)."""
+    return math.nan if value is None else value
+
+
+def agreement(record: RunRecord, scored: dict) -> str:
     """A line on whether harness.evaluate in one process gave the sharded training evaluation's scores (percent)."""
     keys = ("rank1", "rank5", "rank10", "rank20", "map", "minp")
-    gaps = [abs(record["scores"][p][k] - scored[p][k]) for p in record["scores"] for k in keys
-            if k in record["scores"][p] and k in scored.get(p, {})]
+    gaps = [abs(getattr(s, k) - scored[p][k]) for p, s in record.scores.items() for k in keys
+            if getattr(s, k) is not None and k in scored.get(p, {})]
     if not gaps:
         return "Sharded against single-process evaluation: no common scores to compare (a step failed)"
     verdict = "identical" if max(gaps) == 0 else f"largest difference {100 * max(gaps):.3g} points"
-    return (f"Sharded evaluation ({record['run']['workers']} ranks, in training) against harness.evaluate in one "
+    return (f"Sharded evaluation ({record.run.workers} ranks, in training) against harness.evaluate in one "
             f"process, same checkpoint, {len(gaps)} scores: {verdict}")

@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import itertools
 
-import numpy as np
 import polars as pl
 
-from harness.evaluate.queries import read_queries
 from harness.evaluate.statistics import (CONFIDENCE, DEFAULT_DRAWS, FRONT_SCORES, SCORES, Sample, compare, holm,
-                                         table_values)
+                                         read_sample)
 from harness.evaluate.front import Assessment, assess, pareto_front
 from harness.report.runs import INTERVAL_METRICS, METRICS, PANELS
 
@@ -67,10 +65,8 @@ def samples(points: pl.DataFrame) -> dict[int, Sample]:
         files, seeds = row["query_files"], row["seed_list"]
         if row["kind"] == "trial" or row["cost"] is None or not files or None in files or None in seeds:
             continue
-        # One group is one test set (harness.report.testsets); sorted, equal seed lists pair up by index.
-        runs = sorted(zip(seeds, files))
-        found = [table_values(read_queries(f, row["preset"]), row["protocol"]) for _, f in runs]
-        out[i] = Sample(tuple(s for s, _ in runs), np.stack([v for v, _ in found]), found[0][1])
+        # One group is one test set (harness.report.testsets), so its points' queries pair up.
+        out[i] = read_sample(list(zip(seeds, files)), row["protocol"], row["preset"])
     return out
 
 

@@ -23,7 +23,7 @@ from harness.evaluate.queries import queries_path
 from harness.measure.macs import macs_on_meta
 from harness.report.testsets import by_test_set
 from harness.checkpoint import QUERIES_FILE
-from harness.results.records import read_record
+from harness.results.records import TIME_FORMAT, RunRecord, read_record
 from harness.results.tracking import check_reachable
 from models.presets import PRESETS, preset_spec
 
@@ -147,40 +147,37 @@ def _param_text(value) -> str | None:
     return None if value is None else str(list(value) if isinstance(value, tuple) else value)
 
 
-def _record_row(record: dict, queries: str | None) -> dict:
+def _record_row(record: RunRecord, queries: str | None) -> dict:
     """One SCHEMA row from a run record (harness/results/records.py) whose per-query outcomes are at `queries`."""
-    config, cost, run = record["config"], record["cost"], record["run"]
-    latency = cost.get("latency") or {}
-    primary = config["eval"]["protocols"][0]
-    best = record["scores"].get(primary, {})
-    finished = run.get("finished_at")
+    # The config as written: its key hashes it, and the hover params are looked up in it by name.
+    config, cost, run, latency = record.written()["config"], record.cost, record.run, record.cost.latency
     start_time = None
-    if finished:
-        start_time = int(1000 * calendar.timegm(time.strptime(finished, "%Y-%m-%dT%H:%M:%SZ")))
+    if run.finished_at:
+        start_time = int(1000 * calendar.timegm(time.strptime(run.finished_at, TIME_FORMAT)))
 
     def ms(key: str):
-        return None if latency.get(key) is None else 1e3 * latency[key]
+        return None if latency is None else 1e3 * getattr(latency, key)
 
-    hover = {p: _param_text(record["spec"].get(p.removeprefix("spec."))) if p.startswith("spec.")
+    hover = {p: _param_text(record.spec.get(p.removeprefix("spec."))) if p.startswith("spec.")
              else _param_text(config.get(p.split(".")[0], {}).get(p.split(".")[1])) for p in HOVER_PARAMS}
     return {
-        "run_id": run.get("mlflow_run_id"), "parent_run_id": None, "label": record["label"], "kind": record["kind"],
-        "status": record.get("status", "finished"), "dataset": record["dataset"]["name"],
-        "synthetic": bool(record["dataset"]["synthetic"]),
-        "preset": record["preset"], "protocol": primary, "device": run.get("device"), "input": record["input"],
-        "manifest_hash": record["dataset"].get("manifest_hash"),
-        "git_commit": record["git_commit"], "start_time": start_time,
-        "params_m": cost.get("params_m"), "gmacs": cost.get("gmacs"), "gmacs_paper": cost.get("gmacs_paper"),
+        "run_id": run.mlflow_run_id, "parent_run_id": None, "label": record.label, "kind": record.kind,
+        "status": record.status, "dataset": record.dataset.name, "synthetic": record.dataset.synthetic,
+        "preset": record.preset, "protocol": record.primary, "device": run.device, "input": record.input,
+        "manifest_hash": record.dataset.manifest_hash, "git_commit": record.git_commit, "start_time": start_time,
+        "params_m": cost.params_m, "gmacs": cost.gmacs, "gmacs_paper": cost.gmacs_paper,
         "latency_ms": ms("median_s"), "latency_min_ms": ms("min_s"), "latency_max_ms": ms("max_s"),
-        "latency_noisy": latency.get("noisy"), "latency_device": latency.get("device"), "train_s": run.get("seconds"),
-        "eval_sampler": cost.get("eval_sampler"), "gmacs_tracklet": cost.get("gmacs_per_tracklet"),
-        "clips_per_tracklet": cost.get("clips_per_tracklet"), "seed": config.get("seed"), "seeds": 1,
+        "latency_noisy": None if latency is None else latency.noisy,
+        "latency_device": None if latency is None else latency.device, "train_s": run.seconds,
+        "eval_sampler": cost.eval_sampler, "gmacs_tracklet": cost.gmacs_per_tracklet,
+        "clips_per_tracklet": cost.clips_per_tracklet, "seed": record.config.seed, "seeds": 1,
         "queries": queries, "config_key": config_key(config),
-        "cpu": run.get("worker_cpu") or run.get("driver_cpu"), "gpu": run.get("gpu"),
+        "cpu": run.worker_cpu or run.driver_cpu, "gpu": run.gpu,
         # Records without a selection predate the choice: they kept the epoch that scored best on the test set.
-        "selection": record.get("selection") or config["eval"].get("select", "test"),
-        "history": json.dumps(record["history"]) if record.get("history") else None,
-        **{m: best.get(m) for m in METRICS}, **hover,
+        "selection": record.selection or getattr(record.config.eval, "select", "test"),
+        # As written: a dump of the parsed entries would turn integral floats into 1.0.
+        "history": json.dumps(record.written()["history"]) if record.history else None,
+        **{m: getattr(record.primary_scores, m) for m in METRICS}, **hover,
     }
 
 

@@ -9,10 +9,14 @@ of the code, MLflow run id, the machine of rank 0's worker). Everything a rerun 
 results changing (ids, wall times, latency measured on a busy machine) sits under the keys in
 `MEASURED`, so `reproducible_part` is what two runs of the same inputs must agree on.
 Paths are stored as given in params, never resolved against this machine.
+
+`RunRecord` is the schema: `read_record` returns one, checked, and readers use its fields (`record.primary_scores`,
+`record.run.gpu`); the keys it does not type stay reachable as attributes, and `written()` is the record as written.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import re
@@ -21,7 +25,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from harness.errors import UserError
 from harness.config import PRESETS
@@ -127,7 +131,7 @@ def write_record(path: Path | str, record: dict) -> None:
     storage.write_text(path, json.dumps(record, indent=2) + "\n")
 
 
-def read_record(path: Path | str) -> dict:
+def read_record(path: Path | str) -> RunRecord:
     """The record at `path` (a file or a URI); UserError naming it, the field and what is wrong, and how to fix it."""
     file = Path(str(path).partition("?")[0]) if storage.is_uri(path) else Path(path).resolve()
     try:
@@ -148,13 +152,12 @@ def read_record(path: Path | str) -> dict:
     if missing:
         raise UserError(f"run record {redact(path)} lacks {missing}; {_not_written_so(file)}")
     try:
-        RecordShape.model_validate(record)
+        return RunRecord.model_validate(record)
     except ValidationError as e:
         problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])} = {echo(err.get('input'))}, expected "
                              f"{_expected(err)}" for err in e.errors(include_url=False)[:5])
         raise UserError(f"run record {redact(path)} has fields of the wrong type or value ({short(problems, 600)}); "
                         f"{_not_written_so(file)}") from None
-    return record
 
 
 def _expected(error: dict) -> str:
@@ -312,8 +315,8 @@ def _consecutive(history: list[_Epoch]) -> list[_Epoch]:
     return history
 
 
-class RecordShape(_Section):
-    """The types of the fields reports, sweeps and --all-seeds read from a record (the rest is kept as written)."""
+class RunRecord(_Section):
+    """A run record: the types of the fields reports, sweeps and --all-seeds read (the rest is kept as written)."""
 
     label: str
     kind: str
@@ -333,3 +336,28 @@ class RecordShape(_Section):
     history: Annotated[list[_Epoch], AfterValidator(_consecutive)] = None
     git_commit: str | None
     run: _Run
+    # The dict it was validated from: what reruns compare and status updates rewrite, byte for byte (a dump of the
+    # fields would differ: 1 becomes 1.0 in a float field, absent optional fields become null).
+    _written: dict[str, Any] = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _keep_written(cls, data: Any, handler) -> RunRecord:
+        record = handler(data)
+        if isinstance(data, dict):
+            record._written = copy.deepcopy(data)
+        return record
+
+    @property
+    def primary(self) -> str:
+        """The record's primary protocol: the first it was evaluated on."""
+        return self.config.eval.protocols[0]
+
+    @property
+    def primary_scores(self) -> _Scores:
+        """The scores of the primary protocol; empty (every score None) where the record has none."""
+        return self.scores.get(self.primary, _Scores())
+
+    def written(self) -> dict[str, Any]:
+        """The record as written: the JSON object it was read from, every key included, as a copy to edit freely."""
+        return copy.deepcopy(self._written)

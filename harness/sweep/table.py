@@ -3,6 +3,8 @@ trial's records and MLflow runs closed to match."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import polars as pl
 
@@ -12,15 +14,15 @@ from harness.prepared import prepared_dataset
 from harness.evaluate.queries import queries_path, read_queries
 from harness.evaluate.statistics import FRONT_SCORES, SCORES, Sample, table_values
 from harness.evaluate.front import assess, pareto_front
-from harness.results.records import write_record
+from harness.results.records import RunRecord, _Scores, write_record
 from harness.results.tracking import END_STATES, close_run, connect, find_run, log_metrics, set_tags
 from harness.train.outcome import FINAL_KEYS
 from harness.sweep.space import COST, LATENCY, cost_key, feasibility, resolve
-from harness.sweep.trainable import (latency_ms, read_trial_record, record_infeasible, trial_number, trial_record_path,
-                                     trial_tags)
+from harness.sweep.trainable import read_trial_record, record_infeasible, trial_number, trial_record_path, trial_tags
 
 
-def trial_outcome(tune_status: str, record: dict | None, infeasible: bool, others: list[dict | None] = ()) -> str:
+def trial_outcome(tune_status: str, record: RunRecord | None, infeasible: bool,
+                  others: list[RunRecord | None] = ()) -> str:
     """A trial's status in the sweep table, from Tune's state of the trial and its seeds' run records.
 
     The records say how far the trial trained (`record` its first seed, `others` the rest); Tune says
@@ -29,10 +31,9 @@ def trial_outcome(tune_status: str, record: dict | None, infeasible: bool, other
     """
     if infeasible:
         return "infeasible"
-    if all(r is not None and (r.get("status") == "finished" or r["epochs"] >= r["config"]["train"]["epochs"])
-           for r in [record, *others]):
+    if all(r is not None and (r.status == "finished" or r.epochs >= r.config.train.epochs) for r in [record, *others]):
         return "finished"  # every epoch trained, even if the run stopped before its bookkeeping
-    if others and record is not None and record.get("status") == "finished":
+    if others and record is not None and record.status == "finished":
         return "failed" if tune_status == "ERROR" else "interrupted"  # seeds left to train
     if tune_status == "ERROR":
         return "failed"
@@ -57,7 +58,7 @@ def close_trials(base: Config, trials: list, sweep_name: str, parent_run_id: str
         records = [read_trial_record(path) for path in paths]
         record = records[0]
         candidate, number = resolve(base, trial.config), trial_number(trial.experiment_tag)
-        label = (record or {}).get("label") or r.get("label") or f"t{number:03d} {candidate.label(list(trial.config))}"
+        label = (record and record.label) or r.get("label") or f"t{number:03d} {candidate.label(list(trial.config))}"
         # Feasibility is decided here again, not read from Tune: an interrupt can end an infeasible
         # trial before Tune saved its report.
         costs, reason = feasibility(base, candidate, label)
@@ -65,26 +66,27 @@ def close_trials(base: Config, trials: list, sweep_name: str, parent_run_id: str
         if status in ("interrupted", "failed") and preemption.requested():
             status = "preempted"  # stopped by the SIGTERM (its workers may have died of it first), not broken
         complete &= status not in ("interrupted", "preempted")
-        run_id = (record or {}).get("run", {}).get("mlflow_run_id") or r.get("mlflow_run_id") or find_run(
+        run_id = (record and record.run.mlflow_run_id) or r.get("mlflow_run_id") or find_run(
             client, experiment_id, "nvan.trial_id", trial.trial_id)
         if reason is not None and not run_id:
             run_id = record_infeasible(base, candidate, reason, trial_tags(label, sweep_name, trial.trial_id),
                                        parent_run_id)
         close_seed_runs(client, paths, records, status)
-        scored = [(path, rec) for path, rec in zip(paths, records) if rec and rec["scores"].get(protocol)]
+        scored = [(path, rec) for path, rec in zip(paths, records) if rec and protocol in rec.scores]
         if scored and status in ("finished", "early-stopped"):
             found[len(rows)] = [queries_path(path) for path, _ in scored]
-        cost = (record or {}).get("cost") or {}
+        latency = record and record.cost.latency
         rows.append({
             "trial": number, "trial_id": trial.trial_id, "label": label, "status": status, **candidate.columns(),
-            **seed_scores([rec["scores"][protocol] for _, rec in scored]), "seeds": len(scored),
-            "best_epoch": (record or {}).get("best_epoch"), "epochs": (record or {}).get("epochs", 0),
-            COST: costs.get(COST), "gmacs_input": costs.get("gmacs_input"), LATENCY: latency_ms(cost),
-            "gmacs_per_tracklet": cost.get("gmacs_per_tracklet"), "latency_device": (cost.get("latency") or {}).get("device"),
+            **seed_scores([rec.scores[protocol] for _, rec in scored]), "seeds": len(scored),
+            "best_epoch": record and record.best_epoch, "epochs": record.epochs if record else 0,
+            COST: costs.get(COST), "gmacs_input": costs.get("gmacs_input"),
+            LATENCY: 1e3 * latency.median_s if latency else math.nan,
+            "gmacs_per_tracklet": record and record.cost.gmacs_per_tracklet, "latency_device": latency and latency.device,
             "seconds": r.get("time_total_s"), "mlflow_run_id": run_id, "reason": reason,
             "dataset": base.data.dataset, "synthetic": bool(manifest.get("synthetic", False)),
             "input": f"{candidate.frames}x{base.data.height}x{base.data.width}",
-            "git_commit": (record or {}).get("git_commit"),
+            "git_commit": record and record.git_commit,
         })
     frame = pl.DataFrame(rows, schema_overrides=RESULT_TYPES)
     frame = frame.with_columns(pl.col("map", "rank1", "minp", COST, "gmacs_input", LATENCY).fill_nan(None))
@@ -105,29 +107,29 @@ RESULT_TYPES = {"map": pl.Float64, "rank1": pl.Float64, "minp": pl.Float64, "bes
                 **{f"{m}_std": pl.Float64 for m in ("rank1", "map", "minp")}}
 
 
-def seed_scores(scores: list[dict[str, float]]) -> dict[str, float | None]:
+def seed_scores(scores: list[_Scores]) -> dict[str, float | None]:
     """A candidate's rank-1, mAP and mINP: the means over its seeds' best scores, and their sample std."""
     out = {}
     for m in ("rank1", "map", "minp"):
-        values = [s[m] for s in scores]
+        values = [getattr(s, m) for s in scores]
         out[m] = float(np.mean(values)) if values else None
         out[f"{m}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else None
     return out
 
 
-def close_seed_runs(client, paths: list[str], records: list[dict | None], status: str) -> None:
+def close_seed_runs(client, paths: list[str], records: list[RunRecord | None], status: str) -> None:
     """Bring each seed's record and MLflow run to the trial's status (best scores logged where it trained)."""
     for path, record in zip(paths, records):
         if record is None:
             continue
-        if record["status"] != status:
-            write_record(path, record | {"status": status})
-        run_id = record.get("run", {}).get("mlflow_run_id")
+        if record.status != status:
+            write_record(path, record.written() | {"status": status})  # the rest as written, byte for byte
+        run_id = record.run.mlflow_run_id
         if run_id and status in END_STATES and client.get_run(run_id).data.tags.get("nvan.status") != status:
-            best = record["scores"].get(record["config"]["eval"]["protocols"][0], {})
+            best = record.primary_scores.model_dump(include=set(FINAL_KEYS), exclude_none=True)
             if status in ("early-stopped", "finished"):
-                log_metrics(client, run_id, {f"best.{k}": best[k] for k in FINAL_KEYS if k in best}
-                            | {"best.epoch": record["best_epoch"]}, step=max(record["epochs"] - 1, 0))
+                log_metrics(client, run_id, {f"best.{k}": v for k, v in best.items()}
+                            | {"best.epoch": record.best_epoch}, step=max(record.epochs - 1, 0))
             close_run(client, run_id, status)
 
 

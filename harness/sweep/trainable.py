@@ -14,7 +14,7 @@ from harness import storage
 from harness.errors import UserError
 from harness.config import Config
 from harness.params import flatten, override
-from harness.results.records import read_record
+from harness.results.records import RunRecord, read_record
 from harness.results.tracking import close_run, connect, run_tags, start_run
 from harness.train.seeds import seed_run_name, train_seed
 from harness.train.plan import check_inputs
@@ -57,18 +57,20 @@ def trial_seeds(config: Config) -> list[int]:
     return [config.seed + k for k in range(config.sweep.seeds)]
 
 
-def read_trial_record(path: str) -> dict | None:
+def read_trial_record(path: str) -> RunRecord | None:
+    """The run record at `path`, or None where none can be read (not written yet, or broken)."""
     try:
         return read_record(path)
     except UserError:
         return None
 
 
-def final_report(records: list[dict], metric: str, fields: dict[str, Any]) -> dict[str, Any]:
+def final_report(records: list[RunRecord], metric: str, fields: dict[str, Any]) -> dict[str, Any]:
     """What Tune is told when every seed of a trial has trained: the objective is the mean over the seeds."""
-    best = [r["scores"].get(r["config"]["eval"]["protocols"][0], {}).get(metric, math.nan) for r in records]
-    return fields | {objective(metric): float(np.mean(best)), "epochs": records[0]["epochs"], "seeds": len(records),
-                     "best_epoch": records[0]["best_epoch"], "mlflow_run_id": records[0]["run"].get("mlflow_run_id")}
+    best = [getattr(r.primary_scores, metric) for r in records]
+    return fields | {objective(metric): float(np.mean([math.nan if b is None else b for b in best])),
+                     "epochs": records[0].epochs, "seeds": len(records), "best_epoch": records[0].best_epoch,
+                     "mlflow_run_id": records[0].run.mlflow_run_id}
 
 
 def run_trial(params: dict[str, Any], base: dict[str, Any], sweep_name: str, parent_run_id: str) -> None:
@@ -99,13 +101,15 @@ def run_trial(params: dict[str, Any], base: dict[str, Any], sweep_name: str, par
     if config.sweep.cost_objective == "latency":
         # Timed before training, with this trial's worker resources; a resumed trial keeps its first figure.
         prepared = check_inputs(trial)
-        cost = (record or {}).get("cost") or run_cost(trial, trial.spec(prepared.num_classes), prepared.directory)
+        # As written, since it goes into every seed's record again.
+        cost = (record and record.written()["cost"]) or run_cost(
+            trial, trial.spec(prepared.num_classes), prepared.directory)
     fields = costs | {"label": label, LATENCY: latency_ms(cost)}
     records = []
     for index, seed in enumerate(trial_seeds(config)):
         path = trial_record_path(config.ray.storage_path, sweep_name, trial_id, index)
         found = record if index == 0 else read_trial_record(path)
-        if found is None or found.get("status") != "finished":
+        if found is None or found.status != "finished":
             # Only the first seed reports its epochs to Tune (ASHA stops trials on it); the others only train.
             name = ray_run if index == 0 else seed_run_name(ray_run, seed)
             callbacks = [SweepReport(fields, config.sweep.metric, trial.eval.primary)] if index == 0 else None

@@ -34,7 +34,7 @@ def test_training_runs_with_the_tf32_it_was_given(tf32, prepared_mars, tmp_path)
                "--out", str(record)]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-4000:]
-    run = read_record(record)["run"]
-    assert run["device"] == "cuda"
-    assert run["precision"] == {"cudnn_allow_tf32": tf32, "cuda_matmul_allow_tf32": tf32,
+    run = read_record(record).run
+    assert run.device == "cuda"
+    assert run.precision == {"cudnn_allow_tf32": tf32, "cuda_matmul_allow_tf32": tf32,
                                 "float32_matmul_precision": "high" if tf32 else "highest"}

@@ -28,14 +28,14 @@ def test_committed_records_are_clean_and_complete(preset):
     for seed in SEEDS:
         path = ROOT / "reports" / "runs" / preset / f"seed{seed}.json"
         record = read_record(path)
-        assert len(record["git_commit"]) == 40 and "dirty" not in record["git_commit"]
-        assert not [s for s in strings(record) if s.startswith("/") or s.startswith("~")]
-        assert record["status"] == "finished" and record["preset"] == preset and record["label"] == preset
-        assert record["config"]["seed"] == seed
-        assert set(record["scores"]) == set(record["config"]["eval"]["protocols"])
-        assert all(s["ci95"]["rank1"][0] <= s["rank1"] <= s["ci95"]["rank1"][1] for s in record["scores"].values())
-        assert record["cost"]["latency"]["median_s"] > 0 and record["run"]["cpu_capability"]
-        assert read_queries(queries_path(path)).height == sum(s["num_queries"] for s in record["scores"].values())
+        assert len(record.git_commit) == 40 and "dirty" not in record.git_commit
+        assert not [s for s in strings(record.written()) if s.startswith("/") or s.startswith("~")]
+        assert record.status == "finished" and record.preset == preset and record.label == preset
+        assert record.config.seed == seed
+        assert set(record.scores) == set(record.config.eval.protocols)
+        assert all(s.ci95["rank1"][0] <= s.rank1 <= s.ci95["rank1"][1] for s in record.scores.values())
+        assert record.cost.latency.median_s > 0 and record.run.cpu_capability
+        assert read_queries(queries_path(path)).height == sum(s.num_queries for s in record.scores.values())
 
 
 @pytest.mark.parametrize("preset", PRESETS)
@@ -44,13 +44,12 @@ def test_committed_metrics_are_each_presets_records(preset):
     assert sorted(p.name for p in (ROOT / "reports" / "metrics").iterdir()) == [f"{p}.json" for p in PRESETS]
     found = json.loads((ROOT / "reports" / "metrics" / f"{preset}.json").read_text())
     records = [read_record(ROOT / "reports" / "runs" / preset / f"seed{seed}.json") for seed in SEEDS]
-    primary = records[0]["config"]["eval"]["protocols"][0]
     assert found["seeds"] == len(SEEDS)
     for metric in ("rank1", "map"):
-        mean = 100 * sum(r["scores"][primary][metric] for r in records) / len(records)
+        mean = 100 * sum(getattr(r.primary_scores, metric) for r in records) / len(records)
         assert found[metric] == pytest.approx(mean, abs=0.0051)  # rounded to 0.01 points of percent
         assert found[f"{metric}_lo"] < found[metric] < found[f"{metric}_hi"]
-    assert found["gmacs"] == pytest.approx(records[0]["cost"]["gmacs"], rel=1e-3)
+    assert found["gmacs"] == pytest.approx(records[0].cost.gmacs, rel=1e-3)
 
 
 @pytest.mark.slow(seconds=420, cores=1)
@@ -69,7 +68,7 @@ def test_forced_rerun_reproduces_the_committed_baseline(tmp_path):
         "--no-progress", "--out", str(out), cwd=clone)
     name = Path("reports") / "runs" / "baseline" / f"seed{seed}.json"
     committed, rerun = read_record(ROOT / name), read_record(out / f"seed{seed}.json")
-    assert rerun["scores"] == committed["scores"] and rerun["history"] == committed["history"]
-    same = {k: v for k, v in reproducible_part(rerun).items() if k != "git_commit"}
-    assert same == {k: v for k, v in reproducible_part(committed).items() if k != "git_commit"}
+    assert rerun.scores == committed.scores and rerun.history == committed.history
+    same = {k: v for k, v in reproducible_part(rerun.written()).items() if k != "git_commit"}
+    assert same == {k: v for k, v in reproducible_part(committed.written()).items() if k != "git_commit"}
     assert read_queries(queries_path(out / f"seed{seed}.json")).equals(read_queries(queries_path(ROOT / name)))

@@ -55,12 +55,12 @@ def test_repro_records_reports_and_reruns(repo):
     records = {(p, s): read_record(repo / f"reports/runs/{p}/seed{s}.json") for p in presets for s in seeds}
     for record in records.values():
         # Committed results must not name this machine's folders, nor come from uncommitted code.
-        assert not [s for s in strings(record) if s.startswith("/")], record
-        assert len(record["git_commit"]) == 40 and not record["git_commit"].endswith("-dirty")
-        assert record["dataset"]["synthetic"] and record["dataset"]["manifest_hash"].startswith("blake2b:")
-        assert record["cost"]["latency"] is None and record["scores"]["mars-official"]["cmc"]
-        assert record["scores"]["mars-official"]["ci95"]["rank1"][0] <= record["scores"]["mars-official"]["rank1"]
-    assert {r["config"]["seed"] for r in records.values()} == set(seeds)
+        assert not [s for s in strings(record.written()) if s.startswith("/")], record
+        assert len(record.git_commit) == 40 and not record.git_commit.endswith("-dirty")
+        assert record.dataset.synthetic and record.dataset.manifest_hash.startswith("blake2b:")
+        scores = record.scores["mars-official"]
+        assert record.cost.latency is None and scores.cmc and scores.ci95["rank1"][0] <= scores.rank1
+    assert {r.config.seed for r in records.values()} == set(seeds)
 
     again = run(DVC, "repro", cwd=repo)
     assert "Running stage" not in again.stdout
@@ -82,7 +82,7 @@ def test_repro_records_reports_and_reruns(repo):
     after = json.loads((repo / "reports/metrics.json").read_text())["mars (synthetic)"]
     assert sorted(after) == sorted(presets)
     assert after["baseline"] == metrics["baseline"] and after["ste_nvan"] == metrics["ste_nvan"]
-    assert read_record(repo / "reports/runs/nvan/seed1.json")["spec"]["nl_window"] == 2
+    assert read_record(repo / "reports/runs/nvan/seed1.json").spec["nl_window"] == 2
     table = (repo / "reports/benchmark.md").read_text()
     assert all(f"| {p} | mars (synthetic) |" in table for p in presets)  # the details table, one row per point
     # DVC's own views read like a results table: the compact metrics, not the records' config keys.
@@ -97,5 +97,5 @@ def test_repro_records_reports_and_reruns(repo):
     run(DVC, "repro", "-f", "-s", "train@baseline", cwd=repo)
     for seed in seeds:
         rerun = read_record(repo / f"reports/runs/baseline/seed{seed}.json")
-        assert rerun["run"]["mlflow_run_id"] != records["baseline", seed]["run"]["mlflow_run_id"]
-        assert reproducible_part(rerun) == reproducible_part(records["baseline", seed])
+        assert rerun.run.mlflow_run_id != records["baseline", seed].run.mlflow_run_id
+        assert reproducible_part(rerun.written()) == reproducible_part(records["baseline", seed].written())

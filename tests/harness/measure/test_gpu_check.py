@@ -136,12 +136,12 @@ def test_the_rehearsal_runs_every_step_of_the_first_gpu_hour(tmp_path):
     names = [name for name, _ in first_hour.steps(tmp_path, first_hour.REHEARSAL)]
     assert len(names) == 6 and all(f"| {name} | 0 | " in summary for name in names), summary
     record = read_record(tmp_path / "train" / "record.json")
-    assert record["run"]["workers"] == 2 and record["epochs"] == 2
-    assert record["run"]["precision"]["cudnn_allow_tf32"] is False
+    assert record.run.workers == 2 and record.epochs == 2
+    assert record.run.precision["cudnn_allow_tf32"] is False
     # harness.evaluate rescored the best checkpoint in one process: the sharded evaluation's every score.
     assert ", same checkpoint, 12 scores: identical\n" in summary, summary
     scored = json.loads((tmp_path / "evaluate" / "scores.json").read_text())
-    assert scored["mars-official"]["rank1"] == record["scores"]["mars-official"]["rank1"]
+    assert scored["mars-official"]["rank1"] == record.scores["mars-official"].rank1
     assert pl.read_parquet(tmp_path / "evaluate" / "queries.parquet").height > 0
     [table] = (tmp_path / "bench").glob("*_amp-none_*_tf32-off-on.md")
     rows = [line.split(" | ") for line in table.read_text().splitlines() if line.startswith("| ") and " ok " in line]

@@ -21,6 +21,7 @@ from harness.report.build import write_report
 from harness.report.plot import draw
 from harness.report.points import assess_points
 from harness.report.runs import SCHEMA, _record_row, collect_runs, select_runs
+from harness.results.records import RunRecord
 from harness.report.tables import DETAILS_HEAD, MAIN_HEAD, markdown
 from harness.report.testsets import TEST_SET
 
@@ -241,13 +242,13 @@ def test_a_record_row_reads_hardware_selection_and_history():
     legacy = {key: value for key, value in record.items() if key not in ("selection", "history")}
     legacy["config"] = record["config"] | {"eval": {k: v for k, v in record["config"]["eval"].items()
                                                     if k not in ("select", "select_by")}}
-    old = _record_row(legacy, None)
+    old = _record_row(RunRecord.model_validate(legacy), None)
     assert (old["gpu"], old["selection"], old["history"]) == (None, "test", None)
     assert old["cpu"] == record["run"]["worker_cpu"]
-    steps = [{"epoch": 0, "loss": 2.0, "lr": 1e-3, "rank1": 0.1, "map": 0.05}]
+    steps = [{"epoch": 1, "loss": 2.0, "lr": 1e-3, "rank1": 0.1, "map": 0.05}]
     record |= {"selection": "last", "history": steps}
     record["run"] |= {"worker_cpu": "Intel Xeon", "gpu": "NVIDIA H100"}
-    new = _record_row(record, None)
+    new = _record_row(RunRecord.model_validate(record), None)
     assert (new["cpu"], new["gpu"], new["selection"], json.loads(new["history"])) == (
         "Intel Xeon", "NVIDIA H100", "last", steps)
 

@@ -115,10 +115,27 @@ def test_a_record_says_which_evaluation_it_reports_and_how_each_epoch_went(tmp_p
                         history=history_of(numbers))
     write_record(tmp_path / "run.json", record)
     found = read_record(tmp_path / "run.json")
-    assert found["selection"] == "test" and found["config"]["eval"]["select"] == "test"
-    assert found["history"] == [{"epoch": 1, "loss": 2.5, "lr": 1e-3},
-                                {"epoch": 2, "loss": 2.0, "lr": 5e-4, "rank1": 0.5, "map": 0.25},
-                                {"epoch": 3, "loss": None, "lr": 2.5e-4, "rank1": 0.75, "map": 0.5}]
+    assert found.selection == "test" and found.config.eval.select == "test"
+    assert found.written()["history"] == [{"epoch": 1, "loss": 2.5, "lr": 1e-3},
+                                          {"epoch": 2, "loss": 2.0, "lr": 5e-4, "rank1": 0.5, "map": 0.25},
+                                          {"epoch": 3, "loss": None, "lr": 2.5e-4, "rank1": 0.75, "map": 0.5}]
+    assert [(e.epoch, e.rank1) for e in found.history] == [(1, None), (2, 0.5), (3, 0.75)]
+
+
+def test_a_record_reads_by_fields_and_keeps_what_was_written(tmp_path):
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(GOOD, indent=1))
+    found = read_record(path)
+    assert found.written() == GOOD and found.run.torch == GOOD["run"]["torch"]  # a key the schema does not type
+    assert found.primary == "mars-official" and found.primary_scores.rank1 == GOOD["scores"]["mars-official"]["rank1"]
+    found.written()["status"] = "failed"
+    assert found.written() == GOOD  # a copy each time
+    # Written before status, selection and history existed: finished, chosen on the test set; no primary scores.
+    legacy = {k: v for k, v in GOOD.items() if k not in ("status", "selection", "history")} | {"scores": {}}
+    path.write_text(json.dumps(legacy))
+    old = read_record(path)
+    assert (old.status, old.selection, old.history) == ("finished", None, None)
+    assert old.primary_scores.model_dump(exclude_none=True) == {}
 
 
 @pytest.mark.parametrize("entry, field, expected", [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import subprocess
@@ -16,7 +17,7 @@ from mlflow import MlflowClient
 
 from harness.errors import ConfigError
 from harness.params import load_config
-from harness.results.records import read_record
+from harness.results.records import RunRecord, read_record
 from harness import storage
 from harness.sweep.space import Candidate, resolve, search_setup, trial_base
 from harness.sweep.table import trial_outcome
@@ -130,8 +131,11 @@ def test_search_algorithms(tiny_config):
     ("TERMINATED", None, 0, True, "infeasible"),
 ])
 def test_trial_outcome_follows_the_record(tune_status, record_status, epochs, infeasible, expected):
-    record = None if record_status is None else {"status": record_status, "epochs": epochs,
-                                                 "config": {"train": {"epochs": 4}}}
+    # A committed record as the first seed of a 4-epoch trial, at `epochs` epochs trained.
+    good = json.loads((ROOT / "reports" / "runs" / "nvan" / "seed0.json").read_text())
+    config = good["config"] | {"train": good["config"]["train"] | {"epochs": 4}}
+    record = None if record_status is None else RunRecord.model_validate(
+        good | {"status": record_status, "epochs": epochs, "config": config})
     assert trial_outcome(tune_status, record, infeasible) == expected
 
 
@@ -232,16 +236,16 @@ def test_interrupted_sweep_resumes_and_records_every_trial(tiny_sets, tmp_path, 
     assert len(storage.list_dirs(storage.join(s3_storage, "t", "train"))) == 4  # two trained trials, two seeds each
     assert not (ROOT / "s3:").exists()  # nothing in a local folder named after the URI
     paths = [storage.join(s3_storage, "t", "records", f"{trial_id}.json") for trial_id in results["trial_id"]]
-    records = {r["run"]["mlflow_run_id"]: r for r in map(read_record, filter(storage.exists, paths))}
+    records = {r.run.mlflow_run_id: r for r in map(read_record, filter(storage.exists, paths))}
     for row in results.filter(pl.col("status") != "infeasible").iter_rows(named=True):
         record, run = records[row["mlflow_run_id"]], client.get_run(row["mlflow_run_id"])
-        assert record["status"] == row["status"] == run.data.tags["nvan.status"]
-        assert record["epochs"] == row["epochs"] == len(client.get_metric_history(row["mlflow_run_id"], "loss"))
-        assert record["scores"]["mars-official"]["map"] == run.data.metrics["best.map"]
+        assert record.status == row["status"] == run.data.tags["nvan.status"]
+        assert record.epochs == row["epochs"] == len(client.get_metric_history(row["mlflow_run_id"], "loss"))
+        assert record.scores["mars-official"].map == run.data.metrics["best.map"]
         # The table's objective is the mean over the trial's seeds, with its interval over seeds and queries.
         second_seed = read_record(storage.join(s3_storage, "t", "records", f"{row['trial_id']}-seed1.json"))
-        assert second_seed["config"]["seed"] == record["config"]["seed"] + 1 and second_seed["status"] == row["status"]
-        maps = [record["scores"]["mars-official"]["map"], second_seed["scores"]["mars-official"]["map"]]
+        assert second_seed.config.seed == record.config.seed + 1 and second_seed.status == row["status"]
+        maps = [record.scores["mars-official"].map, second_seed.scores["mars-official"].map]
         assert row["seeds"] == 2 and row["map"] == pytest.approx(np.mean(maps), abs=1e-15)
         assert row["map_std"] == pytest.approx(np.std(maps, ddof=1)) and row["map_lo"] <= row["map"] <= row["map_hi"]
         assert 0 <= row["p_front_map"] <= 1

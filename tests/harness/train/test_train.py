@@ -26,7 +26,7 @@ from harness.config import EvalConfig
 from harness.measure.hardware import cpu_name
 from harness.results.tracking import connect, find_run, log_metrics, start_run
 from harness import storage
-from harness.results.records import read_record
+from harness.results.records import RunRecord, read_record
 from harness.train.driver import fit
 from harness.train.run_dir import log_missing_epochs, saved_epochs
 from harness.cluster import ray_session
@@ -72,15 +72,16 @@ def test_train_and_resume_on_object_storage_with_sparse_checkpoints(local_ray, t
     # eval.select last: the trained model's scores, though epoch 2's evaluation is in the checkpoint resumed from.
     assert client.get_run(result.run_id).data.tags["nvan.status"] == "finished" and result.best_epoch == 3
     assert sorted(saved_epochs(storage.join(s3_storage, "early"))) == [2, 3]  # the newest kept (eval.select last)
-    check_history_and_hardware(read_record(record), client, result.run_id)
-    assert read_record(record)["run"]["checkpoint"].startswith("early/checkpoint_")
+    resumed = read_record(record)
+    check_history_and_hardware(resumed, client, result.run_id)
+    assert resumed.run.checkpoint.startswith("early/checkpoint_")
     # Float32 is float32 unless train.tf32: the workers' settings are in the record and in MLflow.
-    assert read_record(record)["run"]["precision"] == {"cudnn_allow_tf32": False, "cuda_matmul_allow_tf32": False,
-                                                       "float32_matmul_precision": "highest"}
+    assert resumed.run.precision == {"cudnn_allow_tf32": False, "cuda_matmul_allow_tf32": False,
+                                     "float32_matmul_precision": "highest"}
     assert client.get_run(result.run_id).data.tags["precision.cudnn_allow_tf32"] == "False"
     # The versions it ran with, as installed, in the record and as the MLflow run's software.* tags.
     installed = {name: version(name) for name in PACKAGES} | {"python": platform.python_version()}
-    assert read_record(record)["run"]["software"] == installed
+    assert resumed.run.software == installed
     tags = client.get_run(result.run_id).data.tags
     assert {k.removeprefix("software."): v for k, v in tags.items() if k.startswith("software.")} == installed
     # Where MLflow's UI looks: the runs table first, the command and commit in the source column; params that decide
@@ -93,7 +94,7 @@ def test_train_and_resume_on_object_storage_with_sparse_checkpoints(local_ray, t
     assert not [k for k in params if k.split(".")[0] in ("sweep", "report", "mlflow", "synthetic")]
     assert [k for k in params if k.startswith("presets.")] == [k for k in params if k.startswith("presets.nvan")]
     assert params["train.lr"] == str(config.train.lr) and params["model.preset"] == "nvan" and len(params) < 100
-    assert result.checkpoint == storage.join(s3_storage, read_record(record)["run"]["checkpoint"])
+    assert result.checkpoint == storage.join(s3_storage, resumed.run.checkpoint)
     assert read_state(storage.download(result.checkpoint, tmp_path / "best"))["epoch"] == 3
     assert not list(tmp_path.glob("s3*"))  # nothing written to a local folder named after the URI
     with pytest.raises(UserError, match="already trained all 4 epochs"):
@@ -105,19 +106,19 @@ def test_train_and_resume_on_object_storage_with_sparse_checkpoints(local_ray, t
     assert "ray.storage_path" not in run.data.params  # where checkpoints go does not decide the run
 
 
-def check_history_and_hardware(recorded: dict, client: MlflowClient, run_id: str) -> None:
+def check_history_and_hardware(recorded: RunRecord, client: MlflowClient, run_id: str) -> None:
     """The record of the resumed 4-epoch run: every epoch, those before the failure from the checkpoint, with its loss
     (as MLflow has it), the lr of the step schedule, and rank-1 and mAP where it was evaluated (epochs 3 and 4); the
     scores are the last epoch's (eval.select last); the hardware of rank 0's worker: this machine's CPU, no GPU."""
-    assert [e["epoch"] for e in recorded["history"]] == [1, 2, 3, 4]
-    assert [e["loss"] for e in recorded["history"]] == [v for _, v in history(client, run_id, "loss")]
-    assert [e["lr"] for e in recorded["history"]] == pytest.approx([1e-3, 5e-4, 2.5e-4, 1.25e-4], rel=1e-12)
-    evaluated = [sorted(e.keys() & {"rank1", "map"}) for e in recorded["history"]]
+    assert [e.epoch for e in recorded.history] == [1, 2, 3, 4]
+    assert [e.loss for e in recorded.history] == [v for _, v in history(client, run_id, "loss")]
+    assert [e.lr for e in recorded.history] == pytest.approx([1e-3, 5e-4, 2.5e-4, 1.25e-4], rel=1e-12)
+    evaluated = [sorted(e.model_fields_set & {"rank1", "map"}) for e in recorded.history]
     assert evaluated == [[], [], ["map", "rank1"], ["map", "rank1"]]
-    last, scores = recorded["history"][-1], recorded["scores"]["mars-official"]
-    assert recorded["selection"] == "last" and recorded["best_epoch"] == 3
-    assert (scores["rank1"], scores["map"]) == (last["rank1"], last["map"])
-    assert (recorded["run"]["worker_cpu"], recorded["run"]["gpu"]) == (cpu_name(), None) and cpu_name()
+    last, scores = recorded.history[-1], recorded.scores["mars-official"]
+    assert recorded.selection == "last" and recorded.best_epoch == 3
+    assert (scores.rank1, scores.map) == (last.rank1, last.map)
+    assert (recorded.run.worker_cpu, recorded.run.gpu) == (cpu_name(), None) and cpu_name()
     hardware = {k: v for k, v in client.get_run(run_id).data.tags.items() if k.startswith("hardware.")}
     assert hardware == {"hardware.cpu": cpu_name(), "hardware.gpu": "none"}
 
@@ -131,13 +132,13 @@ def test_choosing_on_the_test_set_takes_the_best_evaluation_across_a_restart(loc
     record = tmp_path / "chosen.json"
     result = fit(config, name="chosen", progress=False, fail_at_step=3, record_to=record)  # in epoch 2
     recorded = read_record(record)
-    assert [e["epoch"] for e in recorded["history"]] == [1, 2, 3]
-    assert [e["lr"] for e in recorded["history"]] == [config.train.lr] * 3  # no step within 3 epochs
-    evaluated = [e for e in recorded["history"] if e.keys() & {"rank1", "map"}]
-    assert [(e["epoch"], "rank1" in e, "map" in e) for e in evaluated] == [(2, True, True), (3, True, True)]
-    best, scores = max(evaluated, key=lambda e: (e["map"], e["epoch"])), recorded["scores"]["mars-official"]
-    assert recorded["selection"] == "test" and recorded["best_epoch"] == result.best_epoch == best["epoch"] - 1
-    assert (scores["rank1"], scores["map"]) == (best["rank1"], best["map"])
+    assert [e.epoch for e in recorded.history] == [1, 2, 3]
+    assert [e.lr for e in recorded.history] == [config.train.lr] * 3  # no step within 3 epochs
+    evaluated = [e for e in recorded.history if e.model_fields_set & {"rank1", "map"}]
+    assert [(e.epoch, e.rank1 is not None, e.map is not None) for e in evaluated] == [(2, True, True), (3, True, True)]
+    best, scores = max(evaluated, key=lambda e: (e.map, e.epoch)), recorded.scores["mars-official"]
+    assert recorded.selection == "test" and recorded.best_epoch == result.best_epoch == best.epoch - 1
+    assert (scores.rank1, scores.map) == (best.rank1, best.map)
     run_dir = str(Path(config.ray.storage_path) / "chosen")
     assert result.best_checkpoint == storage.join(run_dir, saved_epochs(run_dir)[result.best_epoch]["folder"])
 

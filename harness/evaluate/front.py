@@ -71,14 +71,40 @@ def front_probability(accuracy: dict[str, np.ndarray], cost: dict[str, float]) -
     names = list(accuracy)
     if not names:
         return {}
-    acc = np.stack([accuracy[n] for n in names], axis=1)  # (draws, points)
     c = np.array([cost[n] for n in names])
-    no_dearer = c[:, None] <= c[None, :]  # [q, p]: q costs no more than p
-    cheaper = c[:, None] < c[None, :]
-    at_least = acc[:, :, None] >= acc[:, None, :]  # [b, q, p]
-    better = acc[:, :, None] > acc[:, None, :]
-    dominated = (no_dearer[None] & at_least & (cheaper[None] | better)).any(axis=1)  # [b, p]
-    return {n: float(1 - dominated[:, i].mean()) for i, n in enumerate(names)}
+    # Costs are the same in every draw, so the points are sorted by cost once; then only a point of its own cost or
+    # one before it can dominate a point p: p is dominated iff (a) a strictly cheaper point is at least as accurate,
+    # i.e. p's accuracy <= the running max of the accuracies of the cost groups before p's, or (b) a point of p's
+    # cost is strictly more accurate, i.e. p's accuracy < its group's max. The running max through p's group is the
+    # larger of those two maxima, and (a)'s "<=" covers "<", so: accuracy < running max through p's group, or
+    # accuracy <= running max before it. That is O(draws x points), not the pairwise O(draws x points^2).
+    # The comparisons are on the given values (no casts), exact as pairwise ones. NaN as pairwise, where it compares
+    # False: a NaN accuracy neither dominates (fmax skips it) nor is dominated in that draw; a point of NaN cost
+    # does neither in any draw, so it stays out of the scan (sorted last).
+    placed = np.flatnonzero(c == c)
+    m = placed.size
+    order = np.concatenate([placed[np.argsort(c[placed], kind="stable")], np.flatnonzero(c != c)])
+    acc = np.stack([accuracy[names[i]] for i in order])  # (points, draws) by cost: the one full-size copy
+    draws = acc.shape[1]
+    sorted_cost = c[order[:m]]
+    new_group = np.ones(m, dtype=bool)
+    new_group[1:] = sorted_cost[1:] != sorted_cost[:-1]
+    group = np.cumsum(new_group) - 1
+    starts = np.flatnonzero(new_group)
+    own_end = (np.r_[starts[1:], m] - 1)[group]  # per sorted point: the last index of its cost group
+    later = starts[1] if starts.size > 1 else m  # the sorted points from here on have cheaper points before them,
+    before_end = starts[group[later:]] - 1  # the last of which is here
+    dominated = np.zeros(len(names), dtype=np.int64)  # per sorted point: the draws in which it is dominated
+    step = max(1, 2**18 // max(m, 1))  # draws per chunk: the temporaries, a few of (m, step), stay small
+    for lo in range(0, draws, step):
+        chunk = acc[:m, lo:lo + step]
+        running = np.fmax.accumulate(chunk, axis=0)  # fmax: a NaN is never the max unless all are NaN
+        beaten = chunk < running.take(own_end, axis=0)
+        beaten[later:] |= chunk[later:] <= running.take(before_end, axis=0)
+        dominated[:m] += np.count_nonzero(beaten, axis=1)
+    share = np.empty(len(names))
+    share[order] = 1 - dominated / draws  # as the pairwise 1 - mean, bit for bit (NaN with no draws)
+    return {n: float(share[i]) for i, n in enumerate(names)}
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,13 @@
 """The one Pareto front of point estimates (harness.evaluate.front), against brute force: the report's groups, the
-sweep's missing values, and ties of every kind."""
+sweep's missing values, and ties of every kind; and P(on the front) over draws against its pairwise version."""
+
+import warnings
 
 import numpy as np
 import polars as pl
+import pytest
 
-from harness.evaluate.front import pareto_front
+from harness.evaluate.front import front_probability, pareto_front
 
 
 def dominated(acc: list[float], cost: list[float], group: list | None = None) -> list[bool]:
@@ -52,3 +55,104 @@ def test_the_front_matches_brute_force_within_each_group():
     pair = pl.DataFrame({"group": ["a", "b"], "cost": [1.0, 2.0], "rank1": [0.5, 0.4]})
     assert pareto_front(pair, "rank1", "cost", "group").to_list() == [True, True]  # each leads its own group
     assert pareto_front(pair, "rank1", "cost").to_list() == [True, False]
+
+
+def pairwise_front_probability(accuracy: dict[str, np.ndarray], cost: dict[str, float]) -> dict[str, float]:
+    """The replaced front_probability, verbatim: every pair in every draw, (draws, points, points) booleans."""
+    names = list(accuracy)
+    if not names:
+        return {}
+    acc = np.stack([accuracy[n] for n in names], axis=1)  # (draws, points)
+    c = np.array([cost[n] for n in names])
+    no_dearer = c[:, None] <= c[None, :]  # [q, p]: q costs no more than p
+    cheaper = c[:, None] < c[None, :]
+    at_least = acc[:, :, None] >= acc[:, None, :]  # [b, q, p]
+    better = acc[:, :, None] > acc[:, None, :]
+    dominated = (no_dearer[None] & at_least & (cheaper[None] | better)).any(axis=1)  # [b, p]
+    return {n: float(1 - dominated[:, i].mean()) for i, n in enumerate(names)}
+
+
+def assert_same(got: dict[str, float], expected: dict[str, float]) -> None:
+    """Equal keys in the same order and equal values, bit for bit (NaN equal to NaN)."""
+    assert list(got) == list(expected)
+    assert np.array_equal(np.array(list(got.values())), np.array(list(expected.values())), equal_nan=True), \
+        (got, expected)
+
+
+def random_points(rng: np.random.Generator, points: int, draws: int, nan: float = 0.0,
+                  costs: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """Accuracies from a few levels (ties within and between draws) and costs from a few values (ties in cost)."""
+    levels = np.round(rng.uniform(0, 1, int(rng.integers(1, 6))), 2)
+    costs = rng.choice(costs, int(rng.integers(1, len(costs) + 1)), replace=False)
+    accuracy, cost = {}, {}
+    for i in range(points):
+        values = rng.choice(levels, draws)
+        values[rng.random(draws) < nan] = np.nan
+        accuracy[f"p{i}"] = values
+        cost[f"p{i}"] = float(rng.choice(costs))
+    return accuracy, cost
+
+
+def test_front_probability_equals_the_pairwise_one_with_ties():
+    rng = np.random.default_rng(2)
+    for _ in range(400):
+        accuracy, cost = random_points(rng, int(rng.integers(1, 41)), int(rng.integers(1, 60)))
+        assert_same(front_probability(accuracy, cost), pairwise_front_probability(accuracy, cost))
+
+
+def test_front_probability_equals_the_pairwise_one_on_continuous_draws():
+    """Few ties: normal draws, float32 among them (compared as given, not cast), distinct and shared costs."""
+    rng = np.random.default_rng(3)
+    for trial in range(100):
+        points, draws = int(rng.integers(1, 41)), int(rng.integers(1, 300))
+        dtype = np.float32 if trial % 3 == 0 else np.float64
+        accuracy = {f"p{i}": rng.normal(0.5, 0.1, draws).astype(dtype) for i in range(points)}
+        cost = {f"p{i}": float(rng.integers(0, max(points // 2, 1))) if trial % 2 else float(rng.normal())
+                for i in range(points)}
+        assert_same(front_probability(accuracy, cost), pairwise_front_probability(accuracy, cost))
+
+
+def test_front_probability_equals_the_pairwise_one_across_chunks_of_draws():
+    """Enough points x draws that the draws go in several chunks; the pairwise one runs on slices of the draws (its
+    memory), their counts of dominated draws summed: exact, as its 1 - mean is 1 - count / draws."""
+    rng = np.random.default_rng(5)
+    accuracy, cost = random_points(rng, 300, 1100, nan=0.01, costs=tuple(np.arange(40.0)))
+    dominated = {n: 0 for n in accuracy}
+    for lo in range(0, 1100, 100):
+        part = pairwise_front_probability({n: a[lo:lo + 100] for n, a in accuracy.items()}, cost)
+        for n, share in part.items():
+            dominated[n] += round((1 - share) * 100)
+    assert_same(front_probability(accuracy, cost), {n: float(1 - np.float64(k) / 1100) for n, k in dominated.items()})
+
+
+def test_front_probability_treats_nan_and_infinities_as_the_pairwise_one():
+    """A NaN accuracy neither dominates nor is dominated in its draw; a NaN cost in none; infinite values order."""
+    rng = np.random.default_rng(4)
+    for _ in range(300):
+        accuracy, cost = random_points(rng, int(rng.integers(1, 25)), int(rng.integers(1, 30)), nan=0.2,
+                                       costs=(0.0, 1.0, 2.5, np.inf, -np.inf, np.nan))
+        for values in accuracy.values():
+            values[rng.random(values.size) < 0.05] = rng.choice([np.inf, -np.inf])
+        assert_same(front_probability(accuracy, cost), pairwise_front_probability(accuracy, cost))
+    accuracy = {"nan": np.array([np.nan, 0.5]), "a": np.array([0.6, 0.6]), "free": np.array([0.1, 0.1])}
+    cost = {"nan": 1.0, "a": 1.0, "free": np.nan}
+    assert front_probability(accuracy, cost) == {"nan": 0.5, "a": 1.0, "free": 1.0}
+
+
+def test_front_probability_of_one_point_no_points_and_no_draws():
+    assert front_probability({}, {}) == {}
+    assert front_probability({"a": np.array([0.3, np.nan, 0.1])}, {"a": 2.0}) == {"a": 1.0}
+    accuracy, cost = {"a": np.array([0.3])}, {"a": 2.0}
+    assert_same(front_probability(accuracy, cost), pairwise_front_probability(accuracy, cost))
+    accuracy, cost = {"a": np.zeros(0), "b": np.zeros(0)}, {"a": 1.0, "b": 2.0}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the mean of no draws
+        assert_same(front_probability(accuracy, cost), pairwise_front_probability(accuracy, cost))
+
+
+def test_front_probability_refuses_draws_of_different_lengths_as_before():
+    accuracy, cost = {"a": np.zeros(3), "b": np.zeros(4)}, {"a": 1.0, "b": 2.0}
+    with pytest.raises(ValueError):
+        pairwise_front_probability(accuracy, cost)
+    with pytest.raises(ValueError):
+        front_probability(accuracy, cost)

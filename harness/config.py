@@ -363,8 +363,11 @@ class SweepConfig(Section):
         "gmacs", description="minimise GMACs per clip, or the latency (ms per clip) each trial measures with its "
                              "own worker resources (needs cost.measure)")
     num_samples: int = Field(8, ge=1, description="trials; grid: repeats of the whole grid")
-    seeds: int = Field(1, ge=1, description="training seeds per candidate (seed, seed + 1, ...); the objectives are "
-                                            "the means over them")
+    seeds: int | Literal["adaptive"] = Field(
+        1, description="training seeds per candidate (seed, seed + 1, ...), or 'adaptive': min_seeds each, then more "
+                       "for the candidates a race leaves undecided, up to max_seeds; the objectives are the means")
+    min_seeds: int = Field(2, ge=2, description="sweep.seeds: adaptive: the seeds every candidate trains first")
+    max_seeds: int = Field(5, ge=2, description="sweep.seeds: adaptive: the most seeds a candidate trains")
     max_concurrent: int = Field(2, ge=1)
     scheduler: Literal["asha", "fifo"] = "asha"
     grace_period: int = Field(1, ge=1, description="epochs before ASHA may stop a trial")
@@ -372,6 +375,36 @@ class SweepConfig(Section):
     trial: dict[str, Any] = Field(default_factory=lambda: {"eval": {"every": 1}},
                                   description="params every trial gets (a partial params tree)")
     space: SearchSpace = SearchSpace(placement=["p0000", "p0200", "p0230"])
+
+    @property
+    def adaptive(self) -> bool:
+        """Whether candidates race for seeds (sweep.seeds: adaptive)."""
+        return self.seeds == "adaptive"
+
+    @property
+    def first_seeds(self) -> int:
+        """The seeds each candidate trains inside its Tune trial."""
+        return self.min_seeds if self.adaptive else self.seeds
+
+    @property
+    def most_seeds(self) -> int:
+        """The most seeds a candidate can train."""
+        return self.max_seeds if self.adaptive else self.seeds
+
+    @field_validator("seeds", mode="before")
+    @classmethod
+    def _seeds(cls, value: Any) -> Any:
+        # One message for both forms, rather than pydantic's one per member of the union.
+        if value == "adaptive" or (type(value) is int and value >= 1):
+            return value
+        raise ValueError(f"{value!r} is neither a number of seeds per candidate (>= 1) nor 'adaptive'")
+
+    @model_validator(mode="after")
+    def _seed_range(self) -> SweepConfig:
+        if self.min_seeds > self.max_seeds:
+            raise ValueError(f"sweep.min_seeds = {self.min_seeds} exceeds sweep.max_seeds = {self.max_seeds}; a race "
+                             f"starts every candidate at min_seeds and adds seeds up to max_seeds")
+        return self
 
 
 class Config(Section):
@@ -417,8 +450,9 @@ class Config(Section):
             raise ValueError("train.sync_bn needs ray.use_gpu: true (SyncBatchNorm runs on GPUs only); set it false on CPU")
         if self.train.amp == "fp16" and not self.ray.use_gpu:
             raise ValueError("train.amp = 'fp16' needs ray.use_gpu: true; use 'bf16' or 'none' on CPU")
-        if self.seed + self.sweep.seeds - 1 > MAX_SEED:
-            raise ValueError(f"seed = {self.seed} with sweep.seeds = {self.sweep.seeds}: a sweep trains seeds seed, "
+        if self.seed + self.sweep.most_seeds - 1 > MAX_SEED:
+            key = "sweep.max_seeds" if self.sweep.adaptive else "sweep.seeds"
+            raise ValueError(f"seed = {self.seed} with {key} = {self.sweep.most_seeds}: a sweep trains seeds seed, "
                              f"seed + 1, ..., which must stay <= 2**32 - 1 = {MAX_SEED}; lower seed")
         return self
 

@@ -13,7 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("models", "datasets", "harness")
 JOBS = {"evaluate": 2, "results": 2, "measure": 3, "train": 4, "report": 4, "sweep": 5}
-ENTRY_SHIMS = {"harness.bench", "harness.cost", "harness.gpu_check"}
+ENTRY_SHIMS = {"harness.bench", "harness.cost", "harness.gpu_check", "harness.plan"}
 
 
 def module_name(path: Path) -> str:

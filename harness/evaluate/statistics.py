@@ -274,6 +274,9 @@ def read_sample(runs: list[tuple[int, str]], protocol: str, preset: str | None =
     equal seed lists pair up by index); `preset` names the training that rewrites a bad file."""
     runs = sorted(runs)
     found = [table_values(read_queries(path, preset), protocol) for _, path in runs]
+    if any(c.shape != found[0][1].shape or not np.array_equal(c, found[0][1]) for _, c in found):
+        raise ValueError(f"runs on different query sets ({sorted({c.size for _, c in found})} queries): they are not "
+                         f"one configuration's seeds on one test set")
     return Sample(tuple(seed for seed, _ in runs), np.stack([values for values, _ in found]), found[0][1])
 
 

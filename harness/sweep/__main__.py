@@ -30,13 +30,13 @@ def format_front(outcome: SweepOutcome, metric: str, protocol: str, cost: str = 
              f"Pareto front of the means: max {metric} ({protocol}, best checkpoint) vs min {COST_LABELS[cost]}; "
              f"accuracy in percent, mean over seeds ± half its 95 % interval (seeds x queries), P = P(on the front)",
              f"{'label':<36}{'status':>14}{'seeds':>6}{metric:>14}{'P':>6}{'rank1':>14}{'GMACs':>9}{'GMACs@in':>10}"
-             f"{'ms':>9}{'epochs':>7}"]
+             f"{'ms':>9}{'epochs':>7}{'race':>10}"]
     for row in front.iter_rows(named=True):
         ms = row.get(LATENCY)
         lines.append(f"{row['label']:<36}{row['status']:>14}{row['seeds']:>6}{_pm(row, metric):>14}"
                      f"{'-' if row[f'p_front_{metric}'] is None else format(row[f'p_front_{metric}'], '.2f'):>6}"
                      f"{_pm(row, 'rank1'):>14}{row[COST]:9.3f}{row['gmacs_input']:10.4f}"
-                     f"{'-' if ms is None else f'{ms:.1f}':>9}{row['epochs']:7d}")
+                     f"{'-' if ms is None else f'{ms:.1f}':>9}{row['epochs']:7d}{row.get('race') or '-':>10}")
     if cost == LATENCY and front.height:
         lines.append(f"latency measured on: {', '.join(sorted(set(front['latency_device'].drop_nulls())))}")
     if front.is_empty():

@@ -8,8 +8,9 @@ resources, tracked as an MLflow run nested under the sweep's. `SweepReport` forw
 epoch to Tune with both objectives added, so Optuna (max accuracy, min GMACs) and ASHA (early
 stopping on accuracy) see them. The cost objective is GMACs, or (sweep.cost_objective: latency)
 the latency each trial measures before training, with one of its workers' resources on the
-cluster, so on the device it trains on. The driver then closes the trials' runs, marks the Pareto
-front and writes reports/sweeps/<name>/results.parquet.
+cluster, so on the device it trains on. With sweep.seeds: adaptive the trials that trained fully then race
+for more seeds in the same Ray session (harness.sweep.race). The driver then closes the trials' runs, marks the
+Pareto front and writes reports/sweeps/<name>/results.parquet.
 """
 
 from __future__ import annotations
@@ -28,15 +29,17 @@ from ray import tune
 from harness import preemption, storage
 from harness.errors import UserError
 from harness.echo import short
-from harness.config import Config, MlflowConfig
+from harness.config import Config, MlflowConfig, SweepConfig
 from harness.params import flatten, override
 from harness.io import atomic_path, check_writable
 from harness.redact import redact
 from harness.results.tracking import close_run, connect, git_commit, log_metrics, run_tags, set_tags, start_run
 from harness.train.plan import check_inputs
+from harness.train.seeds import SeedsInterrupted, close_stopped
 from harness.cluster import check_resources, ray_session
 from harness.sweep.space import cost_key, expected_trials, scheduler_for, search_setup, trial_base
 from harness.sweep.callbacks import TrialEnds
+from harness.sweep.race import race_trials
 from harness.sweep.table import close_trials
 from harness.sweep.trainable import run_trial
 
@@ -170,6 +173,7 @@ def run_sweep(config: Config, resume: bool = False) -> SweepOutcome:
     # MLflow and results.parquet are the records; Tune's own CSV/JSON/TensorBoard loggers only
     # duplicate them, and TensorBoard warns on the NaN objective of not yet evaluated epochs.
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    stopped = None
     with ray_session(config.ray.address, num_cpus=os.cpu_count(), log_to_driver=config.ray.log_to_driver,
                      resources={"trial_driver": config.sweep.max_concurrent}, env=credentials):
         _check_cluster(base, config.sweep.max_concurrent)
@@ -183,6 +187,13 @@ def run_sweep(config: Config, resume: bool = False) -> SweepOutcome:
             if not preemption.requested():
                 raise
             log.warning("Ray went down with the preemption; the trials are closed from their records")
+        if sweep.adaptive and _tune_done(_saved_trials(experiment), sweep):
+            try:
+                race_trials(base, _saved_trials(experiment), name, parent_run_id)
+            except SeedsInterrupted as stop:
+                stopped = stop
+    if stopped is not None:  # with Ray down, no seed's controller can record an epoch over its closed record
+        close_stopped(base.mlflow, stopped)
     trials = _saved_trials(experiment)
     results, complete = close_trials(base, trials, name, parent_run_id)
     # Interrupted before the search created every trial: more to run, whatever the trials say.
@@ -211,6 +222,12 @@ def _tuner(config: Config, base: Config, name: str, parent_run_id: str, resume: 
                                     reuse_actors=False),
         run_config=tune.RunConfig(name=name, storage_path=base.ray.storage_path, verbose=0,
                                   callbacks=[TrialEnds(sweep.metric, base.train.epochs, cost_key(sweep))]))
+
+
+def _tune_done(trials: list, sweep: SweepConfig) -> bool:
+    """Whether Tune ran every trial of the search to its end (not interrupted or preempted): then the race starts."""
+    ended = all(t.status in ("TERMINATED", "ERROR") for t in trials)
+    return ended and len(trials) >= expected_trials(sweep) and not preemption.requested()
 
 
 def _saved_trials(experiment: str) -> list:

@@ -11,12 +11,13 @@ import polars as pl
 from harness import preemption, storage
 from harness.config import Config
 from harness.prepared import prepared_dataset
-from harness.evaluate.queries import queries_path, read_queries
-from harness.evaluate.statistics import FRONT_SCORES, SCORES, Sample, table_values
+from harness.evaluate.queries import queries_path
+from harness.evaluate.statistics import FRONT_SCORES, SCORES, read_sample
 from harness.evaluate.front import assess, pareto_front
 from harness.results.records import RunRecord, _Scores, write_record
 from harness.results.tracking import END_STATES, close_run, connect, find_run, log_metrics, set_tags
 from harness.train.outcome import FINAL_KEYS
+from harness.sweep.race import FIXED, race_trials
 from harness.sweep.space import COST, LATENCY, cost_key, feasibility, resolve
 from harness.sweep.trainable import read_trial_record, record_infeasible, trial_number, trial_record_path, trial_tags
 
@@ -46,16 +47,17 @@ def close_trials(base: Config, trials: list, sweep_name: str, parent_run_id: str
     """One row per Tune trial, built from its seeds' run records; MLflow runs and records closed to match.
 
     A trial's scores are the means over its seeds, with their std, 95 % intervals (seeds x queries) and
-    P(on the front) among the sweep's trials. Returns the table and whether the sweep is complete.
+    P(on the front) among the sweep's trials, and how its race for seeds ended (replayed from the records). Returns
+    the table and whether the sweep is complete.
     """
     client, experiment_id = connect(base.mlflow.tracking_uri, base.mlflow.experiment)
     metric, protocol = base.sweep.metric, base.eval.primary
+    races = race_trials(base, trials, sweep_name) if base.sweep.adaptive else {}
     manifest = prepared_dataset(base.data).manifest
     rows, complete, found = [], True, {}
     for trial in sorted(trials, key=lambda t: trial_number(t.experiment_tag)):
         r = trial.last_result or {}
-        paths = [trial_record_path(base.ray.storage_path, sweep_name, trial.trial_id, i) for i in range(base.sweep.seeds)]
-        records = [read_trial_record(path) for path in paths]
+        paths, records = trial_seed_records(base, sweep_name, trial.trial_id)
         record = records[0]
         candidate, number = resolve(base, trial.config), trial_number(trial.experiment_tag)
         label = (record and record.label) or r.get("label") or f"t{number:03d} {candidate.label(list(trial.config))}"
@@ -79,6 +81,7 @@ def close_trials(base: Config, trials: list, sweep_name: str, parent_run_id: str
         rows.append({
             "trial": number, "trial_id": trial.trial_id, "label": label, "status": status, **candidate.columns(),
             **seed_scores([rec.scores[protocol] for _, rec in scored]), "seeds": len(scored),
+            "race": races.get(trial.trial_id) if base.sweep.adaptive else FIXED if status == "finished" else None,
             "best_epoch": record and record.best_epoch, "epochs": record.epochs if record else 0,
             COST: costs.get(COST), "gmacs_input": costs.get("gmacs_input"),
             LATENCY: 1e3 * latency.median_s if latency else math.nan,
@@ -100,10 +103,25 @@ def close_trials(base: Config, trials: list, sweep_name: str, parent_run_id: str
     return frame, complete
 
 
+def trial_seed_records(base: Config, sweep_name: str, trial_id: str) -> tuple[list[str], list[RunRecord | None]]:
+    """The record paths of a trial's seeds and their records (None: not written): sweep.seeds of them, or (adaptive)
+    min_seeds and each seed a race added after them."""
+    sweep = base.sweep
+    paths, records = [], []
+    for index in range(sweep.most_seeds):
+        path = trial_record_path(base.ray.storage_path, sweep_name, trial_id, index)
+        record = read_trial_record(path)
+        if record is None and index >= sweep.first_seeds:
+            break  # a race adds seeds in order: none after a missing one
+        paths.append(path)
+        records.append(record)
+    return paths, records
+
+
 RESULT_TYPES = {"map": pl.Float64, "rank1": pl.Float64, "minp": pl.Float64, "best_epoch": pl.Int64, COST: pl.Float64,
                 "gmacs_input": pl.Float64, LATENCY: pl.Float64, "latency_device": pl.String,
                 "gmacs_per_tracklet": pl.Float64, "seconds": pl.Float64, "mlflow_run_id": pl.String,
-                "reason": pl.String, "lr": pl.Float64, "git_commit": pl.String,
+                "reason": pl.String, "lr": pl.Float64, "git_commit": pl.String, "race": pl.String,
                 **{f"{m}_std": pl.Float64 for m in ("rank1", "map", "minp")}}
 
 
@@ -141,12 +159,9 @@ def with_trial_intervals(frame: pl.DataFrame, queries: dict[int, list[str]], pro
     columns = {f"{m}_{s}": [None] * frame.height for m in ("rank1", "map", "minp") for s in ("lo", "hi")}
     columns |= {f"p_front_{m}": [None] * frame.height for m in FRONT_SCORES}
     columns |= {f"sure_{m}": [False] * frame.height for m in FRONT_SCORES}
-    samples = {}
-    for row, files in queries.items():
-        if all(storage.exists(f) for f in files):
-            found = [table_values(read_queries(f), protocol) for f in files]
-            # Every trial trains seeds seed, seed + 1, ...: its k-th seed pairs with every other trial's k-th.
-            samples[row] = Sample(tuple(range(len(found))), np.stack([v for v, _ in found]), found[0][1])
+    # Every trial trains seeds seed, seed + 1, ...: its k-th seed pairs with every other trial's k-th.
+    samples = {row: read_sample(list(enumerate(files)), protocol) for row, files in queries.items()
+               if all(storage.exists(f) for f in files)}
     # The rivals on the front are the trials it is drawn from (as `pareto_front`): trained, with a cost and scores.
     placed = {row: frame[cost][row] for row in range(frame.height)
               if frame["status"][row] in ("finished", "early-stopped") and frame[cost][row] is not None

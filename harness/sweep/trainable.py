@@ -53,8 +53,16 @@ def trial_record_path(root: str, sweep_name: str, trial_id: str, index: int = 0)
 
 
 def trial_seeds(config: Config) -> list[int]:
-    """The training seeds of every candidate: seed, seed + 1, ..., sweep.seeds of them."""
-    return [config.seed + k for k in range(config.sweep.seeds)]
+    """The seeds every candidate trains in its Tune trial: seed, seed + 1, ..., sweep.seeds (adaptive: min_seeds)
+    of them."""
+    return [config.seed + k for k in range(config.sweep.first_seeds)]
+
+
+def trial_config(config: Config, candidate: Candidate, sweep_name: str, label: str) -> Config:
+    """The config a candidate's seeds train with (but their seed): the candidate's overrides, its Train runs in the
+    sweep's folder."""
+    train_storage = storage.join(config.ray.storage_path, sweep_name, "train")  # run names are unique per trial
+    return override(config, candidate.overrides() | {"ray.storage_path": train_storage}, f"candidate {label}")
 
 
 def read_trial_record(path: str) -> RunRecord | None:
@@ -92,9 +100,7 @@ def run_trial(params: dict[str, Any], base: dict[str, Any], sweep_name: str, par
                      "label": label,
                      "status": "infeasible", "reason": reason, "mlflow_run_id": run_id})
         return
-    # Train runs live in the sweep's folder; their names are unique per trial.
-    train_storage = storage.join(config.ray.storage_path, sweep_name, "train")
-    trial = override(config, candidate.overrides() | {"ray.storage_path": train_storage}, f"candidate {label}")
+    trial = trial_config(config, candidate, sweep_name, label)
     record_path = trial_record_path(config.ray.storage_path, sweep_name, trial_id)
     record = read_trial_record(record_path)
     cost = None

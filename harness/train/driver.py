@@ -38,6 +38,7 @@ from harness.results.tracking import (close_run, connect, find_run, git_commit, 
                                       start_run, tracking_uri)
 from harness.train.callbacks import LiveRecord, MlflowEpochLogger, controller_callback, progress_bars
 from harness.checkpoint import read_state
+from harness.prepared import PreparedDataset
 from harness.train.plan import RunPlan, WorkerArgs, check_params, plan_run
 from harness.train.outcome import FINAL_KEYS, TrainResult, record_base, train_record, write_run
 from harness.measure.run_cost import cost_metrics, run_cost
@@ -73,15 +74,17 @@ class Tracking:
 def fit(config: Config, name: str | None = None, resume: str | None = None, parent_run_id: str | None = None,
         tags: dict[str, str] | None = None, progress: bool = True, fail_at_step: int | None = None,
         tune_callbacks: list | None = None, record_to: Path | str | None = None, label: str | None = None,
-        kind: str = "train", cost: dict[str, Any] | None = None) -> TrainResult:
+        kind: str = "train", cost: dict[str, Any] | None = None,
+        prepared: PreparedDataset | None = None) -> TrainResult:
     """Train `config` on the connected Ray cluster, tracked in MLflow; return the best result.
 
     `resume` continues the Ray run of that name (and its MLflow run). `record_to` keeps a run
     record there, rewritten every epoch (status running) and at the end (finished).
     `cost` is the run's `run_cost`, when the caller measured it already (a sweep minimising latency).
+    `prepared` is the checked dataset when the caller checked the inputs already (check_inputs of absolute paths).
     `fail_at_step` injects one worker failure at that global step (tests of fault tolerance only).
     """
-    plan = plan_run(config, name, resume, record_to, label, kind)
+    plan = plan_run(config, name, resume, record_to, label, kind, prepared)
     with RunLock(plan.run_dir, plan.ray_run):  # one driver per run, from here to its last record
         check_params(plan)
         cost = cost if cost is not None else run_cost(plan.config, plan.spec, plan.directory)
@@ -160,7 +163,7 @@ def build_trainer(plan: RunPlan, tracking: Tracking, cost: dict[str, Any], queue
         storage.write_text(probe, f"written by the driver on {platform.node()}\n")
     if plan.resume:
         repair_snapshot(plan.run_dir)
-    args = WorkerArgs(config, plan.manifest.get("content_hash"), plan.manifest.get("store_hash"), tracking.run_id,
+    args = WorkerArgs(config, plan.directory, plan.manifest.get("content_hash"), plan.manifest.get("store_hash"), tracking.run_id,
                       probe, storage.join(plan.run_dir, ".injected-failure"),
                       # Ray's own list of checkpoints can lag behind the disk (a stop right after a checkpoint
                       # was written): the worker resumes from whichever of the two is newer.

@@ -50,6 +50,7 @@ class WorkerArgs:
     and what the driver checked or decided for it."""
 
     config: Config  # the plan's, paths absolute
+    directory: Path  # the prepared dataset the driver checked (absolute): each node reads its copy there
     manifest_hash: str | None  # checked again on each node: its prepared copy must be the driver's
     store_hash: str | None
     mlflow_run_id: str
@@ -83,11 +84,12 @@ def check_inputs(config: Config) -> PreparedDataset:
 
 
 def plan_run(config: Config, name: str | None, resume: str | None, record_to: Path | str | None,
-             label: str | None, kind: str) -> RunPlan:
-    """Check the inputs and the cluster, name the run (or find the one to resume); nothing is written but its folder."""
+             label: str | None, kind: str, prepared: PreparedDataset | None = None) -> RunPlan:
+    """Check the inputs (unless the caller did: `prepared`, from check_inputs of the absolute paths) and the cluster,
+    name the run (or find the one to resume); nothing is written but its folder."""
     given = config.model_dump(mode="json")
     config = absolute_paths(config)
-    prepared = check_inputs(config)
+    prepared = prepared or check_inputs(config)
     check_resources(config.ray)
     root = config.ray.storage_path
     if resume:

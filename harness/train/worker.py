@@ -237,9 +237,8 @@ def run_worker(loop_config: dict[str, WorkerArgs]) -> None:
 
     args = loop_config["args"]
     config = args.config
-    directory = config.data.prepared_root / config.data.dataset
-    check_node(directory, args.manifest_hash, config.train.imagenet_init, args.storage_probe, args.store_hash)
-    job = build_job(config, directory)
+    check_node(args.directory, args.manifest_hash, config.train.imagenet_init, args.storage_probe, args.store_hash)
+    job = build_job(config, args.directory)
     start_epoch, best, history = resume_point(job, args.resume_from)
     watch, warned, machine = StepWatch(args, job.rank, job.world), False, hardware(job.device)
     for epoch in range(start_epoch, config.train.epochs):

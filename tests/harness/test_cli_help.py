@@ -11,7 +11,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMANDS = ("datasets.synthetic", "datasets.sources", "datasets.prepare", "harness.train", "harness.evaluate", "harness.cost",
-            "harness.bench", "harness.report", "harness.sweep", "harness.gpu_check")
+            "harness.bench", "harness.report", "harness.sweep", "harness.gpu_check",
+            "harness.plan")
 
 # Run in one fresh process from the project root: each command's main with --help, as `python -m` would run it, and
 # the parser it built (recorded as it parses); then every example's arguments through that parser and, for the

@@ -10,7 +10,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMANDS = ("harness.train", "harness.evaluate", "harness.sweep", "harness.report", "harness.cost", "harness.bench",
-            "harness.gpu_check", "datasets.synthetic", "datasets.prepare")
+            "harness.gpu_check", "harness.plan", "datasets.synthetic", "datasets.prepare")
 
 
 @pytest.mark.slow(seconds=30)

@@ -1,0 +1,92 @@
+"""sweep.seeds: adaptive: the racing decision on synthetic samples, its config, and one raced sweep end to end."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from harness import storage
+from harness.errors import ConfigError
+from harness.evaluate.statistics import SCORES, Sample
+from harness.params import load_config
+from harness.results.records import read_record
+from harness.sweep.race import BUDGET, DOMINATED, FRONT, decide
+
+ROOT = Path(__file__).resolve().parents[3]
+QUERIES, SEEDS = 400, 3
+CLUSTERS = np.arange(QUERIES) // 2  # two queries per identity
+
+
+def hits(p: float, rng: np.random.Generator) -> np.ndarray:
+    """(SEEDS, SCORES, QUERIES) 0/1 values, each a hit with probability `p`."""
+    return (rng.random((SEEDS, 1, QUERIES)) < p).repeat(len(SCORES), axis=1).astype(np.float64)
+
+
+def sample(values: np.ndarray, seeds: int = SEEDS) -> Sample:
+    return Sample(tuple(range(seeds)), values[:seeds], CLUSTERS)
+
+
+def test_race_decides_dominated_front_and_leaves_a_tie_undecided_until_the_budget():
+    rng = np.random.default_rng(7)
+    best = hits(0.9, rng)
+    # The tie: the best one's values with a tenth of its queries drawn again at the same rate.
+    tie = np.where(rng.random((SEEDS, 1, QUERIES)) < 0.1, hits(0.9, rng), best)
+    values = {"cheap": hits(0.5, rng), "best": best, "worse": hits(0.2, rng), "tie": tie}
+    cost = {"cheap": 1.0, "best": 2.0, "worse": 3.0, "tie": 2.5}
+    samples = {k: sample(v) for k, v in values.items()}
+    assert decide(samples, cost, "map", max_seeds=4) == {"cheap": FRONT, "best": FRONT, "worse": DOMINATED,
+                                                          "tie": None}
+    assert decide(samples, cost, "rank1", max_seeds=3)["tie"] == BUDGET
+    # Seed lists of different lengths compare unpaired: the verdicts hold.
+    samples["tie"] = sample(tie, 2)
+    assert decide(samples, cost, "map", max_seeds=3) == {"cheap": FRONT, "best": FRONT, "worse": DOMINATED,
+                                                         "tie": None}
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["sweep.seeds=adaptive", "sweep.min_seeds=4", "sweep.max_seeds=3"], "sweep.min_seeds = 4 exceeds sweep.max_seeds = 3"),
+    (["sweep.min_seeds=1"], "sweep.min_seeds = 1"),
+    (["sweep.seeds=many"], "sweep.seeds: 'many' is neither"),
+    (["sweep.seeds=0"], "sweep.seeds: 0 is neither"),
+    (["sweep.seeds=adaptive", "sweep.max_seeds=4", "seed=4294967295"], "sweep.max_seeds = 4"),
+])
+def test_adaptive_seed_settings_are_validated_with_their_key(overrides, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(ROOT / "params.yaml", overrides)
+
+
+def test_adaptive_seeds_start_at_min_and_a_fixed_count_stays_as_it_was():
+    sweep = load_config(ROOT / "params.yaml", ["sweep.seeds=adaptive", "sweep.min_seeds=3"]).sweep
+    assert sweep.adaptive and (sweep.first_seeds, sweep.most_seeds) == (3, 5)
+    sweep = load_config(ROOT / "params.yaml", ["sweep.seeds=2"]).sweep
+    assert not sweep.adaptive and (sweep.first_seeds, sweep.most_seeds) == (2, 2)
+
+
+@pytest.mark.slow(seconds=170, cores=2)
+def test_an_adaptive_sweep_races_its_tied_candidates_to_the_budget(tiny_sets, tmp_path):
+    """The grid's one point twice: two candidates that train alike tie, so the race adds a seed to each (side by
+    side, in the sweep's Ray session) until max_seeds, and the table counts every seed."""
+    args = [sys.executable, "-m", "harness.sweep", *tiny_sets, "--set", f"report.out_dir={tmp_path / 'reports'}",
+            "--set", "sweep.search=grid", "--set", "sweep.space={placement: [p0200]}", "--set", "sweep.scheduler=fifo",
+            "--set", "sweep.trial={train: {epochs: 1, steps_per_epoch: 2}, eval: {every: 1}}",
+            "--set", "sweep.seeds=adaptive", "--set", "sweep.min_seeds=2", "--set", "sweep.max_seeds=3",
+            "--set", "report.draws=1000", "--name", "r", "--num-samples", "2", "--max-concurrent", "2"]
+    done = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=1800)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = pl.read_parquet(tmp_path / "reports" / "sweeps" / "r" / "results.parquet")
+    assert results.height == 2 and results["status"].to_list() == ["finished", "finished"]
+    assert results["seeds"].to_list() == [3, 3] and results["race"].to_list() == [BUDGET, BUDGET]
+    for row in results.iter_rows(named=True):
+        paths = [storage.join(str(tmp_path / "ray"), "r", "records", f"{row['trial_id']}{f'-seed{i}' if i else ''}.json")
+                 for i in range(3)]
+        records = [read_record(p) for p in paths]
+        assert [r.config.seed for r in records] == [0, 1, 2] and {r.status for r in records} == {"finished"}
+        maps = [r.scores["mars-official"].map for r in records]
+        assert row["map"] == pytest.approx(np.mean(maps), abs=1e-15) and row["map_lo"] <= row["map"] <= row["map_hi"]
+    assert "budget" in done.stdout

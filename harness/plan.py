@@ -26,7 +26,7 @@ from harness.errors import UserError
 from harness.evaluate.queries import queries_path
 from harness.evaluate.sequential import Plan, at_seeds, look, operating, plan_for
 from harness.evaluate.statistics import POWER, SCORES, Estimate, Sample, difference, mdd, read_sample, seeds_needed
-from harness.results.records import RunRecord, read_record
+from harness.results.records import read_record
 
 REPORTED = {"rank1": "rank-1", "map": "mAP"}  # the scores planned for, by their SCORES names
 FIRST_LOOK = 2  # seeds per arm at the sequential plan's first look
@@ -45,13 +45,6 @@ class Arm:
     sample: Sample
     seconds: float | None
     hardware: str
-
-
-def hardware(record: RunRecord) -> str:
-    """Where a run trained, as its record names it: the device and the GPU or CPU model, e.g. 'cpu: AMD EPYC'."""
-    model = record.run.gpu or record.run.worker_cpu
-    device = record.run.device or "unknown device"
-    return f"{device}: {model}" if model else device
 
 
 def read_arm(folder: Path) -> Arm:
@@ -78,7 +71,7 @@ def read_arm(folder: Path) -> Arm:
         raise UserError(f"the runs in {folder} were scored on different query sets; retrain or rescore them on one "
                         f"prepared dataset") from None
     timed = [r.run.seconds for r in records if r.run.seconds is not None]
-    machines = sorted({hardware(r) for r in records})
+    machines = sorted({r.hardware for r in records})
     return Arm(folder, labels[0], sample, float(np.mean(timed)) if timed else None, " + ".join(machines))
 
 

@@ -358,6 +358,12 @@ class RunRecord(_Section):
         """The scores of the primary protocol; empty (every score None) where the record has none."""
         return self.scores.get(self.primary, _Scores())
 
+    @property
+    def hardware(self) -> str:
+        """Where the run trained: its device and rank 0's GPU or CPU model, e.g. 'cpu: AMD EPYC'."""
+        device, model = self.run.device or "unknown device", self.run.gpu or self.run.worker_cpu
+        return f"{device}: {model}" if model else device
+
     def written(self) -> dict[str, Any]:
         """The record as written: the JSON object it was read from, every key included, as a copy to edit freely."""
         return copy.deepcopy(self._written)

@@ -118,7 +118,7 @@ def _decision(arms: Arms, plan: Plan, score: str, looks: list[dict]) -> dict:
                  "spending": "Lan-DeMets O'Brien-Fleming"},
         "verdict": looks[-1]["verdict"], "seeds": seeds, "looks": looks,
         "compute": {"train_s": round(seconds, 1), ("gpu_hours" if gpu else "core_hours"): round(device_hours, 3),
-                    "device": runs[0].run.device if runs else None},
+                    "device": runs[0].hardware if runs else None},
     }
 
 

@@ -1,6 +1,6 @@
 """Speed and peak memory of harness.evaluate.front.front_probability, P(on the front) over draws.
 
-Run: pytest tests/harness/evaluate/test_front_benchmark.py --benchmark-only -n 0
+Run: pytest tests/benchmarks/test_front_probability.py --benchmark-only -n 0
 The sort by cost is O(draws x points) in time and memory; the pairwise version it replaced (test_front's
 reference) builds (draws, points, points) booleans: 1.2 s and 0.8 GB at 256 points x 2,000 draws. Both run on the
 same 256 points in one group, so the table's ratio column compares them on the same machine and load; the sort alone
@@ -22,7 +22,7 @@ PEAK_LIMIT_MB = 1024
 
 def _pairwise():
     """test_front's pairwise reference, loaded from its file (the test folders are not packages)."""
-    spec = importlib.util.spec_from_file_location("front_reference", Path(__file__).with_name("test_front.py"))
+    spec = importlib.util.spec_from_file_location("front_reference", Path(__file__).parents[1] / "harness" / "evaluate" / "test_front.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.pairwise_front_probability

@@ -62,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
                              "repeatable); its per-query outcomes (.queries.parquet) beside it give the intervals")
     parser.add_argument("--sweep", type=Path, action="append", default=[], metavar="FILE",
                         help="a sweep's results.parquet (repeatable)")
+    parser.add_argument("--decision", type=Path, action="append", default=[], metavar="FILE",
+                        help="a decision.json written by `harness.train --until-decided` (repeatable): its verdict, "
+                             "seeds, interval and compute in benchmark.md")
     parser.add_argument("--from-mlflow", action="store_true",
                         help="report the runs of an MLflow experiment instead (ad hoc; not for DVC stages)")
     parser.add_argument("--dataset", help="only runs of this prepared dataset (default: report.dataset; "
@@ -83,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     _, points, comparisons = build_report(args.out_dir or cfg.report.out_dir, records=args.runs, sweeps=args.sweep, mlflow=mlflow,
                              dataset=args.dataset or cfg.report.dataset, latest_per_label=cfg.report.latest_per_label,
                              published=cfg.report.published, cost_files=args.cost,
-                             axis=args.cost_axis or cfg.report.cost_axis, draws=cfg.report.draws)
+                             axis=args.cost_axis or cfg.report.cost_axis, draws=cfg.report.draws,
+                             decision_files=args.decision)
     print(format_summary(points, comparisons))
     return 0
 

@@ -29,7 +29,9 @@ from harness.evaluate.statistics import DEFAULT_DRAWS
 from harness.report.points import assess_points
 from harness.report.runs import (INTERVAL_METRICS, METRICS, collect_runs, load_costs, no_runs_message,
                                  published_points, select_runs)
+from harness.report.decisions import decisions_section
 from harness.report.html import html_page
+from harness.results.decisions import Decision, read_decision
 from harness.report.metric_files import comparison_metrics, metrics, write_point_metrics
 from harness.report.tables import markdown
 
@@ -45,9 +47,9 @@ def epochs_svg(runs: pl.DataFrame | None) -> str | None:
 
 def write_report(points: pl.DataFrame, published: pl.DataFrame | None, out_dir: Path, source: str,
                  costs: list[dict] | None = None, axis: str = "gmacs", comparisons: list[dict] = (),
-                 runs: pl.DataFrame | None = None) -> list[Path]:
+                 runs: pl.DataFrame | None = None, decisions: list[Decision] = ()) -> list[Path]:
     """Write pareto.png/.html (with the accuracy-against-epoch figure of `runs`, the runs behind `points`),
-    benchmark.md, metrics.json, comparisons.json, pareto.csv, metrics/ (a file per point; harness/report/
+    benchmark.md (with a section on `decisions`, the sequential ones), metrics.json, comparisons.json, pareto.csv, metrics/ (a file per point; harness/report/
     metric_files.py) and cost.json where there are costs, each file atomically; return them."""
     fig, tips = draw(points, published, axis)
     names = ("pareto.png", "pareto.html", "benchmark.md", "metrics.json", "comparisons.json", "pareto.csv")
@@ -58,7 +60,7 @@ def write_report(points: pl.DataFrame, published: pl.DataFrame | None, out_dir: 
         tmp.write_text(html_page(svg_with_tooltips(fig, tips), points, published, source, costs, axis, comparisons,
                                  epochs_svg(runs)))
     with atomic_path(paths[2]) as tmp:
-        tmp.write_text(markdown(points, published, source, costs, axis, comparisons))
+        tmp.write_text(markdown(points, published, source, costs, axis, comparisons) + decisions_section(decisions))
     write_json_atomic(paths[3], metrics(points))
     write_json_atomic(paths[4], comparison_metrics(comparisons))
     with atomic_path(paths[5]) as tmp:
@@ -80,14 +82,16 @@ def write_report(points: pl.DataFrame, published: pl.DataFrame | None, out_dir: 
 def build_report(out_dir: Path, *, records: list[Path] = (), sweeps: list[Path] = (),
                  mlflow: tuple[str, str] | None = None, dataset: str | None = None, latest_per_label: bool = True,
                  published: bool = True, cost_files: list[Path] | None = None, axis: str = "gmacs",
-                 draws: int = DEFAULT_DRAWS) -> tuple[list[Path], pl.DataFrame, list[dict]]:
-    """Write every report into `out_dir` from run records and sweep tables (or an MLflow experiment), accuracy
+                 draws: int = DEFAULT_DRAWS, decision_files: list[Path] = ()) -> tuple[list[Path], pl.DataFrame, list[dict]]:
+    """Write every report into `out_dir` from run records and sweep tables (or an MLflow experiment) and decision
+    records (`decision_files`, harness.train --until-decided), accuracy
     against the cost `axis` (report.cost_axis), P(front) from `draws` draws of the points' sampling distribution;
     return the files written, the plotted points and the paired comparisons."""
     for name in ("pareto.png", "pareto.html", "benchmark.md", "metrics.json", "comparisons.json", "pareto.csv",
                  "cost.json"):
         check_writable(out_dir / name)
     costs = load_costs(cost_files or [])
+    decisions = [read_decision(path) for path in decision_files]
     every, source = collect_runs(records=records, sweeps=sweeps, mlflow=mlflow)
     runs = select_runs(every, dataset, latest_per_label, axis)
     if runs.is_empty():
@@ -100,7 +104,7 @@ def build_report(out_dir: Path, *, records: list[Path] = (), sweeps: list[Path] 
     points, comparisons = assess_points(runs, draws)
     # The paper's numbers have GMACs per clip from our cost model, and no latency on any device of ours.
     refs = published_points() if published and axis == "gmacs" and (points["dataset"] == "mars").any() else None
-    paths = write_report(points, refs, out_dir, source, costs, axis, comparisons, runs)
+    paths = write_report(points, refs, out_dir, source, costs, axis, comparisons, runs, decisions)
     log.info("%d runs as %d points in %d dataset group(s) -> %s", len(runs), len(points), points["group"].n_unique(),
              ", ".join(str(p) for p in paths))
     return paths, points, comparisons

@@ -18,7 +18,8 @@ from harness.io import check_writable
 from harness.redact import redact
 from harness.evaluate.sequential import Plan
 from harness.evaluate.statistics import FRONT_SCORES
-from harness.train.decide import DECISION_FILE, Arms, arm_configs, format_decision, until_decided
+from harness.results.decisions import DECISION_FILE
+from harness.train.decide import Arms, arm_configs, format_decision, until_decided
 from harness.train.driver import TrainingInterrupted, fit
 from harness.train.plan import absolute_paths, check_inputs
 from harness.train.outcome import format_summary, train_record, write_run

@@ -11,28 +11,23 @@ ones continue from their checkpoints, and the looks are recomputed.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from harness import storage
 from harness.config import Config
 from harness.evaluate.queries import queries_path
 from harness.evaluate.sequential import Look, Plan, look
 from harness.evaluate.statistics import SCORES, difference, read_sample
 from harness.params import override
 from harness.prepared import PreparedDataset
+from harness.results.decisions import DECISION_FILE, write_decision
 from harness.results.records import read_record
 from harness.train.seeds import SeedSet, fit_seed_sets, seed_record
 
 log = logging.getLogger("harness.train")
-
-SCHEMA = "nvan-bench decision 1"
-DECISION_FILE = "decision.json"
-
 
 @dataclass(frozen=True)
 class Arms:
@@ -69,7 +64,7 @@ def until_decided(arms: Arms, plan: Plan, score: str, resume: bool) -> dict:
         looks.append(_look_entry(outcome, score, arms, range(before, seeds), sum(map(len, trained)),
                                  time.perf_counter() - started))
         decision = _decision(arms, plan, score, looks)
-        _write(arms.out / DECISION_FILE, decision)
+        write_decision(arms.out / DECISION_FILE, decision)
         log.info("look at %d seeds: %s (%s %+.2f points, [%.2f, %.2f] at level %.4f)", seeds, outcome.verdict, score,
                  looks[-1]["diff"], looks[-1]["lo"], looks[-1]["hi"], outcome.level)
         if outcome.verdict != "continue":
@@ -112,7 +107,7 @@ def _decision(arms: Arms, plan: Plan, score: str, looks: list[dict]) -> dict:
     gpu = any(r.run.gpu for r in runs)
     device_hours = sum(s * w for s, w in zip((r.run.seconds or 0.0 for r in runs), workers)) / 3600
     return {
-        "schema": SCHEMA, "a": arms.a.model.preset, "b": arms.b.model.preset, "score": score,
+        "a": arms.a.model.preset, "b": arms.b.model.preset, "score": score,
         "protocol": arms.a.eval.primary, "name": arms.name,
         "plan": {"first": plan.first, "max_seeds": plan.max_seeds, "step": plan.step, "alpha": plan.alpha,
                  "spending": "Lan-DeMets O'Brien-Fleming"},
@@ -120,10 +115,6 @@ def _decision(arms: Arms, plan: Plan, score: str, looks: list[dict]) -> dict:
         "compute": {"train_s": round(seconds, 1), ("gpu_hours" if gpu else "core_hours"): round(device_hours, 3),
                     "device": runs[0].hardware if runs else None},
     }
-
-
-def _write(path: Path, decision: dict) -> None:
-    storage.write_text(path, json.dumps(decision, indent=2) + "\n")
 
 
 def format_decision(decision: dict) -> str:

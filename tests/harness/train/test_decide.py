@@ -8,6 +8,7 @@ import json
 import pytest
 
 from harness.evaluate.sequential import VERDICTS
+from harness.report.decisions import SAID
 from harness.results.records import read_record
 
 
@@ -36,6 +37,15 @@ def test_until_decided_trains_in_rounds_and_a_resume_replays_the_looks(cli, tiny
     seconds = sum(read_record(out / p / f"seed{s}.json").run.seconds for p in ("nvan", "baseline")
                   for s in range(decision["seeds"]))
     assert decision["compute"]["train_s"] == pytest.approx(seconds, abs=0.1)
+
+    # The report states the verdict, the seeds, the interval and the compute.
+    shown = cli("harness.report", "--runs", str(out / "nvan"), "--runs", str(out / "baseline"), "--decision",
+                str(out / "decision.json"), "--out-dir", str(tmp_path / "report"))
+    assert shown.returncode == 0, shown.stderr[-3000:]
+    last = looks[-1]
+    assert (f"| nvan − baseline | rank1 (mars-official) | {SAID[decision['verdict']]} | {decision['seeds']} (3) | "
+            f"{len(looks)} | {last['diff']:+.2f} [{last['lo']:.2f}, {last['hi']:.2f}] |"
+            in (tmp_path / "report" / "benchmark.md").read_text())
 
     again = cli("harness.train", *args, "--resume", "d")
     assert again.returncode == 0, again.stderr[-3000:]

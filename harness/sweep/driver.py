@@ -29,7 +29,8 @@ from ray import tune
 from harness import preemption, storage
 from harness.errors import UserError
 from harness.echo import short
-from harness.config import Config, MlflowConfig, SweepConfig
+from harness.config import Config, MlflowConfig
+from harness.sweep_params import SweepConfig
 from harness.params import flatten, override
 from harness.io import atomic_path, check_writable
 from harness.redact import redact

@@ -13,7 +13,8 @@ from ray import tune
 
 from harness import storage
 from harness.errors import ConfigError
-from harness.config import PAPER_INPUT, TEMPORAL_POOLS, Config, InputSize, SweepConfig, placement_blocks
+from harness.config import PAPER_INPUT, Config, InputSize
+from harness.sweep_params import TEMPORAL_POOLS, SweepConfig, placement_blocks
 from harness.params import dotted, override
 from harness.measure.macs import macs_on_meta
 from harness.results.tracking import tracking_uri

@@ -15,12 +15,13 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Callable, Hashable
 
+import numpy as np
 
 from harness import storage
 from harness.config import Config
-from harness.evaluate.front import surely_on_front
+from harness.evaluate.front import interval_lows, nearest_first, sure_front
 from harness.evaluate.queries import queries_path
-from harness.evaluate.statistics import SCORES, Sample, difference, interval, read_sample
+from harness.evaluate.statistics import FRONT_SCORES, SCORES, Sample, read_sample
 from harness.sweep.space import COST, cost_key, feasibility, resolve
 from harness.sweep.trainable import read_trial_record, trial_config, trial_number, trial_record_path, trial_tags
 from harness.train.seeds import SeedSet, fit_seed_sets
@@ -33,17 +34,35 @@ DOMINATED, FRONT, BUDGET, FIXED = "dominated", "front", "budget", "fixed"
 def decide(samples: dict[Hashable, Sample], cost: dict[Hashable, float], score: str,
            max_seeds: int) -> dict[Hashable, str | None]:
     """Each candidate's verdict at the seeds it has: dominated, front, budget (neither, at max_seeds) or None
-    (undecided: one more seed)."""
+    (undecided: one more seed).
+
+    An interval of a difference is centred on the difference of the point estimates, so only a rival with a higher
+    estimate can dominate a candidate: those are compared, the most accurate first and stacked
+    (`harness.evaluate.front.interval_lows`), until one dominates it."""
     i = SCORES.index(score)
+    keys = list(samples)
+    costs = np.array([cost[k] for k in keys], dtype=np.float64) if len(keys) > 1 else np.zeros(len(keys))
+    points = np.array([samples[k].point()[i] for k in keys], dtype=np.float64)
+    dominated = np.zeros(len(keys), dtype=bool)
+    for j, key in enumerate(keys):
+        rivals = np.flatnonzero((costs <= costs[j]) & (points > points[j]))  # never itself
+        rivals = rivals[np.argsort(-points[rivals], kind="stable")]
+        for part in nearest_first(rivals):
+            if (interval_lows(samples[key], [samples[keys[r]] for r in part], [i], rivals_first=True) > 0).any():
+                dominated[j] = True
+                break
+    rest = [k for k, d in zip(keys, dominated) if not d]
+    if rest and score not in FRONT_SCORES:
+        raise KeyError(score)  # as surely_on_front's verdicts, which are of FRONT_SCORES only
+    sure = sure_front(samples, cost, (score,), rest) if rest else {}
     out = {}
-    for key, sample in samples.items():
-        rivals = [k for k in samples if k != key and cost[k] <= cost[key]]
-        if any(interval(difference(samples[k], sample))[0][i] > 0 for k in rivals):
+    for key, beaten in zip(keys, dominated):
+        if beaten:
             out[key] = DOMINATED
-        elif surely_on_front(key, samples, cost)[score]:
+        elif sure[key][score]:
             out[key] = FRONT
         else:
-            out[key] = BUDGET if len(sample.seeds) >= max_seeds else None
+            out[key] = BUDGET if len(samples[key].seeds) >= max_seeds else None
     return out
 
 

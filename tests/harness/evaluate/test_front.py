@@ -7,7 +7,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-from harness.evaluate.front import front_probability, pareto_front
+from harness.evaluate.front import (assess, front_draws, front_probability, interval_lows, pareto_front, sure_front,
+                                    surely_on_front)
+from harness.evaluate.statistics import FRONT_SCORES, SCORES, Sample, difference, interval
 
 
 def dominated(acc: list[float], cost: list[float], group: list | None = None) -> list[bool]:
@@ -156,3 +158,126 @@ def test_front_probability_refuses_draws_of_different_lengths_as_before():
         pairwise_front_probability(accuracy, cost)
     with pytest.raises(ValueError):
         front_probability(accuracy, cost)
+
+
+def looped_surely_on_front(key, samples: dict, cost: dict) -> dict[str, bool]:
+    """The replaced surely_on_front, verbatim: a difference against every rival, one at a time."""
+    rivals = [k for k, c in cost.items() if k != key and c <= cost[key]] if key in cost else None
+    if rivals is None or any(k not in samples for k in rivals):
+        return {name: False for name in FRONT_SCORES}  # unplaced, or a rival without per-query values
+    index = [SCORES.index(name) for name in FRONT_SCORES]
+    sure = np.ones(len(index), dtype=bool)
+    for rival in rivals:
+        sure &= interval(difference(samples[key], samples[rival]))[0][index] > 0
+    return dict(zip(FRONT_SCORES, sure.tolist()))
+
+
+SEED_LISTS = [(0,), (0, 1), (0, 1, 2), (1, 2, 3), (0, 1, 2, 3)]
+
+
+def random_samples(rng: np.random.Generator, points: int, queries: int = 30,
+                   seed_lists: list | None = None) -> dict[str, Sample]:
+    """Samples on one test set: hit-like 0/1 scores and AP-like levels, a few seed lists (paired and unpaired
+    differences, one seed among them), near-copies and exact copies of one another (ties in accuracy)."""
+    seed_lists = seed_lists or SEED_LISTS
+    clusters = rng.integers(0, max(queries // 3, 2), queries)
+    out: dict[str, Sample] = {}
+    for i in range(points):
+        seeds = seed_lists[int(rng.integers(len(seed_lists)))]
+        p = rng.uniform(0.2, 0.9)
+        values = np.empty((len(seeds), len(SCORES), queries))
+        values[:, :3] = rng.random((len(seeds), 3, queries)) < p
+        values[:, 3:] = np.round(rng.random((len(seeds), 2, queries)) * p, 1)
+        if out and rng.random() < 0.3:  # a copy of an earlier point, perhaps with its seeds, perhaps altered a bit
+            earlier = out[f"p{int(rng.integers(len(out)))}"]
+            seeds, values = earlier.seeds, earlier.values.copy()
+            if rng.random() < 0.5:
+                values[..., : queries // 10] = rng.random((len(seeds), len(SCORES), queries // 10)) < 0.95
+        out[f"p{i}"] = Sample(tuple(seeds), values, clusters)
+    return out
+
+
+def random_costs(rng: np.random.Generator, samples: dict, extra: int = 0, nan: float = 0.0) -> dict:
+    """Costs from a few values (ties), some NaN, and `extra` placed points without samples."""
+    levels = rng.choice([0.5, 1.0, 2.0, 3.0, 4.0, 8.0], int(rng.integers(1, 7)), replace=False)
+    cost = {k: float(rng.choice(levels)) for k in samples}
+    for k in cost:
+        if rng.random() < nan:
+            cost[k] = np.nan
+    for i in range(extra):
+        cost[f"missing{i}"] = float(rng.choice(levels))
+    return cost
+
+
+def test_interval_lows_equal_each_difference_interval_value_for_value():
+    rng = np.random.default_rng(11)
+    for _ in range(30):
+        samples = random_samples(rng, int(rng.integers(2, 12)))
+        names = list(samples)
+        index = sorted(rng.choice(len(SCORES), int(rng.integers(1, len(SCORES) + 1)), replace=False).tolist())
+        for key in names[:3]:
+            rivals = [samples[k] for k in names if k != key]
+            for first in (False, True):
+                got = interval_lows(samples[key], rivals, index, rivals_first=first)
+                expected = np.array([interval(difference(r, samples[key]) if first else
+                                              difference(samples[key], r))[0][index] for r in rivals])
+                assert np.array_equal(got, expected, equal_nan=True)
+
+
+def test_sure_front_equals_the_loop_with_ties_missing_rivals_and_unplaced_points():
+    rng = np.random.default_rng(12)
+    sure_seen = 0
+    for trial in range(120):
+        samples = random_samples(rng, int(rng.integers(1, 16)))
+        cost = random_costs(rng, samples, extra=int(rng.integers(0, 3)) if trial % 3 == 0 else 0,
+                            nan=0.1 if trial % 4 == 0 else 0.0)
+        if trial % 5 == 0:
+            del cost[next(iter(samples))]  # an unplaced point
+        got = sure_front(samples, cost)
+        for key in samples:
+            expected = looped_surely_on_front(key, samples, cost)
+            assert got[key] == expected, (trial, key)
+            assert surely_on_front(key, samples, cost) == expected
+            sure_seen += sum(expected.values())
+        for key in [k for k in cost if k not in samples]:  # placed without values: the loop's verdicts where it has one
+            try:
+                expected = looped_surely_on_front(key, samples, cost)
+            except KeyError:
+                with pytest.raises(KeyError):
+                    surely_on_front(key, samples, cost)
+            else:
+                assert surely_on_front(key, samples, cost) == expected
+    assert sure_seen > 20  # the cases decide both ways
+
+
+def test_sure_front_equals_the_loop_across_chunks_of_rivals():
+    """Many rivals of few seed lists and one clear leader, so its rivals go in several chunks and groups."""
+    rng = np.random.default_rng(13)
+    samples = random_samples(rng, 150, queries=60, seed_lists=[(0, 1, 2), (3, 4, 5), (0, 1, 2, 3)])
+    samples = {k: Sample(s.seeds, s.values / 2, s.clusters) for k, s in samples.items()}  # all well behind
+    leader = np.ones((3, len(SCORES), 60))
+    leader[:, :, :3] = 0
+    samples["leader"] = Sample((0, 1, 2), leader, samples["p0"].clusters)
+    cost = {k: float(rng.integers(0, 5)) for k in samples}
+    cost["leader"] = 4.0
+    got = sure_front(samples, cost)
+    assert got["leader"] == looped_surely_on_front("leader", samples, cost) == {"rank1": True, "map": True}
+    for key in samples:
+        assert got[key] == looped_surely_on_front(key, samples, cost)
+
+
+def test_assess_keeps_its_results_with_the_front_scores_alone():
+    rng = np.random.default_rng(14)
+    samples = random_samples(rng, 12, seed_lists=[(0, 1, 2), (0, 1)])
+    cost = random_costs(rng, samples, extra=1)
+    cost["p3"] = None
+    full = front_draws({k: s for k, s in samples.items() if cost.get(k) is not None}, 300, 5)
+    kept = front_draws({k: s for k, s in samples.items() if cost.get(k) is not None}, 300, 5, FRONT_SCORES)
+    index = [SCORES.index(name) for name in FRONT_SCORES]
+    assert all(np.array_equal(kept[k], full[k][:, index]) for k in full)
+    found = assess(samples, cost, draws=300, seed=5)
+    placed = {k: c for k, c in cost.items() if c is not None}
+    for j, name in enumerate(FRONT_SCORES):
+        odds = front_probability({k: r[:, index[j]] for k, r in full.items()}, {k: placed[k] for k in full})
+        assert {k: a.p_front[name] for k, a in found.items()} == {k: odds.get(k) for k in samples}
+    assert {k: a.sure for k, a in found.items()} == {k: looped_surely_on_front(k, samples, placed) for k in samples}

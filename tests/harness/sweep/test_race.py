@@ -13,7 +13,7 @@ import pytest
 
 from harness import storage
 from harness.errors import ConfigError
-from harness.evaluate.statistics import SCORES, Sample
+from harness.evaluate.statistics import FRONT_SCORES, SCORES, Sample, difference, interval
 from harness.params import load_config
 from harness.results.records import read_record
 from harness.sweep.race import BUDGET, DOMINATED, FRONT, decide
@@ -47,6 +47,73 @@ def test_race_decides_dominated_front_and_leaves_a_tie_undecided_until_the_budge
     samples["tie"] = sample(tie, 2)
     assert decide(samples, cost, "map", max_seeds=3) == {"cheap": FRONT, "best": FRONT, "worse": DOMINATED,
                                                          "tie": None}
+
+
+def looped_decide(samples: dict, cost: dict, score: str, max_seeds: int) -> dict:
+    """The replaced decide, verbatim, with the replaced surely_on_front: every rival's difference in a loop."""
+    i = SCORES.index(score)
+    out = {}
+    for key, sample in samples.items():
+        rivals = [k for k in samples if k != key and cost[k] <= cost[key]]
+        if any(interval(difference(samples[k], sample))[0][i] > 0 for k in rivals):
+            out[key] = DOMINATED
+        elif looped_surely_on_front(key, samples, cost)[score]:
+            out[key] = FRONT
+        else:
+            out[key] = BUDGET if len(sample.seeds) >= max_seeds else None
+    return out
+
+
+def looped_surely_on_front(key, samples: dict, cost: dict) -> dict[str, bool]:
+    rivals = [k for k, c in cost.items() if k != key and c <= cost[key]] if key in cost else None
+    if rivals is None or any(k not in samples for k in rivals):
+        return {name: False for name in FRONT_SCORES}
+    index = [SCORES.index(name) for name in FRONT_SCORES]
+    sure = np.ones(len(index), dtype=bool)
+    for rival in rivals:
+        sure &= interval(difference(samples[key], samples[rival]))[0][index] > 0
+    return dict(zip(FRONT_SCORES, sure.tolist()))
+
+
+def random_race(rng: np.random.Generator, candidates: int) -> tuple[dict, dict]:
+    """Candidates at 2 to 4 seeds (paired and unpaired), some copies of others (ties in accuracy), costs of a few
+    values (ties in cost), now and then a NaN cost."""
+    samples: dict = {}
+    for n in range(candidates):
+        seeds = int(rng.integers(2, 5))
+        if samples and rng.random() < 0.25:
+            earlier = samples[f"c{int(rng.integers(len(samples)))}"]
+            samples[f"c{n}"] = Sample(earlier.seeds, earlier.values, CLUSTERS)
+            continue
+        values = hits(rng.uniform(0.2, 0.9), rng)
+        if seeds == 4:
+            values = np.concatenate([values, hits(rng.uniform(0.2, 0.9), rng)[:1]])
+        samples[f"c{n}"] = sample(values, seeds)
+    levels = rng.choice([1.0, 2.0, 3.0, 5.0, 8.0], int(rng.integers(1, 6)), replace=False)
+    cost = {k: float(rng.choice(levels)) if rng.random() > 0.05 else np.nan for k in samples}
+    return samples, cost
+
+
+def test_decide_equals_the_looped_decide_on_random_races():
+    rng = np.random.default_rng(8)
+    seen = set()
+    for trial in range(40):
+        samples, cost = random_race(rng, int(rng.integers(1, 14)))
+        score = ("map", "rank1")[trial % 2]
+        max_seeds = int(rng.integers(2, 5))
+        got = decide(samples, cost, score, max_seeds)
+        assert got == looped_decide(samples, cost, score, max_seeds), trial
+        seen |= set(got.values())
+    assert seen == {DOMINATED, FRONT, BUDGET, None}
+
+
+def test_decide_on_a_score_without_a_front_fails_as_before():
+    rng = np.random.default_rng(9)
+    samples, cost = random_race(rng, 3)
+    with pytest.raises(KeyError):
+        looped_decide(samples, {k: 1.0 for k in samples}, "rank5", 3)
+    with pytest.raises(KeyError):
+        decide(samples, {k: 1.0 for k in samples}, "rank5", 3)
 
 
 @pytest.mark.parametrize("overrides, message", [

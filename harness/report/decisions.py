@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-from harness.results.decisions import Decision
-
-SAID = {"decided": "decided", "futile": "futile: stopped", "budget": "undecided: seeds spent",
-        "continue": "running"}  # what each verdict means to a reader of the report
+from harness.results.decisions import SAID, Decision
 
 
 def decisions_section(decisions: list[Decision]) -> str:

@@ -21,6 +21,8 @@ from harness.errors import UserError
 SCHEMA = "nvan-bench decision 1"
 DECISION_FILE = "decision.json"
 _WRITER = "`python -m harness.train --until-decided` writes <out>/decision.json"
+SAID = {"decided": "decided", "futile": "futile: stopped", "budget": "undecided: seeds spent",
+        "continue": "running"}  # what each verdict means to a reader, on the console and in the report
 
 
 class _Section(BaseModel):

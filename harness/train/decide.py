@@ -23,7 +23,7 @@ from harness.evaluate.sequential import Look, Plan, look
 from harness.evaluate.statistics import SCORES, difference, read_sample
 from harness.params import override
 from harness.prepared import PreparedDataset
-from harness.results.decisions import DECISION_FILE, write_decision
+from harness.results.decisions import DECISION_FILE, SAID, Decision, write_decision
 from harness.results.records import read_record
 from harness.train.seeds import SeedSet, fit_seed_sets, seed_record
 
@@ -51,7 +51,7 @@ def arm_configs(config: Config, against: str) -> tuple[Config, Config]:
     return config, override(config, {"model": {"preset": against}}, "--against")
 
 
-def until_decided(arms: Arms, plan: Plan, score: str, resume: bool) -> dict:
+def until_decided(arms: Arms, plan: Plan, score: str, resume: bool) -> Decision:
     """Train rounds of seeds until the paired difference of `score` is decided, futile or out of budget; the
     decision record (also written to out/decision.json after every round)."""
     looks: list[dict] = []
@@ -68,7 +68,7 @@ def until_decided(arms: Arms, plan: Plan, score: str, resume: bool) -> dict:
         log.info("look at %d seeds: %s (%s %+.2f points, [%.2f, %.2f] at level %.4f)", seeds, outcome.verdict, score,
                  looks[-1]["diff"], looks[-1]["lo"], looks[-1]["hi"], outcome.level)
         if outcome.verdict != "continue":
-            return decision
+            return Decision.model_validate(decision)
         seeds, before = min(seeds + plan.step, plan.max_seeds), seeds
 
 
@@ -103,9 +103,11 @@ def _decision(arms: Arms, plan: Plan, score: str, looks: list[dict]) -> dict:
     seeds = looks[-1]["seeds"]
     runs = [r for arm in (arms.a, arms.b) for r in _records(arms, arm, range(seeds))]
     seconds = sum(r.run.seconds or 0.0 for r in runs)
-    workers = [(r.run.workers or 1) * (r.run.threads_per_worker or 1) for r in runs]
     gpu = any(r.run.gpu for r in runs)
-    device_hours = sum(s * w for s, w in zip((r.run.seconds or 0.0 for r in runs), workers)) / 3600
+    # Device-hours: per worker its GPUs on a GPU, else its CPU threads.
+    devices = [(r.run.workers or 1) * (r.written()["config"]["ray"]["gpus_per_worker"] if gpu
+                                       else r.run.threads_per_worker or 1) for r in runs]
+    device_hours = sum((r.run.seconds or 0.0) * d for r, d in zip(runs, devices)) / 3600
     return {
         "a": arms.a.model.preset, "b": arms.b.model.preset, "score": score,
         "protocol": arms.a.eval.primary, "name": arms.name,
@@ -117,15 +119,12 @@ def _decision(arms: Arms, plan: Plan, score: str, looks: list[dict]) -> dict:
     }
 
 
-def format_decision(decision: dict) -> str:
-    """The console lines of a decision: the verdict at its seeds, A - B with its repeated confidence interval, and
+def format_decision(decision: Decision) -> str:
+    """The console line of a decision: the verdict at its seeds, A - B with its repeated confidence interval, and
     the compute spent."""
-    last, compute = decision["looks"][-1], decision["compute"]
-    hours = next(f"{v:.2f} {k.replace('_', '-')}" for k, v in compute.items() if k.endswith("_hours"))
-    said = {"decided": "decided", "futile": "stopped as futile (not even the maximum seeds would decide a "
-                                            "difference this size)", "budget": "undecided: the seed budget is spent"}
-    return (f"{decision['a']} - {decision['b']}, {decision['score']} ({decision['protocol']}): {said[last['verdict']]} "
-            f"at {last['seeds']} of at most {decision['plan']['max_seeds']} seeds per arm; {last['diff']:+.2f} points, "
-            f"repeated {100 * (1 - decision['plan']['alpha']):.0f} % interval [{last['lo']:.2f}, {last['hi']:.2f}] "
-            f"(nominal level {last['level']:.4f} at this look); {len(decision['looks'])} look(s), "
-            f"{compute['train_s'] / 3600:.2f} h of training ({hours} on {compute['device']})")
+    last, (unit, hours) = decision.looks[-1], decision.device_hours
+    return (f"{decision.a} - {decision.b}, {decision.score} ({decision.protocol}): {SAID[last.verdict]} at "
+            f"{last.seeds} of at most {decision.plan.max_seeds} seeds per arm; {last.diff:+.2f} points, repeated "
+            f"{100 * (1 - decision.plan.alpha):.0f} % interval [{last.lo:.2f}, {last.hi:.2f}] (nominal level "
+            f"{last.level:.4f} at this look); {len(decision.looks)} look(s), {decision.compute.train_s / 3600:.2f} h "
+            f"of training ({hours:.2f} {unit.replace('_', '-')} on {decision.compute.device})")

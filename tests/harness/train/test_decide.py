@@ -8,7 +8,7 @@ import json
 import pytest
 
 from harness.evaluate.sequential import VERDICTS
-from harness.report.decisions import SAID
+from harness.results.decisions import SAID
 from harness.results.records import read_record
 
 

@@ -89,16 +89,20 @@ def race(entrants: dict[Hashable, Entrant], protocol: str, score: str, min_seeds
     counts = dict.fromkeys(entrants, min_seeds)
     cost = {k: e.cost for k, e in entrants.items()}
     verdicts: dict[Hashable, str] = {}
+    samples: dict[Hashable, Sample] = {}
     while True:
-        todo = {k: counts[k] - 1 for k, e in entrants.items() if not trained(e.paths[counts[k] - 1])}
+        # A decided entrant's seeds were checked and read in an earlier round: only the others' new seed is.
+        todo = {k: counts[k] - 1 for k, e in entrants.items()
+                if k not in verdicts and not trained(e.paths[counts[k] - 1])}
         if todo and train is not None:
             train(todo)
             todo = {k: i for k, i in todo.items() if not trained(entrants[k].paths[i])}
         if todo:
             return verdicts  # a round not (fully) trained: its entrants stay undecided
-        # Seed k as index k, so candidates pair by seed index.
-        samples = {k: read_sample([(i, queries_path(p)) for i, p in enumerate(e.paths[:counts[k]])], protocol)
-                   for k, e in entrants.items()}
+        for k, e in entrants.items():
+            if k not in samples or len(samples[k].seeds) != counts[k]:
+                # Seed k as index k, so candidates pair by seed index.
+                samples[k] = read_sample([(i, queries_path(p)) for i, p in enumerate(e.paths[:counts[k]])], protocol)
         for key, verdict in decide(samples, cost, score, max_seeds).items():
             # Racing eliminates: a decided entrant keeps its verdict and trains no more (its seeds stay rivals).
             if verdict is not None and key not in verdicts:

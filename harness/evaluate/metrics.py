@@ -96,6 +96,21 @@ def exact_mean(values: np.ndarray) -> float:
     return math.fsum(values.tolist()) / len(values)
 
 
+def exact_means(values: np.ndarray) -> np.ndarray:
+    """`exact_mean` of each row of float64 `values` (..., N), value for value.
+
+    A row of whole numbers (hit@k's 0/1) is summed by numpy: every partial sum of whole numbers under 2**53 is exact,
+    so its sum is the correctly rounded one in any order, and fsum's Python loop is kept for the other rows."""
+    values = np.asarray(values, dtype=np.float64)
+    rows = values.reshape(-1, values.shape[-1])
+    out = np.empty(rows.shape[0])
+    whole = np.all(rows == np.trunc(rows), axis=1) & (np.abs(rows).sum(axis=1) < 2.0**53)
+    out[whole] = rows[whole].sum(axis=1) / rows.shape[1]
+    for i in np.flatnonzero(~whole):
+        out[i] = exact_mean(rows[i])
+    return out.reshape(values.shape[:-1])
+
+
 def scores_from_outcomes(protocol: str, outcomes: QueryOutcomes, max_rank: int = 50) -> Scores:
     """CMC, rank-k, mAP and mINP as plain means of the per-query outcomes over the queries with a match."""
     valid = outcomes.valid

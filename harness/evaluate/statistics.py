@@ -46,13 +46,13 @@ harness.evaluate.front.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from functools import cached_property
+from functools import cache, cached_property
 
 import numpy as np
 import polars as pl
 from scipy import stats
 
-from harness.evaluate.metrics import QueryOutcomes, exact_mean
+from harness.evaluate.metrics import QueryOutcomes, exact_means
 from harness.evaluate.queries import outcomes_of, read_queries
 
 SCORES = ("rank1", "rank5", "rank10", "map", "minp")  # the scores given intervals, in the rows of `query_values`
@@ -160,7 +160,15 @@ def unpaired(sums_a: np.ndarray, sums_b: np.ndarray, sizes: np.ndarray) -> Estim
 
 def _critical(df: int, alpha: np.ndarray | float) -> np.ndarray:
     """t_{df, 1 - alpha/2}; 0 without degrees of freedom (the part it multiplies is then 0)."""
+    if np.ndim(alpha) == 0 and df > 0:
+        return _t_quantile(int(df), float(alpha))
     return stats.t.ppf(1 - np.asarray(alpha) / 2, df) if df > 0 else np.zeros_like(np.asarray(alpha, float))
+
+
+@cache
+def _t_quantile(df: int, alpha: float) -> np.ndarray:
+    """t_{df, 1 - alpha/2}, kept: scipy takes ~1 ms a call, and a sweep's thousands of intervals share a few df."""
+    return stats.t.ppf(1 - np.asarray(alpha) / 2, df)
 
 
 def half_width(est: Estimate, alpha: np.ndarray | float = 1 - CONFIDENCE) -> np.ndarray:
@@ -250,13 +258,19 @@ class Sample:
     clusters: np.ndarray
 
     def point(self) -> np.ndarray:
-        """Each score: the mean over seeds of each seed's mean over queries (exactly rounded sums)."""
-        return self.per_seed.mean(axis=0)
+        """Each score: the mean over seeds of each seed's mean over queries (exactly rounded sums), read-only."""
+        return self._point
+
+    @cached_property
+    def _point(self) -> np.ndarray:
+        point = self.per_seed.mean(axis=0)
+        point.setflags(write=False)  # shared by every caller: the race asks for it once per rival per round
+        return point
 
     @cached_property
     def per_seed(self) -> np.ndarray:
         """(seeds, SCORES): each seed's mean over queries (exactly rounded sums)."""
-        return np.array([[exact_mean(row) for row in seed] for seed in self.values])
+        return exact_means(self.values)
 
     @cached_property
     def sums(self) -> tuple[np.ndarray, np.ndarray]:

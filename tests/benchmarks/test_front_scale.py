@@ -6,9 +6,10 @@ Synthetic candidates of 3 seeds (most on one seed list, paired; a tenth on anoth
 queries in 300 identities of 5: hit@k 0/1 and AP-like values in [0, 1], accuracy rising with a random cost plus noise,
 so there is a front and many near it. One timed round each (fresh Samples: a Sample caches its sums and estimate), then
 the peak memory (tracemalloc, which numpy reports to) beyond the inputs in extra_info, bounded, from an untimed
-round. No timing asserts. Measured on 2 busy AMD EPYC cores, OPENBLAS_NUM_THREADS=1 (threaded BLAS was ~6x slower
-in front_draws under that load): assess 1,000: 3.8 s; 10,000: peak 851 MB; decide 1,000: 2.4 s; 10,000: peak 420 MB.
-"""
+round. No timing asserts. Measured on 2 AMD EPYC cores, one of them busy, OPENBLAS_NUM_THREADS=1 (threaded BLAS was
+~6x slower in front_draws under load): assess 1,000: 1.9 s; 10,000: 20.1-22.1 s, peak 852 MB; decide 1,000: 2.7 s;
+10,000: 12.4-26.4 s, peak 422 MB. What is left is per candidate: front_draws' (draws x identities) product (~9 s at
+10,000) and the exact sums of the non-0/1 scores (math.fsum)."""
 
 import tracemalloc
 

@@ -8,7 +8,7 @@ import torch
 from scipy.spatial.distance import cdist
 
 from harness.errors import MetricsError
-from harness.evaluate.metrics import Scores, distance_matrix, score, score_test_set
+from harness.evaluate.metrics import Scores, distance_matrix, exact_mean, exact_means, score, score_test_set
 
 PROTOCOLS = ("mars-official", "standard")
 
@@ -475,3 +475,17 @@ def test_per_query_outcomes_give_every_score_exactly(protocol, tmp_path):
     for i, q in enumerate(query_index):
         _, ap, _, _ = reference_scores(dist[i:i + 1], pids[[q]], cams[[q]], pids[gallery], cams[gallery], protocol)
         assert valid["ap"][i] == pytest.approx(ap, abs=1e-12)
+
+
+def test_exact_means_equal_exact_mean_row_for_row():
+    rng = np.random.default_rng(3)
+    values = rng.random((4, 6, 301))
+    values[:, :3] = values[:, :3] < 0.4  # 0/1 rows take numpy's sum
+    values[1, 4, :5] = rng.random(5) * 1e17  # whole numbers beyond 2**53 and fractions stay on fsum
+    values[2, 3] = np.round(rng.normal(0, 1e16, 301))  # whole, large, signed: the exact sum is over 2**53 in part
+    values[3, 5, 7] = np.nan
+    values[0, 5, 9] = np.inf
+    want = np.array([[exact_mean(row) for row in seed] for seed in values])
+    got = exact_means(values)
+    assert got.shape == want.shape
+    np.testing.assert_array_equal(got, want)  # bit for bit, NaN where fsum gives NaN

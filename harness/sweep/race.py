@@ -85,15 +85,16 @@ def trained(path: str) -> bool:
 def race(entrants: dict[Hashable, Entrant], protocol: str, score: str, min_seeds: int, max_seeds: int,
          train: Callable[[dict[Hashable, int]], None] | None = None) -> dict[Hashable, str]:
     """The verdict of each entrant whose race is decided, round after round from min_seeds: `train` gets the seed
-    index each undecided entrant adds (those not trained yet); without it the rounds stop at the first seed missing."""
+    index each undecided entrant (and each decided rival `keeping_pace` with them) adds, those not trained yet;
+    without it the rounds stop at the first seed missing. A verdict, once reached, stays."""
     counts = dict.fromkeys(entrants, min_seeds)
     cost = {k: e.cost for k, e in entrants.items()}
     verdicts: dict[Hashable, str] = {}
     samples: dict[Hashable, Sample] = {}
     while True:
-        # A decided entrant's seeds were checked and read in an earlier round: only the others' new seed is.
+        # The seeds read in an earlier round were checked then: only each entrant's new seed is.
         todo = {k: counts[k] - 1 for k, e in entrants.items()
-                if k not in verdicts and not trained(e.paths[counts[k] - 1])}
+                if not (k in samples and len(samples[k].seeds) == counts[k]) and not trained(e.paths[counts[k] - 1])}
         if todo and train is not None:
             train(todo)
             todo = {k: i for k, i in todo.items() if not trained(entrants[k].paths[i])}
@@ -104,15 +105,41 @@ def race(entrants: dict[Hashable, Entrant], protocol: str, score: str, min_seeds
                 # Seed k as index k, so candidates pair by seed index.
                 samples[k] = read_sample([(i, queries_path(p)) for i, p in enumerate(e.paths[:counts[k]])], protocol)
         for key, verdict in decide(samples, cost, score, max_seeds).items():
-            # Racing eliminates: a decided entrant keeps its verdict and trains no more (its seeds stay rivals).
+            # Racing eliminates: a decided entrant keeps its verdict; it trains on only to pace its undecided rivals.
             if verdict is not None and key not in verdicts:
                 verdicts[key] = verdict
         undecided = [k for k in entrants if k not in verdicts]
         if not undecided:
             return verdicts
-        log.info("race: %d candidate(s) undecided, each trains one more seed", len(undecided))
-        for key in undecided:
+        pacers = keeping_pace(samples, cost, score, undecided)
+        log.info("race: %d candidate(s) undecided, each trains one more seed (and %d decided rival(s) of theirs)",
+                 len(undecided), len(pacers))
+        for key in (*undecided, *pacers):
             counts[key] += 1
+
+
+def keeping_pace(samples: dict[Hashable, Sample], cost: dict[Hashable, float], score: str,
+                 undecided: list[Hashable]) -> list[Hashable]:
+    """The decided candidates that train one more seed beside the undecided ones: each rival that can still decide
+    an undecided candidate and would otherwise have fewer seeds than it after this round.
+
+    A decided candidate stops adding seeds, but it stays a rival: compared unpaired at its few seeds, its seed part
+    keeps their t (12.7 at two seeds), so a candidate clearly on the front could never be decided against a cheap
+    rival stopped at two. The rivals that can still decide X (cost no more): those with a higher estimate (only
+    they can dominate X), or when there are none, all of them (X is on the front when it beats each)."""
+    i = SCORES.index(score)
+    keys = list(samples)
+    costs = np.array([cost[k] for k in keys], dtype=np.float64)
+    points = np.array([samples[k].point()[i] for k in keys], dtype=np.float64)
+    seeds = np.array([len(samples[k].seeds) for k in keys])
+    undecided = set(undecided)
+    waiting = np.array([k in undecided for k in keys], dtype=bool)
+    pace = np.zeros(len(keys), dtype=bool)
+    for j in np.flatnonzero(waiting):
+        rivals = (costs <= costs[j]) & (np.arange(len(keys)) != j)
+        above = rivals & (points > points[j])
+        pace |= (above if above.any() else rivals) & (seeds < seeds[j] + 1)
+    return [k for k, p, w in zip(keys, pace, waiting) if p and not w]
 
 
 def entrants(base: Config, trials: list, sweep_name: str) -> dict[str, Entrant]:

@@ -49,6 +49,74 @@ def test_race_decides_dominated_front_and_leaves_a_tie_undecided_until_the_budge
                                                          "tie": None}
 
 
+
+class Seeds:
+    """The race's I/O on a dict: each seed's (SCORES, QUERIES) values by record path, and the paths trained so far;
+    `train` trains a round, or its first `stop_after` entrants and then stops as a preempted round does."""
+
+    def __init__(self, values: dict[str, np.ndarray], min_seeds: int):
+        self.values, self.done, self.rounds = values, set(), []
+        self.done |= {p for p in values if int(p.rpartition("/")[2]) < min_seeds}  # the Tune trials' seeds
+        self.stop_after = None
+
+    def train(self, todo: dict) -> None:
+        self.rounds.append(dict(todo))
+        for n, (key, index) in enumerate(todo.items()):
+            if self.stop_after is not None and n >= self.stop_after:
+                return
+            assert f"{key}/{index}" not in self.done, "a seed trained twice"
+            self.done.add(f"{key}/{index}")
+
+    def read(self, runs: list, protocol: str) -> Sample:
+        return Sample(tuple(i for i, _ in runs), np.stack([self.values[p] for _, p in runs]), CLUSTERS)
+
+
+def test_the_race_trains_only_undecided_candidates_and_resumes_a_stopped_round(monkeypatch):
+    """race() round by round on known samples: decided candidates stop training unless an undecided one needs them as
+    a rival, the ties race to max_seeds, and a round stopped halfway (SIGTERM) resumes from the records to the same
+    verdicts, no seed trained twice."""
+    from harness.sweep import race as racing
+
+    rng = np.random.default_rng(9)  # "best" is undecided at 2 seeds (1 df) here
+    max_seeds, min_seeds = 6, 2
+    seeds = {k: np.concatenate([hits(p, rng) for _ in range(2)])[:, 0] for k, p in
+             {"cheap": 0.5, "best": 0.9, "worse": 0.2}.items()}  # (6, QUERIES) hit or miss per seed
+    for tie, like, rate in (("tie", "best", 0.9), ("tie2", "cheap", 0.5)):  # a tenth of the queries drawn again
+        seeds[tie] = np.where(rng.random((max_seeds, QUERIES)) < 0.1, rng.random((max_seeds, QUERIES)) < rate,
+                              seeds[like])
+    values = {f"{k}/{i}": np.repeat(v[i][None], len(SCORES), axis=0) for k, v in seeds.items()
+              for i in range(max_seeds)}
+    entrants = {k: racing.Entrant(c, tuple(f"{k}/{i}" for i in range(max_seeds)))
+                for k, c in {"cheap": 1.0, "tie2": 1.5, "best": 2.0, "worse": 3.0, "tie": 2.5}.items()}
+
+    def run(io: Seeds, train: bool) -> dict:
+        monkeypatch.setattr(racing, "trained", io.done.__contains__)
+        monkeypatch.setattr(racing, "queries_path", str)
+        monkeypatch.setattr(racing, "read_sample", io.read)
+        return racing.race(entrants, "mars-official", "map", min_seeds, max_seeds, io.train if train else None)
+
+    whole = Seeds(values, min_seeds)
+    verdicts = run(whole, train=True)
+    assert verdicts == {"cheap": FRONT, "tie2": BUDGET, "best": FRONT, "worse": DOMINATED, "tie": BUDGET}
+    trained = {k: sum(p.startswith(f"{k}/") for p in whole.done) for k in entrants}
+    # The ties race to the budget; "cheap" and "best", decided, train on beside them as the rivals that can decide
+    # them (paired, not stuck at 1 df: without that "best" ends at "budget" against "cheap" stopped at 2 seeds);
+    # "worse", the dearest, is no one's rival and stops at min_seeds.
+    assert trained == {"cheap": max_seeds, "tie2": max_seeds, "best": max_seeds, "worse": min_seeds, "tie": max_seeds}
+    for n, todo in enumerate(whole.rounds):  # each round trains the next seed of exactly the undecided ones
+        assert todo == {k: min_seeds + n for k in entrants if trained[k] > min_seeds + n}
+    rounds = len(whole.rounds)
+    assert run(whole, train=False) == verdicts and len(whole.rounds) == rounds  # replayed from the records
+
+    stopped = Seeds(values, min_seeds)
+    stopped.stop_after = 1
+    partial_verdicts = run(stopped, train=True)  # the first round stops after its first entrant
+    assert len(stopped.rounds) == 1 and set(partial_verdicts) < set(verdicts)
+    stopped.stop_after = None
+    assert run(stopped, train=True) == verdicts and stopped.done == whole.done
+    assert stopped.rounds[1] == {k: i for k, i in whole.rounds[0].items() if k != next(iter(whole.rounds[0]))}
+
+
 def looped_decide(samples: dict, cost: dict, score: str, max_seeds: int) -> dict:
     """The replaced decide, verbatim, with the replaced surely_on_front: every rival's difference in a loop."""
     i = SCORES.index(score)

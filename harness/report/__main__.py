@@ -9,8 +9,8 @@ import polars as pl
 from harness.errors import UserError
 from harness.cli import config_parser, load_from_args, run
 from harness.report.build import build_report
-from harness.report.runs import AXES
-from harness.report.tables import decided_text, fmt, latency_text, plus_minus, point_notes
+from harness.report.runs import AXES, PANELS
+from harness.report.tables import decided_text, fmt, in_bulk, latency_text, left_out_text, plus_minus, point_notes
 from harness.report.testsets import notes
 from harness.results.tracking import tracking_uri
 
@@ -25,11 +25,14 @@ def comparison_summary(pairs: list[dict]) -> str:
 
 
 def format_summary(points: pl.DataFrame, comparisons: list[dict] = ()) -> str:
-    """The console summary: per group, each point's accuracy with its 95 % interval, cost and training time, then
-    which paired comparisons the data decides; last, which points were not compared for being on other test sets."""
+    """The console summary: per group, each point's accuracy with its 95 % interval, cost and training time (a crowd
+    of sweep trials off the front in one line, as the tables), then which paired comparisons the data decides;
+    last, which points were not compared for being on other test sets."""
     lines = []
     for group in points["group"].unique(maintain_order=True):
         rows = points.filter(pl.col("group") == group)
+        bulk = rows.select(in_bulk(tuple(acc for acc, _ in PANELS))).to_series()
+        left, rows = rows.filter(bulk), rows.filter(~bulk)
         lines += [f"{group}: rank-1 / mAP (%), mean over seeds ± half its 95 % interval (seeds and queries), "
                   f"std over seeds, P(on the Pareto front); GMACs per clip, latency (ms per clip), training time",
                   f"  {'point':<24}{'seeds':>6}{'rank-1':>14}{'std':>6}{'P':>6}{'mAP':>14}{'std':>6}{'P':>6}"
@@ -39,11 +42,11 @@ def format_summary(points: pl.DataFrame, comparisons: list[dict] = ()) -> str:
                          f"{fmt(r['rank1_std_pct'], '.1f'):>6}{fmt(r['p_front_rank1'], '.2f'):>6}"
                          f"{plus_minus(r, 'map'):>14}{fmt(r['map_std_pct'], '.1f'):>6}{fmt(r['p_front_map'], '.2f'):>6}"
                          f"{fmt(r['gmacs'], '.4g'):>9}{latency_text(r):>14}{fmt(r['train_s'], '.0f'):>11}")
-        lines += [f"  note: {n}" for n in point_notes(rows)]
+        lines += [f"  note: {n}" for n in ([left_out_text(left)] if left.height else []) + point_notes(rows)]
         pairs = [c for c in comparisons if c["group"] == group]
         if pairs:
             lines.append(comparison_summary(pairs))
-        total = rows["train_s"].drop_nulls().sum()
+        total = pl.concat([rows, left])["train_s"].drop_nulls().sum()
         if total:
             lines.append(f"  training took {total:.0f} s in all ({total / 60:.1f} min), seeds summed")
     return "\n".join(lines + [f"note: {n}" for n in notes(points)])

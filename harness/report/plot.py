@@ -17,7 +17,8 @@ from matplotlib.figure import Figure
 from matplotlib.transforms import Bbox
 
 from harness.report.runs import AXIS_NAMES, HOVER_PARAMS, MAX_LABELS, METRICS, PANELS, PAPER_WIDTH
-from harness.report.tables import OPTIMISTIC, OPTIMISTIC_TEXT, fmt, interval_text, latency_text, selection_text
+from harness.report.tables import (OPTIMISTIC, OPTIMISTIC_TEXT, fmt, in_bulk, interval_text, latency_text,
+                                   selection_text)
 
 
 def axis_label(runs: pl.DataFrame, axis: str) -> str:
@@ -148,38 +149,47 @@ def _references_for(runs: pl.DataFrame, published: pl.DataFrame | None) -> pl.Da
     return published if published is not None and runs["dataset"][0] == "mars" and not runs["synthetic"][0] else None
 
 
-def _panel(ax: Axes, runs: pl.DataFrame, refs: pl.DataFrame | None, acc: str, name: str,
-           gid: str, tips: dict[str, str], axis: str = "gmacs") -> list[tuple[float, float, str]]:
-    """Draw one panel's points with their 95 % intervals, the front and the references; return the (x, y, text)
-    labels to place."""
-    measured = runs.drop_nulls(["cost", acc])
-    inputs = runs["input"].drop_nulls().unique().sort().to_list()
-    for i, run in enumerate(measured.iter_rows(named=True)):
-        x, y = run["cost"], run[f"{acc}_pct"]
-        low, high = run[f"{acc}_lo_pct"], run[f"{acc}_hi_pct"]
-        yerr = None if low is None else [[y - low], [high - y]]
-        # On the latency axis, the timed range (min-max) too: a timing is a sample as well.
-        xerr = ([[x - run["latency_min_ms"]], [run["latency_max_ms"] - x]]
-                if axis == "latency" and run["latency_min_ms"] is not None else None)
-        if yerr or xerr:
-            ax.errorbar(x, y, yerr=yerr, xerr=xerr, fmt="none", ecolor=_STYLE[run["kind"]]["color"], elinewidth=1,
-                        capsize=3, alpha=0.7, zorder=2.5)
-        ax.scatter(x, y, gid=f"{gid}-{i}", zorder=3, **_style(run["kind"], run[f"sure_{acc}"]))
-        tips[f"{gid}-{i}"] = hover_text(run)
-    front = measured.filter(pl.col(f"pareto_{acc}")).sort("cost")
-    # Ringed points keep a one-run front visible; the step joins the point estimates on the front, but only
-    # the filled markers are on it with 95 % confidence.
-    ax.step(front["cost"], front[f"{acc}_pct"], where="post", color="tab:red", lw=1.5, zorder=2, marker="o",
-            markersize=11, markerfacecolor="none", label="Pareto front of the point estimates")
+def _point(ax: Axes, run: dict, acc: str, axis: str, gid: str) -> None:
+    """Draw one point with its 95 % interval (and, on the latency axis, its timed range) under SVG id `gid`."""
+    x, y = run["cost"], run[f"{acc}_pct"]
+    low, high = run[f"{acc}_lo_pct"], run[f"{acc}_hi_pct"]
+    yerr = None if low is None else [[y - low], [high - y]]
+    # On the latency axis, the timed range (min-max) too: a timing is a sample as well.
+    xerr = ([[x - run["latency_min_ms"]], [run["latency_max_ms"] - x]]
+            if axis == "latency" and run["latency_min_ms"] is not None else None)
+    if yerr or xerr:
+        ax.errorbar(x, y, yerr=yerr, xerr=xerr, fmt="none", ecolor=_STYLE[run["kind"]]["color"], elinewidth=1,
+                    capsize=3, alpha=0.7, zorder=2.5)
+    ax.scatter(x, y, gid=gid, zorder=3, **_style(run["kind"], run[f"sure_{acc}"]))
+
+
+BULK_LABEL = "sweep trial off the front (grey dot; no interval, label or tooltip; count in the panel's title)"
+
+
+def _draw_bulk(ax: Axes, trials: pl.DataFrame, acc: str) -> None:
+    """Draw sweep trials off the front as one collection of small dots: no intervals, labels or tooltips, which at
+    thousands of trials would hide the front and make the SVG huge. Rasterized: one image in the SVG, not a
+    shape per dot."""
+    ax.scatter(trials["cost"], trials[f"{acc}_pct"], s=6, color="tab:gray", alpha=0.35, linewidths=0, zorder=1.5,
+               rasterized=True, label=BULK_LABEL)
+
+
+def _references(ax: Axes, refs: pl.DataFrame, acc: str, gid: str,
+                tips: dict[str, str]) -> list[tuple[float, float, str]]:
+    """Draw the paper's points as stars with their tooltips; return their labels."""
     labels = []
-    if refs is not None:
-        for i, ref in enumerate(refs.iter_rows(named=True)):
-            ax.scatter(ref["gmacs"], ref[f"{acc}_pct"], marker="*", s=220, color="tab:orange", edgecolor="black",
-                       lw=0.6, zorder=4, gid=f"{gid}-ref{i}", label=_PUBLISHED_LABEL)
-            tips[f"{gid}-ref{i}"] = (f"{ref['name']}, published on real MARS: rank-1 {ref['rank1_pct']:.1f} %, "
-                                     f"mAP {ref['map_pct']:.1f} %\nour cost model: {ref['gmacs']:.1f} GMACs per clip "
-                                     f"at {ref['input']} (T x H x W), width {PAPER_WIDTH}")
-            labels.append((ref["gmacs"], ref[f"{acc}_pct"], f"{ref['name']} (published)"))
+    for i, ref in enumerate(refs.iter_rows(named=True)):
+        ax.scatter(ref["gmacs"], ref[f"{acc}_pct"], marker="*", s=220, color="tab:orange", edgecolor="black",
+                   lw=0.6, zorder=4, gid=f"{gid}-ref{i}", label=_PUBLISHED_LABEL)
+        tips[f"{gid}-ref{i}"] = (f"{ref['name']}, published on real MARS: rank-1 {ref['rank1_pct']:.1f} %, "
+                                 f"mAP {ref['map_pct']:.1f} %\nour cost model: {ref['gmacs']:.1f} GMACs per clip "
+                                 f"at {ref['input']} (T x H x W), width {PAPER_WIDTH}")
+        labels.append((ref["gmacs"], ref[f"{acc}_pct"], f"{ref['name']} (published)"))
+    return labels
+
+
+def _point_labels(measured: pl.DataFrame, acc: str, inputs: list[str]) -> list[tuple[float, float, str]]:
+    """The (x, y, text) labels of a panel's points: all of them, or beyond MAX_LABELS the front's and presets'."""
     shown = measured if len(measured) <= MAX_LABELS else measured.filter(
         pl.col(f"pareto_{acc}") | (pl.col("kind") == "train"))
     suffix = pl.lit("") if len(inputs) <= 1 else " @" + pl.col("input").fill_null("?")
@@ -187,7 +197,29 @@ def _panel(ax: Axes, runs: pl.DataFrame, refs: pl.DataFrame | None, acc: str, na
         pl.format(" (P front {})", (pl.col(f"p_front_{acc}") * 100).round(0).cast(pl.Int64).cast(pl.String) + "%")
     ).otherwise(pl.lit(""))
     optimistic = pl.when(pl.col("selection") == "test").then(pl.lit(f" {OPTIMISTIC}")).otherwise(pl.lit(""))
-    labels += shown.select("cost", f"{acc}_pct", pl.col("label") + optimistic + suffix + odds).rows()
+    return shown.select("cost", f"{acc}_pct", pl.col("label") + optimistic + suffix + odds).rows()
+
+
+def _panel(ax: Axes, runs: pl.DataFrame, refs: pl.DataFrame | None, acc: str, name: str,
+           gid: str, tips: dict[str, str], axis: str = "gmacs") -> list[tuple[float, float, str]]:
+    """Draw one panel's points with their 95 % intervals (crowded sweep trials off the front in bulk), the front and
+    the references; return the (x, y, text) labels to place."""
+    measured = runs.with_columns(in_bulk((acc,)).alias("_bulk")).drop_nulls(["cost", acc])
+    bulk = measured.filter(pl.col("_bulk"))
+    measured = measured.filter(~pl.col("_bulk")).drop("_bulk")
+    inputs = runs["input"].drop_nulls().unique().sort().to_list()
+    if not bulk.is_empty():
+        _draw_bulk(ax, bulk, acc)
+    for i, run in enumerate(measured.iter_rows(named=True)):
+        _point(ax, run, acc, axis, f"{gid}-{i}")
+        tips[f"{gid}-{i}"] = hover_text(run)
+    front = measured.filter(pl.col(f"pareto_{acc}")).sort("cost")
+    # Ringed points keep a one-run front visible; the step joins the point estimates on the front, but only
+    # the filled markers are on it with 95 % confidence.
+    ax.step(front["cost"], front[f"{acc}_pct"], where="post", color="tab:red", lw=1.5, zorder=2, marker="o",
+            markersize=11, markerfacecolor="none", label="Pareto front of the point estimates")
+    labels = [] if refs is None else _references(ax, refs, acc, gid, tips)
+    labels += _point_labels(measured, acc, inputs)
     if measured.is_empty() and refs is None:
         ax.text(0.5, 0.5, "no run with both this cost and accuracy yet", transform=ax.transAxes, ha="center")
     else:
@@ -197,7 +229,8 @@ def _panel(ax: Axes, runs: pl.DataFrame, refs: pl.DataFrame | None, acc: str, na
     ax.set_xlabel(axis_label(runs, axis))
     ax.set_ylabel(name)
     stars = " (stars: paper, real MARS)" if refs is not None else ""
-    ax.set_title(f"{runs['group'][0]}: {name.split()[0]} vs cost, 95 % intervals{stars}")
+    crowd = f"\n{bulk.height:,} sweep trials off the front as grey dots, intervals not drawn" if bulk.height else ""
+    ax.set_title(f"{runs['group'][0]}: {name.split()[0]} vs cost, 95 % intervals{stars}{crowd}")
     ax.grid(True, which="both", alpha=0.3)
     return labels
 

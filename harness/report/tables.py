@@ -205,9 +205,36 @@ def resolution_text(pairs: list[dict]) -> str:
             f"go undecided more often than not.")
 
 
+# Above this many sweep trials in a group, a trial on neither front (of the point estimates, nor surely on it) is
+# shown only in bulk: no table row, drawn interval, label or tooltip of its own. Past a few hundred, per-point
+# intervals merge into one cloud that hides the front, and every trial's row and tooltip make pareto.html megabytes.
+# Presets and front trials are always shown one by one.
+MANY_TRIALS = 300
+
+
+def in_bulk(accs: tuple[str, ...]) -> pl.Expr:
+    """True for the sweep trials of one group to show only in bulk: off every front of the `accs` panels, in a group
+    of more than MANY_TRIALS trials."""
+    trial = pl.col("kind") == "trial"
+    front = pl.any_horizontal(*(pl.col(f"{flag}_{acc}").fill_null(False)
+                                for acc in accs for flag in ("pareto", "sure")))
+    return trial & ~front & (trial.sum() > MANY_TRIALS)
+
+
+def left_out_text(left: pl.DataFrame) -> str:
+    """The line saying how many of a group's sweep trials its tables leave out, and where all of them are listed."""
+    sweeps = ", ".join(left["parent_run_id"].drop_nulls().unique().sort())
+    return (f"{left.height:,} more sweep trials, on neither front, are left out of this group's tables (above "
+            f"{MANY_TRIALS} trials a group lists only its presets and front trials); every trial is in its sweep's "
+            f"own results table (results.parquet of sweep {sweeps or '–'}) and in pareto.csv.")
+
+
 def group_tables(points: pl.DataFrame, pairs: list[dict]) -> list[Table]:
     """One group's tables: its points, their details, their runs' scores and their paired comparisons."""
-    tables = [Table("", MAIN_HEAD, main_rows(points), after=point_notes(points)),
+    bulk = points.select(in_bulk(tuple(acc for acc, _ in PANELS))).to_series()
+    left, points = points.filter(bulk), points.filter(~bulk)
+    said = [left_out_text(left)] if left.height else []
+    tables = [Table("", MAIN_HEAD, main_rows(points), after=said + point_notes(points)),
               Table("Details", DETAILS_HEAD, details_rows(points))]
     seeds = per_seed_rows(points)
     if seeds:

@@ -25,7 +25,8 @@ from harness.cli import run
 from harness.errors import UserError
 from harness.evaluate.queries import queries_path
 from harness.evaluate.sequential import Plan, at_seeds, look, operating, plan_for
-from harness.evaluate.statistics import POWER, SCORES, Estimate, Sample, difference, mdd, read_sample, seeds_needed
+from harness.evaluate.statistics import (POWER, SCORES, Estimate, Sample, difference, mdd, read_sample, same_test_set,
+                                         seeds_needed)
 from harness.results.records import read_record
 
 REPORTED = {"rank1": "rank-1", "map": "mAP"}  # the scores planned for, by their SCORES names
@@ -83,10 +84,12 @@ def shared(a: Arm, b: Arm) -> tuple[Sample, Sample]:
                         f"share {len(common)} seed(s); pairing needs at least 2 seeds trained in both, to measure "
                         f"the seed-to-seed variation: train the missing seeds (the `seeds` list in params.yaml, then "
                         f"`dvc repro train@<preset>`, or `python -m harness.train --all-seeds --set seeds=[...]`)")
-    if a.sample.clusters.shape != b.sample.clusters.shape or not np.array_equal(a.sample.clusters, b.sample.clusters):
+    try:
+        same_test_set([a.sample, b.sample])
+    except ValueError:
         raise UserError(f"{a.folder} and {b.folder} were scored on different test sets ({a.sample.clusters.size} and "
                         f"{b.sample.clusters.size} queries); compare presets trained and scored on one prepared "
-                        f"dataset")
+                        f"dataset") from None
     return tuple(Sample(tuple(common), s.values[[s.seeds.index(k) for k in common]], s.clusters)
                  for s in (a.sample, b.sample))
 

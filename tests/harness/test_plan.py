@@ -8,13 +8,15 @@ import json
 import math
 import re
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from harness.cli import run
-from harness.evaluate.statistics import difference, mdd, seeds_needed
+from harness.errors import UserError
+from harness.evaluate.statistics import Sample, difference, mdd, seeds_needed
 from harness.plan import at_seeds, main, read_arm, scalar, shared
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -124,3 +126,10 @@ def test_a_negative_delta_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as exit_:
         main([str(RUNS / "baseline"), str(RUNS / "nvan"), "--delta", "-1"])
     assert exit_.value.code == 2 and "--delta: invalid positive float value" in capsys.readouterr().err
+
+
+def test_arms_on_different_test_sets_are_refused_naming_both(paired):
+    a, b, _ = paired
+    fewer = Sample(b.sample.seeds, b.sample.values[..., :-1], b.sample.clusters[:-1])
+    with pytest.raises(UserError, match=r"baseline and .*nvan were scored on different test sets \(\d+ and \d+ queries"):
+        shared(a, replace(b, sample=fewer))

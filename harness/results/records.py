@@ -239,10 +239,15 @@ class _Train(_Section):
     epochs: int = Field(ge=1)
 
 
+class _Ray(_Section):
+    gpus_per_worker: float = Field(ge=0)  # GPUs each worker holds when it trains on GPUs
+
+
 class _Config(_Section):
     seed: int | None = None
     train: _Train
     eval: _Eval
+    ray: _Ray | None = None
 
 
 class _Latency(_Section):

@@ -29,6 +29,7 @@ from harness.train.seeds import SeedSet, fit_seed_sets, seed_record
 
 log = logging.getLogger("harness.train")
 
+
 @dataclass(frozen=True)
 class Arms:
     """The two configurations compared (A - B), where their records go, and the run name of each arm's seed set."""
@@ -105,7 +106,7 @@ def _decision(arms: Arms, plan: Plan, score: str, looks: list[dict]) -> dict:
     seconds = sum(r.run.seconds or 0.0 for r in runs)
     gpu = any(r.run.gpu for r in runs)
     # Device-hours: per worker its GPUs on a GPU, else its CPU threads.
-    devices = [(r.run.workers or 1) * (r.written()["config"]["ray"]["gpus_per_worker"] if gpu
+    devices = [(r.run.workers or 1) * ((r.config.ray.gpus_per_worker if r.config.ray else 1.0) if gpu
                                        else r.run.threads_per_worker or 1) for r in runs]
     device_hours = sum((r.run.seconds or 0.0) * d for r, d in zip(runs, devices)) / 3600
     return {

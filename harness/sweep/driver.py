@@ -174,7 +174,7 @@ def run_sweep(config: Config, resume: bool = False) -> SweepOutcome:
     # MLflow and results.parquet are the records; Tune's own CSV/JSON/TensorBoard loggers only
     # duplicate them, and TensorBoard warns on the NaN objective of not yet evaluated epochs.
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-    stopped = None
+    stopped = races = None
     with ray_session(config.ray.address, num_cpus=os.cpu_count(), log_to_driver=config.ray.log_to_driver,
                      resources={"trial_driver": config.sweep.max_concurrent}, env=credentials):
         _check_cluster(base, config.sweep.max_concurrent)
@@ -188,15 +188,15 @@ def run_sweep(config: Config, resume: bool = False) -> SweepOutcome:
             if not preemption.requested():
                 raise
             log.warning("Ray went down with the preemption; the trials are closed from their records")
-        if sweep.adaptive and _tune_done(_saved_trials(experiment), sweep):
+        trials = _saved_trials(experiment)
+        if sweep.adaptive and _tune_done(trials, sweep):
             try:
-                race_trials(base, _saved_trials(experiment), name, parent_run_id)
+                races = race_trials(base, trials, name, parent_run_id)
             except SeedsInterrupted as stop:
                 stopped = stop
     if stopped is not None:  # with Ray down, no seed's controller can record an epoch over its closed record
         close_stopped(base.mlflow, stopped)
-    trials = _saved_trials(experiment)
-    results, complete = close_trials(base, trials, name, parent_run_id)
+    results, complete = close_trials(base, trials, name, parent_run_id, races)  # a race not run is replayed
     # Interrupted before the search created every trial: more to run, whatever the trials say.
     complete &= len(trials) >= expected_trials(sweep)
     path = config.report.out_dir / "sweeps" / name / "results.parquet"

@@ -43,16 +43,18 @@ def trial_outcome(tune_status: str, record: RunRecord | None, infeasible: bool,
     return "interrupted"
 
 
-def close_trials(base: Config, trials: list, sweep_name: str, parent_run_id: str) -> tuple[pl.DataFrame, bool]:
+def close_trials(base: Config, trials: list, sweep_name: str, parent_run_id: str,
+                 races: dict[str, str] | None = None) -> tuple[pl.DataFrame, bool]:
     """One row per Tune trial, built from its seeds' run records; MLflow runs and records closed to match.
 
     A trial's scores are the means over its seeds, with their std, 95 % intervals (seeds x queries) and
-    P(on the front) among the sweep's trials, and how its race for seeds ended (replayed from the records). Returns
-    the table and whether the sweep is complete.
+    P(on the front) among the sweep's trials, and how its race for seeds ended (`races`, the verdicts of a race just
+    run, else replayed from the records). Returns the table and whether the sweep is complete.
     """
     client, experiment_id = connect(base.mlflow.tracking_uri, base.mlflow.experiment)
     metric, protocol = base.sweep.metric, base.eval.primary
-    races = race_trials(base, trials, sweep_name) if base.sweep.adaptive else {}
+    if races is None:
+        races = race_trials(base, trials, sweep_name) if base.sweep.adaptive else {}
     manifest = prepared_dataset(base.data).manifest
     rows, complete, found = [], True, {}
     for trial in sorted(trials, key=lambda t: trial_number(t.experiment_tag)):

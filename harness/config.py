@@ -275,7 +275,6 @@ class ReportConfig(Section):
                                                   "P(on the front)")
 
 
-# Temporal-pool choices of a sweep as scalar keys (Optuna wants scalar categories).
 class Config(Section):
     seed: Seed = 0
     seeds: list[Seed] = Field(

@@ -10,6 +10,7 @@ from pydantic import Field, field_validator, model_validator
 from harness.section import Section
 from models.spec import STAGE_BLOCKS
 
+# Temporal-pool choices of a sweep as scalar keys (Optuna wants scalar categories).
 TEMPORAL_POOLS: dict[str, tuple[int, ...]] = {"none": (), "2": (2,), "3": (3,), "23": (2, 3)}
 
 
